@@ -1,1 +1,25 @@
-//! placeholder
+//! iotrace's engine: recording a program under perf events, the trace file, and the analysis
+//! that turns a trace into reports.
+//!
+//! The pipeline reads top to bottom:
+//! - [`record`] starts the child held, attaches [`perf`] events and polls /proc ([`procpoll`]),
+//!   and streams everything into a trace file ([`format`]).
+//! - [`analysis`] folds a trace, one record at a time, into a [`analysis::Summary`].
+//! - [`report`] renders a summary as text for people or JSON for scripts.
+//!
+//! ```no_run
+//! use iotrace_collector::{analysis, record, report};
+//! let opts = record::RecordOptions::new(vec!["true".into()], "t.iotrace".into());
+//! let outcome = record::record(&opts)?;
+//! let summary = analysis::summarize_file(&outcome.trace)?;
+//! print!("{}", report::text(&summary));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod analysis;
+pub mod format;
+pub mod perf;
+pub mod procpoll;
+pub mod record;
+pub mod report;
+pub mod sys;

@@ -1,0 +1,396 @@
+//! One streaming pass over a trace that folds its records into a [`Summary`]: the numbers
+//! behind `iotrace report`. Memory grows with the number of threads, never with the length
+//! of the recording.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::format::{Capabilities, ExitStatus, FormatError, Record, Switch, Totals, TraceReader};
+
+/// Everything `iotrace report` shows. Serialized as the `--json` schema (see
+/// `collector/REPORT.md`); keys are only ever added.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// The command line, shell-quoted.
+    pub command: String,
+    pub argv: Vec<String>,
+    pub pid: u32,
+    /// `{"code": n}` or `{"signal": n}`; null when the trace was cut before the child ended.
+    pub exit: Option<ExitJson>,
+    /// Signal that iotrace forwarded to the child (Ctrl-C, SIGTERM), if any.
+    pub forwarded_signal: Option<i32>,
+    pub duration_ns: u64,
+    pub context_switches: SwitchTotals,
+    pub cpu_migrations: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub on_cpu_ns: u64,
+    /// Every syscall seen, by count, descending. Empty when syscalls were not measured.
+    pub syscalls: Vec<SyscallCount>,
+    pub syscalls_total: u64,
+    pub threads: Vec<ThreadSummary>,
+    pub processes: Vec<ProcessSummary>,
+    pub peak_rss_bytes: u64,
+    pub peak_threads: u32,
+    /// perf records lost (ring overflow) plus span events the program dropped.
+    pub lost_events: u64,
+    pub capabilities: Capabilities,
+    /// The kernel's own whole-run counters, as `perf stat` reads them.
+    pub perf_stat: Option<Totals>,
+    /// Set when the trace is damaged: what happened and where.
+    pub truncated: Option<String>,
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitJson {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SwitchTotals {
+    pub voluntary: u64,
+    pub involuntary: u64,
+    /// `perf` (every switch seen) or `proc` (kernel counters via wait4 and /proc).
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyscallCount {
+    pub name: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThreadSummary {
+    pub tid: u32,
+    pub pid: u32,
+    pub name: String,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub on_cpu_ns: u64,
+    pub migrations: u64,
+    pub page_faults: u64,
+    pub syscalls: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub name: String,
+    pub peak_rss_bytes: u64,
+    pub threads: u32,
+}
+
+/// Name of a syscall number on this architecture.
+pub fn syscall_name(nr: u16) -> String {
+    if nr == Switch::NO_SYSCALL {
+        return "unknown".to_owned();
+    }
+    syscalls::Sysno::new(nr as usize)
+        .map(|s| s.name().to_owned())
+        .unwrap_or_else(|| format!("syscall_{nr}"))
+}
+
+#[derive(Default)]
+struct ThreadState {
+    pid: u32,
+    name: String,
+    voluntary: u64,
+    involuntary: u64,
+    on_cpu_ns: u64,
+    migrations: u64,
+    page_faults: u64,
+    syscalls: u64,
+    last_cpu: Option<u32>,
+    /// Switch-in time of the current on-CPU stretch, and its CPU.
+    running_since: Option<(u64, u32)>,
+    /// When perf first saw this thread (exec or fork), for the stretch before the first switch.
+    start_ns: Option<u64>,
+    seen_switch: bool,
+    /// Latest /proc values (cumulative).
+    proc: Option<crate::format::ProcThread>,
+}
+
+/// Incremental fold of trace records into a [`Summary`].
+#[derive(Default)]
+pub struct Summarizer {
+    summary: Summary,
+    threads: BTreeMap<u32, ThreadState>,
+    syscalls: HashMap<u16, u64>,
+    start_ns: u64,
+    last_ns: u64,
+    end_seen: bool,
+    rusage: Option<crate::format::Rusage>,
+    proc_hwm: BTreeMap<u32, (u64, u32)>,
+    span_dropped: u64,
+}
+
+impl Summarizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn thread(&mut self, tid: u32) -> &mut ThreadState {
+        self.threads.entry(tid).or_default()
+    }
+
+    fn saw(&mut self, t: u64) {
+        self.last_ns = self.last_ns.max(t);
+    }
+
+    pub fn add(&mut self, record: &Record) {
+        self.summary.records += 1;
+        match record {
+            Record::Header(h) => {
+                self.summary.argv = h.command.clone();
+                self.summary.command = shell_join(&h.command);
+                self.summary.pid = h.pid;
+                self.start_ns = h.start_ns;
+                self.saw(h.start_ns);
+            }
+            Record::Capabilities(c) => self.summary.capabilities = c.clone(),
+            Record::Comm(c) => {
+                self.saw(c.time_ns);
+                let t = self.thread(c.tid);
+                t.pid = c.pid;
+                t.name = c.name.clone();
+                if c.exec {
+                    t.start_ns = Some(c.time_ns);
+                }
+            }
+            Record::Fork(f) => {
+                self.saw(f.time_ns);
+                let parent_name = self.threads.get(&f.ptid).map(|p| p.name.clone());
+                let t = self.thread(f.tid);
+                t.pid = f.pid;
+                t.start_ns.get_or_insert(f.time_ns);
+                if t.name.is_empty() {
+                    t.name = parent_name.unwrap_or_default();
+                }
+            }
+            Record::Exit(e) => {
+                self.saw(e.time_ns);
+                let t = self.thread(e.tid);
+                if let Some((since, _)) = t.running_since.take() {
+                    t.on_cpu_ns += e.time_ns.saturating_sub(since);
+                }
+            }
+            Record::Switches(batch) => self.add_switches(batch),
+            Record::ThreadCounts(c) => {
+                for &(tid, nr, n) in &c.syscalls {
+                    *self.syscalls.entry(nr).or_insert(0) += n;
+                    self.thread(tid).syscalls += n;
+                }
+                for &(tid, n) in &c.page_faults {
+                    self.thread(tid).page_faults += n;
+                }
+            }
+            Record::ProcSample(s) => {
+                self.saw(s.time_ns);
+                for p in &s.processes {
+                    let e = self.proc_hwm.entry(p.pid).or_insert((0, 0));
+                    e.0 = e.0.max(p.hwm_bytes).max(p.rss_bytes);
+                    e.1 = e.1.max(p.threads);
+                    self.summary.peak_threads = self.summary.peak_threads.max(p.threads);
+                }
+                for pt in &s.threads {
+                    let t = self.thread(pt.tid);
+                    t.pid = pt.pid;
+                    if t.name.is_empty() {
+                        t.name = pt.name.clone();
+                    }
+                    t.proc = Some(pt.clone());
+                }
+            }
+            Record::Lost(l) => self.summary.lost_events += l.records,
+            Record::Totals(t) => self.summary.perf_stat = Some(t.clone()),
+            Record::End(e) => {
+                self.saw(e.time_ns);
+                self.end_seen = true;
+                self.summary.exit = Some(match e.exit {
+                    ExitStatus::Code(c) => ExitJson::Code(c),
+                    ExitStatus::Signal(s) => ExitJson::Signal(s),
+                });
+                self.summary.forwarded_signal = e.forwarded_signal;
+                self.summary.peak_threads = self.summary.peak_threads.max(e.peak_threads);
+                self.rusage = Some(e.rusage.clone());
+                self.summary.duration_ns = e.time_ns.saturating_sub(self.start_ns);
+            }
+            Record::SpanStats(s) => self.span_dropped = s.dropped,
+            Record::Spans(_) | Record::Unknown(_) => {}
+        }
+    }
+
+    fn add_switches(&mut self, batch: &crate::format::Switches) {
+        let mut time = batch.base_ns;
+        for s in &batch.switches {
+            time = time.wrapping_add(s.delta_ns);
+            let t = self.threads.entry(s.tid).or_default();
+            t.pid = s.pid;
+            if s.is_out() {
+                if s.is_preempt() {
+                    t.involuntary += 1;
+                } else {
+                    t.voluntary += 1;
+                }
+                match t.running_since.take() {
+                    Some((since, _)) => t.on_cpu_ns += time.saturating_sub(since),
+                    // First switch-out of a thread that was running when recording began.
+                    None if !t.seen_switch => {
+                        if let Some(start) = t.start_ns {
+                            t.on_cpu_ns += time.saturating_sub(start);
+                        }
+                    }
+                    None => {}
+                }
+                t.last_cpu = Some(batch.cpu);
+            } else {
+                if t.last_cpu.is_some_and(|c| c != batch.cpu) {
+                    t.migrations += 1;
+                }
+                t.last_cpu = Some(batch.cpu);
+                t.running_since = Some((time, batch.cpu));
+            }
+            t.seen_switch = true;
+            self.last_ns = self.last_ns.max(time);
+        }
+    }
+
+    /// Finish the fold. `stop` is how reading ended, when the file was damaged.
+    pub fn finish(mut self, stop: Option<String>) -> Summary {
+        let perf = self.summary.capabilities.perf;
+        let mut s = std::mem::take(&mut self.summary);
+        s.truncated = stop.or_else(|| {
+            (!self.end_seen)
+                .then(|| "the trace has no end record: the recorder did not finish".to_owned())
+        });
+        if !self.end_seen {
+            s.duration_ns = self.last_ns.saturating_sub(self.start_ns);
+        }
+        let mut threads = Vec::new();
+        for (tid, t) in std::mem::take(&mut self.threads) {
+            let mut row = ThreadSummary {
+                tid,
+                pid: t.pid,
+                name: t.name.clone(),
+                voluntary: t.voluntary,
+                involuntary: t.involuntary,
+                on_cpu_ns: t.on_cpu_ns,
+                migrations: t.migrations,
+                page_faults: t.page_faults,
+                syscalls: t.syscalls,
+            };
+            if let Some(p) = &t.proc {
+                if !perf {
+                    row.voluntary = p.voluntary;
+                    row.involuntary = p.involuntary;
+                    row.on_cpu_ns = p.utime_ns + p.stime_ns;
+                    row.page_faults = p.minflt + p.majflt;
+                }
+            }
+            threads.push(row);
+        }
+        s.context_switches = if perf {
+            SwitchTotals {
+                voluntary: threads.iter().map(|t| t.voluntary).sum(),
+                involuntary: threads.iter().map(|t| t.involuntary).sum(),
+                source: "perf",
+            }
+        } else if let Some(r) = &self.rusage {
+            SwitchTotals {
+                voluntary: r.voluntary,
+                involuntary: r.involuntary,
+                source: "proc",
+            }
+        } else {
+            SwitchTotals {
+                voluntary: threads.iter().map(|t| t.voluntary).sum(),
+                involuntary: threads.iter().map(|t| t.involuntary).sum(),
+                source: "proc",
+            }
+        };
+        s.on_cpu_ns = match (&s.perf_stat, &self.rusage) {
+            (
+                Some(Totals {
+                    task_clock_ns: Some(ns),
+                    ..
+                }),
+                _,
+            ) => *ns,
+            (_, Some(r)) if !perf => r.utime_ns + r.stime_ns,
+            _ => threads.iter().map(|t| t.on_cpu_ns).sum(),
+        };
+        s.cpu_migrations = s.perf_stat.as_ref().and_then(|t| t.cpu_migrations);
+        s.page_faults = s
+            .perf_stat
+            .as_ref()
+            .and_then(|t| t.page_faults)
+            .or_else(|| self.rusage.as_ref().map(|r| r.minflt + r.majflt));
+        let mut syscalls: Vec<SyscallCount> = self
+            .syscalls
+            .iter()
+            .map(|(&nr, &count)| SyscallCount {
+                name: syscall_name(nr),
+                count,
+            })
+            .collect();
+        syscalls.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+        s.syscalls_total = syscalls.iter().map(|c| c.count).sum();
+        s.syscalls = syscalls;
+        for (pid, (hwm, nthreads)) in &self.proc_hwm {
+            let name = threads
+                .iter()
+                .find(|t| t.tid == *pid)
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            s.processes.push(ProcessSummary {
+                pid: *pid,
+                name,
+                peak_rss_bytes: *hwm,
+                threads: *nthreads,
+            });
+        }
+        let proc_peak = self.proc_hwm.values().map(|v| v.0).max().unwrap_or(0);
+        s.peak_rss_bytes = proc_peak.max(self.rusage.as_ref().map_or(0, |r| r.max_rss_bytes));
+        if s.peak_threads == 0 && !threads.is_empty() {
+            s.peak_threads = 1;
+        }
+        s.lost_events += self.span_dropped;
+        threads.sort_by(|a, b| (a.pid, a.tid).cmp(&(b.pid, b.tid)));
+        s.threads = threads;
+        s
+    }
+}
+
+/// Summarize a trace file in one streaming pass. A damaged file still gives a summary of
+/// what it holds, with [`Summary::truncated`] set.
+pub fn summarize_file(path: &Path) -> Result<Summary, FormatError> {
+    let mut reader = TraceReader::open(path)?;
+    let mut summarizer = Summarizer::new();
+    for record in reader.by_ref() {
+        summarizer.add(&record);
+    }
+    let stop = reader.stop().map(|s| s.to_string());
+    Ok(summarizer.finish(stop))
+}
+
+/// Quote arguments so the line can be pasted into a shell.
+pub fn shell_join(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

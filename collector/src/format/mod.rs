@@ -1,0 +1,364 @@
+//! The `.iotrace` trace file: a header, then checksummed frames each holding one record.
+//!
+//! `FORMAT.md` beside this file is the specification; [`TraceWriter`] streams records to disk
+//! while recording and [`TraceReader`] reads them back one at a time, so analysis never holds a
+//! whole trace in memory. A file cut off at any byte reads back every complete record and
+//! reports [`Stop::Truncated`].
+
+mod records;
+
+pub use records::*;
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The 8 bytes every trace file starts with.
+pub const MAGIC: [u8; 8] = *b"IOTRACE\0";
+/// The format version this build writes. Readers accept versions `1..=VERSION`.
+pub const VERSION: u16 = 1;
+/// Largest frame a reader accepts; larger lengths mean the file is corrupt.
+pub const MAX_FRAME: u32 = 16 << 20;
+const FILE_HEADER_LEN: usize = 16;
+const FRAME_HEADER_LEN: usize = 8;
+
+/// Why a trace could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{0}: not an iotrace trace file (bad magic; expected a file written by `iotrace record`)"
+    )]
+    NotATrace(PathBuf),
+    #[error("{0}: the file is empty or shorter than the 16-byte header")]
+    TooShort(PathBuf),
+    #[error("{path}: trace format version {found} is newer than this iotrace reads (1..={VERSION}); upgrade iotrace")]
+    NewerVersion { path: PathBuf, found: u16 },
+}
+
+/// How reading ended when it did not reach a clean end of file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The file ends inside a frame at this byte offset: the recorder was killed or the file
+    /// was cut. Every record before it was read.
+    Truncated { offset: u64 },
+    /// A frame at this offset fails its checksum or cannot be decoded; reading stopped there.
+    Corrupt { offset: u64, reason: String },
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Truncated { offset } => write!(
+                f,
+                "the trace is truncated at byte {offset} (the recorder did not finish); records before it were read"
+            ),
+            Stop::Corrupt { offset, reason } => write!(
+                f,
+                "the trace is corrupt at byte {offset} ({reason}); records before it were read"
+            ),
+        }
+    }
+}
+
+/// Streams records into a trace file. Call [`TraceWriter::flush`] often: what is flushed
+/// survives the recorder being killed.
+pub struct TraceWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    scratch: Vec<u8>,
+    bytes: u64,
+}
+
+impl TraceWriter {
+    pub fn create(path: &Path) -> Result<Self, FormatError> {
+        let io_err = |source| FormatError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::create(path).map_err(io_err)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut header = [0u8; FILE_HEADER_LEN];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        out.write_all(&header).map_err(io_err)?;
+        Ok(TraceWriter {
+            out,
+            path: path.to_owned(),
+            scratch: Vec::with_capacity(4096),
+            bytes: FILE_HEADER_LEN as u64,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far, header included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+        match record {
+            Record::Header(r) => self.frame(kind::HEADER, r),
+            Record::Capabilities(r) => self.frame(kind::CAPABILITIES, r),
+            Record::Comm(r) => self.frame(kind::COMM, r),
+            Record::Fork(r) => self.frame(kind::FORK, r),
+            Record::Exit(r) => self.frame(kind::EXIT, r),
+            Record::Switches(r) => self.frame(kind::SWITCHES, r),
+            Record::ThreadCounts(r) => self.frame(kind::THREAD_COUNTS, r),
+            Record::ProcSample(r) => self.frame(kind::PROC_SAMPLE, r),
+            Record::Lost(r) => self.frame(kind::LOST, r),
+            Record::Totals(r) => self.frame(kind::TOTALS, r),
+            Record::End(r) => self.frame(kind::END, r),
+            Record::Spans(bytes) => self.raw_frame(kind::SPANS, bytes),
+            Record::SpanStats(r) => self.frame(kind::SPAN_STATS, r),
+            Record::Unknown(k) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot write a record of unknown kind {k}"),
+            )),
+        }
+    }
+
+    fn frame<T: Serialize>(&mut self, kind: u8, value: &T) -> io::Result<()> {
+        self.scratch.clear();
+        self.scratch.push(kind);
+        let body = std::mem::take(&mut self.scratch);
+        let body = postcard::to_extend(value, body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let result = self.emit(&body);
+        self.scratch = body;
+        result
+    }
+
+    fn raw_frame(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
+        self.scratch.clear();
+        self.scratch.push(kind);
+        self.scratch.extend_from_slice(payload);
+        let body = std::mem::take(&mut self.scratch);
+        let result = self.emit(&body);
+        self.scratch = body;
+        result
+    }
+
+    fn emit(&mut self, body: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|&l| l <= MAX_FRAME)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
+        let crc = crc32fast::hash(body);
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(&crc.to_le_bytes())?;
+        self.out.write_all(body)?;
+        self.bytes += (FRAME_HEADER_LEN + body.len()) as u64;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Flush and sync to disk.
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        Ok(self.bytes)
+    }
+}
+
+/// Reads a trace one record at a time. Iteration ends at the clean end of the file or at the
+/// first damaged frame; [`TraceReader::stop`] then says which.
+pub struct TraceReader<R: Read = BufReader<File>> {
+    input: R,
+    offset: u64,
+    version: u16,
+    stop: Option<Stop>,
+    done: bool,
+    buf: Vec<u8>,
+}
+
+impl TraceReader<BufReader<File>> {
+    pub fn open(path: &Path) -> Result<Self, FormatError> {
+        let file = File::open(path).map_err(|source| FormatError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        TraceReader::new(BufReader::with_capacity(1 << 20, file), path)
+    }
+}
+
+impl<R: Read> TraceReader<R> {
+    /// `name` is used in error messages only.
+    pub fn new(mut input: R, name: &Path) -> Result<Self, FormatError> {
+        let mut header = [0u8; FILE_HEADER_LEN];
+        let got = read_full(&mut input, &mut header).map_err(|source| FormatError::Io {
+            path: name.to_owned(),
+            source,
+        })?;
+        if got >= 8 && header[..8] != MAGIC {
+            return Err(FormatError::NotATrace(name.to_owned()));
+        }
+        if got < 8 && MAGIC[..got] != header[..got] {
+            return Err(FormatError::NotATrace(name.to_owned()));
+        }
+        if got < FILE_HEADER_LEN {
+            return Err(FormatError::TooShort(name.to_owned()));
+        }
+        let version = u16::from_le_bytes([header[8], header[9]]);
+        if version == 0 {
+            return Err(FormatError::NotATrace(name.to_owned()));
+        }
+        if version > VERSION {
+            return Err(FormatError::NewerVersion {
+                path: name.to_owned(),
+                found: version,
+            });
+        }
+        Ok(TraceReader {
+            input,
+            offset: FILE_HEADER_LEN as u64,
+            version,
+            stop: None,
+            done: false,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Why reading stopped early, once iteration has ended (`None`: the file is whole).
+    pub fn stop(&self) -> Option<&Stop> {
+        self.stop.as_ref()
+    }
+
+    /// Byte offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn fail(&mut self, stop: Stop) -> Option<Record> {
+        self.stop = Some(stop);
+        self.done = true;
+        None
+    }
+
+    fn next_record(&mut self) -> Option<Record> {
+        if self.done {
+            return None;
+        }
+        let start = self.offset;
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        let got = match read_full(&mut self.input, &mut head) {
+            Ok(n) => n,
+            Err(e) => {
+                return self.fail(Stop::Corrupt {
+                    offset: start,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if got == 0 {
+            self.done = true;
+            return None;
+        }
+        if got < FRAME_HEADER_LEN {
+            return self.fail(Stop::Truncated { offset: start });
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_FRAME {
+            return self.fail(Stop::Corrupt {
+                offset: start,
+                reason: format!("frame length {len} out of range"),
+            });
+        }
+        self.buf.resize(len as usize, 0);
+        let got = match read_full(&mut self.input, &mut self.buf) {
+            Ok(n) => n,
+            Err(e) => {
+                return self.fail(Stop::Corrupt {
+                    offset: start,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if got < len as usize {
+            return self.fail(Stop::Truncated { offset: start });
+        }
+        if crc32fast::hash(&self.buf) != crc {
+            return self.fail(Stop::Corrupt {
+                offset: start,
+                reason: "checksum mismatch".into(),
+            });
+        }
+        self.offset = start + FRAME_HEADER_LEN as u64 + len as u64;
+        match decode(self.buf[0], &self.buf[1..]) {
+            Ok(r) => Some(r),
+            Err(e) => self.fail(Stop::Corrupt {
+                offset: start,
+                reason: format!("undecodable record of kind {}: {e}", self.buf[0]),
+            }),
+        }
+    }
+}
+
+impl<R: Read> Iterator for TraceReader<R> {
+    type Item = Record;
+    fn next(&mut self) -> Option<Record> {
+        self.next_record()
+    }
+}
+
+fn de<T: DeserializeOwned>(payload: &[u8]) -> Result<T, postcard::Error> {
+    let (value, rest) = postcard::take_from_bytes(payload)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
+/// Decode one frame body (kind byte already split off).
+pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, postcard::Error> {
+    Ok(match kind {
+        kind::HEADER => Record::Header(de(payload)?),
+        kind::CAPABILITIES => Record::Capabilities(de(payload)?),
+        kind::COMM => Record::Comm(de(payload)?),
+        kind::FORK => Record::Fork(de(payload)?),
+        kind::EXIT => Record::Exit(de(payload)?),
+        kind::SWITCHES => Record::Switches(de(payload)?),
+        kind::THREAD_COUNTS => Record::ThreadCounts(de(payload)?),
+        kind::PROC_SAMPLE => Record::ProcSample(de(payload)?),
+        kind::LOST => Record::Lost(de(payload)?),
+        kind::TOTALS => Record::Totals(de(payload)?),
+        kind::END => Record::End(de(payload)?),
+        kind::SPANS => Record::Spans(payload.to_vec()),
+        kind::SPAN_STATS => Record::SpanStats(de(payload)?),
+        other => Record::Unknown(other),
+    })
+}
+
+/// Read until `buf` is full or the input ends; returns how many bytes were read.
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

@@ -1,0 +1,245 @@
+//! The records a trace file holds, one Rust type per record kind.
+//!
+//! Each record is encoded with postcard inside a frame (see `FORMAT.md`). Times are
+//! CLOCK_MONOTONIC nanoseconds; threads are kernel tids.
+
+use serde::{Deserialize, Serialize};
+
+/// Record kinds: the byte after the frame's checksum. Never renumber; add new kinds at the end.
+pub mod kind {
+    pub const HEADER: u8 = 1;
+    pub const CAPABILITIES: u8 = 2;
+    pub const COMM: u8 = 3;
+    pub const FORK: u8 = 4;
+    pub const EXIT: u8 = 5;
+    pub const SWITCHES: u8 = 6;
+    pub const THREAD_COUNTS: u8 = 7;
+    pub const PROC_SAMPLE: u8 = 8;
+    pub const LOST: u8 = 9;
+    pub const TOTALS: u8 = 10;
+    pub const END: u8 = 11;
+    pub const SPANS: u8 = 12;
+    pub const SPAN_STATS: u8 = 13;
+}
+
+/// First record of every trace: what was run, when and by which iotrace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub iotrace_version: String,
+    pub command: Vec<String>,
+    pub pid: u32,
+    /// CLOCK_MONOTONIC when the child was released to exec.
+    pub start_ns: u64,
+    /// Wall-clock time of the start, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    pub hostname: String,
+    pub cpus: u32,
+}
+
+/// What the recorder could and could not measure, in words a user can act on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// perf events were opened on the child (switch records, page faults).
+    pub perf: bool,
+    /// Kernel-side counting worked (include_kernel accepted).
+    pub kernel: bool,
+    /// Exact syscall counts from the raw_syscalls:sys_enter tracepoint.
+    pub syscalls: bool,
+    /// The span socket was offered to the child.
+    pub spans: bool,
+    /// One sentence per missing capability: what is missing and how to get it.
+    pub missing: Vec<String>,
+}
+
+/// A thread got a name, or a process exec'd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comm {
+    pub pid: u32,
+    pub tid: u32,
+    pub time_ns: u64,
+    pub name: String,
+    pub exec: bool,
+}
+
+/// A thread or process was created (`pid == tid` for a new process).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fork {
+    pub pid: u32,
+    pub ppid: u32,
+    pub tid: u32,
+    pub ptid: u32,
+    pub time_ns: u64,
+}
+
+/// A thread exited (`pid == tid` for a process's last thread).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    pub pid: u32,
+    pub tid: u32,
+    pub time_ns: u64,
+}
+
+/// Context switches seen on one CPU, in the order that CPU saw them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Switches {
+    pub cpu: u32,
+    /// Time of the first switch; each [`Switch::delta_ns`] is relative to the one before.
+    pub base_ns: u64,
+    pub switches: Vec<Switch>,
+}
+
+/// One switch-in or switch-out of a thread of the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    pub delta_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Bit 0: switch-out (else switch-in). Bit 1: preempted (involuntary).
+    pub flags: u8,
+    /// For a switch-out: the syscall the thread last entered on this CPU (`u16::MAX` = none).
+    pub syscall: u16,
+}
+
+impl Switch {
+    pub const OUT: u8 = 1;
+    pub const PREEMPT: u8 = 2;
+    pub const NO_SYSCALL: u16 = u16::MAX;
+
+    pub fn is_out(&self) -> bool {
+        self.flags & Self::OUT != 0
+    }
+    pub fn is_preempt(&self) -> bool {
+        self.flags & Self::PREEMPT != 0
+    }
+}
+
+/// Exact per-thread counts accumulated since the previous `ThreadCounts` record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreadCounts {
+    pub time_ns: u64,
+    /// `(tid, syscall number, count)`.
+    pub syscalls: Vec<(u32, u16, u64)>,
+    /// `(tid, page faults)`.
+    pub page_faults: Vec<(u32, u64)>,
+}
+
+/// A look at /proc: memory and per-thread kernel counters at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcSample {
+    pub time_ns: u64,
+    pub processes: Vec<ProcProcess>,
+    pub threads: Vec<ProcThread>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcProcess {
+    pub pid: u32,
+    pub rss_bytes: u64,
+    /// VmHWM: the process's peak RSS so far.
+    pub hwm_bytes: u64,
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcThread {
+    pub pid: u32,
+    pub tid: u32,
+    pub name: String,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    pub minflt: u64,
+    pub majflt: u64,
+}
+
+/// perf lost this many records on this CPU's ring (PERF_RECORD_LOST).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lost {
+    pub cpu: u32,
+    pub time_ns: u64,
+    pub records: u64,
+}
+
+/// Whole-run kernel counters, as `perf stat` counts them (inherited counting events).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub task_clock_ns: Option<u64>,
+    pub context_switches: Option<u64>,
+    pub cpu_migrations: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub syscalls: Option<u64>,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's convention: the code, or 128 + signal.
+    pub fn shell_code(&self) -> i32 {
+        match *self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Resource usage of the child and the descendants it waited for, from wait4(2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rusage {
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    pub max_rss_bytes: u64,
+    pub minflt: u64,
+    pub majflt: u64,
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+/// Last record of a complete trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct End {
+    pub time_ns: u64,
+    pub exit: ExitStatus,
+    pub rusage: Rusage,
+    /// Signal iotrace forwarded to the child (Ctrl-C, SIGTERM), if any.
+    pub forwarded_signal: Option<i32>,
+    /// Span intake summary (zero when the program sent no spans).
+    pub peak_threads: u32,
+}
+
+/// Span-intake counters at the end of the recording.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpanStats {
+    pub clients: u64,
+    pub events: u64,
+    /// Events the program's layer dropped because the recorder could not keep up.
+    pub dropped: u64,
+    pub bad_clients: u64,
+    pub warnings: Vec<String>,
+}
+
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Header(Header),
+    Capabilities(Capabilities),
+    Comm(Comm),
+    Fork(Fork),
+    Exit(Exit),
+    Switches(Switches),
+    ThreadCounts(ThreadCounts),
+    ProcSample(ProcSample),
+    Lost(Lost),
+    Totals(Totals),
+    End(End),
+    /// Raw span-stream payload, decoded by the span analysis.
+    Spans(Vec<u8>),
+    SpanStats(SpanStats),
+    /// A kind this reader does not know (written by a newer iotrace); skipped.
+    Unknown(u8),
+}

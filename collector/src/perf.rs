@@ -1,0 +1,551 @@
+//! perf events on the child: one ring buffer per CPU carrying context-switch, comm, fork and
+//! exit records plus one sample per syscall entry and per page fault, and inherited counting
+//! events whose totals are what `perf stat` reports. Records are parsed here into trace records.
+//!
+//! The layout follows what the kernel allows (see DESIGN.md): sampling with `inherit` needs one
+//! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use perf_event::events::{Software, Tracepoint};
+use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
+
+use crate::format::{Comm, Exit, Fork, Lost, Record, Switch, Switches, ThreadCounts, Totals};
+use crate::sys;
+
+const RECORD_LOST: u32 = 2;
+const RECORD_COMM: u32 = 3;
+const RECORD_EXIT: u32 = 4;
+const RECORD_FORK: u32 = 7;
+const RECORD_SAMPLE: u32 = 9;
+const RECORD_SWITCH: u32 = 14;
+const MISC_SWITCH_OUT: u16 = 1 << 13;
+const MISC_SWITCH_OUT_PREEMPT: u16 = 1 << 14;
+const MISC_COMM_EXEC: u16 = 1 << 13;
+/// The sample_id trailer of non-sample records: pid/tid, time, cpu, identifier.
+const SAMPLE_ID_LEN: usize = 32;
+
+/// Where tracefs is normally mounted.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Why perf could not be used, said so that a user can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum PerfError {
+    #[error("perf events are not permitted ({source}); run as root, or lower kernel.perf_event_paranoid (sysctl -w kernel.perf_event_paranoid=1), or grant CAP_PERFMON")]
+    Denied {
+        #[source]
+        source: io::Error,
+    },
+    #[error("perf events could not be opened: {0}")]
+    Open(#[source] io::Error),
+}
+
+/// Options for [`PerfSession::open`].
+#[derive(Debug, Clone)]
+pub struct PerfOptions {
+    /// Bytes of ring buffer per CPU (a power of two).
+    pub ring_bytes: usize,
+}
+
+impl Default for PerfOptions {
+    fn default() -> Self {
+        PerfOptions {
+            ring_bytes: 8 << 20,
+        }
+    }
+}
+
+struct Ring {
+    cpu: u32,
+    sampler: Sampler,
+    /// Events redirected into this ring; kept open for their lifetime.
+    _followers: Vec<Counter>,
+}
+
+/// Counting events over the whole child tree (cpu = any, inherit).
+struct Counters {
+    task_clock: Option<Counter>,
+    context_switches: Option<Counter>,
+    cpu_migrations: Option<Counter>,
+    page_faults: Option<Counter>,
+    syscalls: Option<Counter>,
+}
+
+/// The perf events of one recording.
+pub struct PerfSession {
+    rings: Vec<Ring>,
+    counters: Counters,
+    syscall_id: Option<u64>,
+    fault_id: Option<u64>,
+    /// The kernel accepted include_kernel (exact switch and syscall counting).
+    pub kernel: bool,
+    /// One sentence per capability that could not be had.
+    pub missing: Vec<String>,
+    /// Per-drain accumulation.
+    syscalls: HashMap<(u32, u16), u64>,
+    faults: HashMap<u32, u64>,
+    last_syscall: HashMap<u32, u16>,
+    pub lost_records: u64,
+}
+
+/// Id of a tracepoint, read from tracefs (mounting it if absent and we may).
+pub fn tracepoint_id(group: &str, name: &str) -> io::Result<u64> {
+    let path = format!("{TRACEFS}/events/{group}/{name}/id");
+    if !Path::new(&format!("{TRACEFS}/events")).exists() {
+        mount_tracefs();
+    }
+    let text = std::fs::read_to_string(&path)?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: not a number")))
+}
+
+fn mount_tracefs() {
+    // Only root can; failure is reported by the caller as a missing capability.
+    let _ = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+fn is_denied(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+}
+
+fn base(builder: &mut Builder<'_>, pid: libc::pid_t, kernel: bool) {
+    builder
+        .observe_pid(pid)
+        .inherit(true)
+        .enabled(false)
+        .enable_on_exec(true)
+        .clockid(Clock::MONOTONIC)
+        .exclude_kernel(!kernel)
+        .exclude_hv(true);
+}
+
+fn sampled_base(builder: &mut Builder<'_>, pid: libc::pid_t, cpu: usize, kernel: bool) {
+    base(builder, pid, kernel);
+    builder
+        .one_cpu(cpu)
+        .sample_id_all(true)
+        .sample(SampleFlag::IDENTIFIER | SampleFlag::TID | SampleFlag::TIME | SampleFlag::CPU);
+}
+
+impl PerfSession {
+    /// Open every event on the held child `pid`. Fails only if no perf event at all can be
+    /// opened; partial failures are listed in [`PerfSession::missing`].
+    pub fn open(pid: libc::pid_t, opts: &PerfOptions) -> Result<Self, PerfError> {
+        let mut missing = Vec::new();
+        let cpus = sys::online_cpus();
+        let mut kernel = true;
+
+        // Leader per CPU: a dummy event that carries switch/comm/task records.
+        let mut leaders = Vec::new();
+        for &cpu in &cpus {
+            let open = |kernel: bool| {
+                let mut b = Builder::new(Software::DUMMY);
+                sampled_base(&mut b, pid, cpu, kernel);
+                b.context_switch(true)
+                    .task(true)
+                    .comm(true)
+                    .comm_exec(true)
+                    .wakeup_watermark(opts.ring_bytes / 4);
+                b.build()
+            };
+            let counter = match open(kernel) {
+                Ok(c) => c,
+                Err(e) if kernel && is_denied(&e) => {
+                    kernel = false;
+                    open(false).map_err(|source| PerfError::Denied { source })?
+                }
+                Err(e) if is_denied(&e) => return Err(PerfError::Denied { source: e }),
+                Err(e) => return Err(PerfError::Open(e)),
+            };
+            let sampler = counter.sampled(opts.ring_bytes).map_err(PerfError::Open)?;
+            leaders.push((cpu as u32, sampler));
+        }
+        if !kernel {
+            missing.push("kernel-side events are not permitted, so syscall counts are missing; run as root or set kernel.perf_event_paranoid=1 to get them".to_owned());
+        }
+
+        let mut rings: Vec<Ring> = leaders
+            .into_iter()
+            .map(|(cpu, sampler)| Ring {
+                cpu,
+                sampler,
+                _followers: Vec::new(),
+            })
+            .collect();
+
+        // One sample per syscall entry: exact counts, per thread, and the syscall a thread
+        // blocks in.
+        let mut syscall_id = None;
+        match tracepoint_id("raw_syscalls", "sys_enter") {
+            Ok(tp) => {
+                let opened: io::Result<()> = (|| {
+                    for ring in rings.iter_mut() {
+                        let mut b = Builder::new(Tracepoint::with_id(tp));
+                        sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+                        b.sample(SampleFlag::RAW).sample_period(1);
+                        let c = b.build()?;
+                        sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
+                        syscall_id = Some(c.id());
+                        ring._followers.push(c);
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = opened {
+                    syscall_id = None;
+                    missing.push(format!("syscall counts are missing: the raw_syscalls:sys_enter tracepoint could not be opened ({e}); run as root"));
+                }
+            }
+            Err(e) => missing.push(format!(
+                "syscall counts are missing: tracefs is not available ({e}); as root run `mount -t tracefs nodev {TRACEFS}`"
+            )),
+        }
+
+        // One sample per page fault, for per-thread counts.
+        let mut fault_id = None;
+        for ring in rings.iter_mut() {
+            let mut b = Builder::new(Software::PAGE_FAULTS);
+            sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+            b.sample_period(1);
+            match b.build().and_then(|c| {
+                sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd()).map(|_| c)
+            }) {
+                Ok(c) => {
+                    fault_id = Some(c.id());
+                    ring._followers.push(c);
+                }
+                Err(e) => {
+                    missing.push(format!("per-thread page faults are missing ({e})"));
+                    fault_id = None;
+                    break;
+                }
+            }
+        }
+
+        let count = |ev: Software| {
+            let mut b = Builder::new(ev);
+            base(&mut b, pid, kernel);
+            b.any_cpu().build().ok()
+        };
+        let syscalls = if syscall_id.is_some() {
+            tracepoint_id("raw_syscalls", "sys_enter")
+                .ok()
+                .and_then(|tp| {
+                    let mut b = Builder::new(Tracepoint::with_id(tp));
+                    base(&mut b, pid, kernel);
+                    b.any_cpu().build().ok()
+                })
+        } else {
+            None
+        };
+        let counters = Counters {
+            task_clock: count(Software::TASK_CLOCK),
+            context_switches: count(Software::CONTEXT_SWITCHES),
+            cpu_migrations: count(Software::CPU_MIGRATIONS),
+            page_faults: count(Software::PAGE_FAULTS),
+            syscalls,
+        };
+
+        Ok(PerfSession {
+            rings,
+            counters,
+            syscall_id,
+            fault_id,
+            kernel,
+            missing,
+            syscalls: HashMap::new(),
+            faults: HashMap::new(),
+            last_syscall: HashMap::new(),
+            lost_records: 0,
+        })
+    }
+
+    /// Whether exact syscall counting is on.
+    pub fn has_syscalls(&self) -> bool {
+        self.syscall_id.is_some()
+    }
+
+    /// The ring buffers' fds, to poll for the wakeup watermark.
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.rings.iter().map(|r| r.sampler.as_raw_fd()).collect()
+    }
+
+    /// Read everything the rings hold and hand the resulting records to `out`.
+    pub fn drain(&mut self, out: &mut dyn FnMut(Record) -> io::Result<()>) -> io::Result<()> {
+        let syscall_id = self.syscall_id;
+        let fault_id = self.fault_id;
+        for ring in self.rings.iter_mut() {
+            let mut switches = Switches {
+                cpu: ring.cpu,
+                ..Switches::default()
+            };
+            let mut last_time = 0u64;
+            while let Some(record) = ring.sampler.next_record() {
+                let ty = record.ty();
+                let misc = record.misc();
+                let data = record.to_contiguous();
+                let data: &[u8] = &data;
+                match ty {
+                    RECORD_SAMPLE => {
+                        let Some(s) = parse_sample(data) else {
+                            continue;
+                        };
+                        if Some(s.id) == syscall_id {
+                            let nr = s.syscall.unwrap_or(u16::MAX);
+                            *self.syscalls.entry((s.tid, nr)).or_insert(0) += 1;
+                            self.last_syscall.insert(s.tid, nr);
+                        } else if Some(s.id) == fault_id {
+                            *self.faults.entry(s.tid).or_insert(0) += 1;
+                        }
+                    }
+                    RECORD_SWITCH => {
+                        let Some(id) = parse_sample_id(data) else {
+                            continue;
+                        };
+                        let out_flag = misc & MISC_SWITCH_OUT != 0;
+                        let mut flags = 0;
+                        let mut syscall = Switch::NO_SYSCALL;
+                        if out_flag {
+                            flags |= Switch::OUT;
+                            if misc & MISC_SWITCH_OUT_PREEMPT != 0 {
+                                flags |= Switch::PREEMPT;
+                            } else if let Some(&nr) = self.last_syscall.get(&id.tid) {
+                                syscall = nr;
+                            }
+                        }
+                        if switches.switches.is_empty() {
+                            switches.base_ns = id.time;
+                            last_time = id.time;
+                        }
+                        switches.switches.push(Switch {
+                            delta_ns: id.time.wrapping_sub(last_time),
+                            pid: id.pid,
+                            tid: id.tid,
+                            flags,
+                            syscall,
+                        });
+                        last_time = id.time;
+                    }
+                    RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST
+                        if !switches.switches.is_empty() =>
+                    {
+                        // Keep file order equal to ring order: the switches seen so far go
+                        // out before this record, then handle it below.
+                        out(Record::Switches(std::mem::replace(
+                            &mut switches,
+                            Switches {
+                                cpu: ring.cpu,
+                                ..Switches::default()
+                            },
+                        )))?;
+                        Self::other_record(
+                            ty,
+                            misc,
+                            data,
+                            ring.cpu,
+                            &mut self.last_syscall,
+                            &mut self.lost_records,
+                            out,
+                        )?;
+                    }
+                    RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST => {
+                        Self::other_record(
+                            ty,
+                            misc,
+                            data,
+                            ring.cpu,
+                            &mut self.last_syscall,
+                            &mut self.lost_records,
+                            out,
+                        )?;
+                    }
+                    _ => {}
+                }
+            }
+            if !switches.switches.is_empty() {
+                out(Record::Switches(switches))?;
+            }
+        }
+        if !self.syscalls.is_empty() || !self.faults.is_empty() {
+            let mut counts = ThreadCounts {
+                time_ns: sys::monotonic_ns(),
+                ..ThreadCounts::default()
+            };
+            counts.syscalls = self.syscalls.drain().map(|((t, n), c)| (t, n, c)).collect();
+            counts.syscalls.sort_unstable();
+            counts.page_faults = self.faults.drain().collect();
+            counts.page_faults.sort_unstable();
+            out(Record::ThreadCounts(counts))?;
+        }
+        Ok(())
+    }
+
+    /// COMM, FORK, EXIT and LOST records.
+    fn other_record(
+        ty: u32,
+        misc: u16,
+        data: &[u8],
+        cpu: u32,
+        last_syscall: &mut HashMap<u32, u16>,
+        lost: &mut u64,
+        out: &mut dyn FnMut(Record) -> io::Result<()>,
+    ) -> io::Result<()> {
+        match ty {
+            RECORD_COMM => {
+                if let Some(c) = parse_comm(data, misc & MISC_COMM_EXEC != 0) {
+                    out(Record::Comm(c))?;
+                }
+            }
+            RECORD_FORK | RECORD_EXIT => {
+                if data.len() < 24 {
+                    return Ok(());
+                }
+                let pid = u32_at(data, 0);
+                let ppid = u32_at(data, 4);
+                let tid = u32_at(data, 8);
+                let ptid = u32_at(data, 12);
+                let time_ns = u64_at(data, 16);
+                if ty == RECORD_FORK {
+                    out(Record::Fork(Fork {
+                        pid,
+                        ppid,
+                        tid,
+                        ptid,
+                        time_ns,
+                    }))?;
+                } else {
+                    last_syscall.remove(&tid);
+                    out(Record::Exit(Exit { pid, tid, time_ns }))?;
+                }
+            }
+            RECORD_LOST => {
+                if data.len() >= 16 {
+                    let records = u64_at(data, 8);
+                    *lost += records;
+                    let time_ns = parse_sample_id(data).map(|s| s.time).unwrap_or(0);
+                    out(Record::Lost(Lost {
+                        cpu,
+                        time_ns,
+                        records,
+                    }))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whole-run counts, as `perf stat` would print them.
+    pub fn totals(&mut self) -> Totals {
+        let read = |c: &mut Option<Counter>| c.as_mut().and_then(|c| c.read().ok());
+        Totals {
+            task_clock_ns: read(&mut self.counters.task_clock),
+            context_switches: read(&mut self.counters.context_switches),
+            cpu_migrations: read(&mut self.counters.cpu_migrations),
+            page_faults: read(&mut self.counters.page_faults),
+            syscalls: read(&mut self.counters.syscalls),
+        }
+    }
+}
+
+struct SampleId {
+    pid: u32,
+    tid: u32,
+    time: u64,
+}
+
+struct Sample {
+    id: u64,
+    tid: u32,
+    syscall: Option<u16>,
+}
+
+fn u32_at(d: &[u8], at: usize) -> u32 {
+    d.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
+}
+
+fn u64_at(d: &[u8], at: usize) -> u64 {
+    d.get(at..at + 8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .unwrap_or(0)
+}
+
+/// The trailer of a non-sample record with sample_type IDENTIFIER|TID|TIME|CPU.
+fn parse_sample_id(d: &[u8]) -> Option<SampleId> {
+    let at = d.len().checked_sub(SAMPLE_ID_LEN)?;
+    Some(SampleId {
+        pid: u32_at(d, at),
+        tid: u32_at(d, at + 4),
+        time: u64_at(d, at + 8),
+    })
+}
+
+/// A sample record: identifier, pid/tid, time, cpu, then RAW for the syscall tracepoint.
+fn parse_sample(d: &[u8]) -> Option<Sample> {
+    if d.len() < 32 {
+        return None;
+    }
+    let id = u64_at(d, 0);
+    let tid = u32_at(d, 12);
+    // RAW: u32 size, then the tracepoint payload; raw_syscalls:sys_enter has the syscall
+    // number at payload bytes 8..16.
+    let syscall = if d.len() >= 32 + 4 + 16 {
+        let nr = u64_at(d, 36 + 8);
+        u16::try_from(nr).ok()
+    } else {
+        None
+    };
+    Some(Sample { id, tid, syscall })
+}
+
+fn parse_comm(d: &[u8], exec: bool) -> Option<Comm> {
+    let id = parse_sample_id(d)?;
+    let pid = u32_at(d, 0);
+    let tid = u32_at(d, 4);
+    let name_bytes = d.get(8..d.len() - SAMPLE_ID_LEN)?;
+    let end = name_bytes
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(name_bytes.len());
+    Some(Comm {
+        pid,
+        tid,
+        time_ns: id.time,
+        name: String::from_utf8_lossy(&name_bytes[..end]).into_owned(),
+        exec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_records_do_not_panic() {
+        for len in 0..80 {
+            let d = vec![0xffu8; len];
+            let _ = parse_sample(&d);
+            let _ = parse_sample_id(&d);
+            let _ = parse_comm(&d, false);
+        }
+    }
+
+    #[test]
+    fn sample_with_raw_yields_syscall_number() {
+        let mut d = vec![0u8; 36 + 64];
+        d[0..8].copy_from_slice(&7u64.to_le_bytes());
+        d[12..16].copy_from_slice(&42u32.to_le_bytes());
+        d[32..36].copy_from_slice(&64u32.to_le_bytes());
+        d[44..52].copy_from_slice(&1u64.to_le_bytes());
+        let s = parse_sample(&d).unwrap();
+        assert_eq!((s.id, s.tid, s.syscall), (7, 42, Some(1)));
+    }
+}

@@ -1,0 +1,341 @@
+//! `iotrace record`: start the child held, attach perf, let it exec, and stream everything
+//! (perf records, /proc samples, span batches) into the trace file until the child exits.
+//!
+//! Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to iotrace are forwarded to the child and
+//! iotrace keeps recording until it exits; a third Ctrl-C kills the child with SIGKILL. The
+//! file is flushed every loop turn, so a killed recorder leaves a readable, truncated trace.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::format::{Capabilities, End, ExitStatus, Header, Record, Rusage, TraceWriter};
+use crate::perf::{PerfOptions, PerfSession};
+use crate::procpoll::ProcPoller;
+use crate::sys;
+
+/// What to record and how.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// The program and its arguments.
+    pub command: Vec<OsString>,
+    pub output: PathBuf,
+    /// Use perf events (false: /proc only, as with `--no-perf`).
+    pub perf: bool,
+    /// How often to read /proc.
+    pub proc_interval: Duration,
+    /// Offer the span socket to the child (`IOTRACE_SOCKET`).
+    pub spans: bool,
+    pub perf_options: PerfOptions,
+}
+
+impl RecordOptions {
+    pub fn new(command: Vec<OsString>, output: PathBuf) -> Self {
+        RecordOptions {
+            command,
+            output,
+            perf: true,
+            proc_interval: Duration::from_millis(100),
+            spans: true,
+            perf_options: PerfOptions::default(),
+        }
+    }
+}
+
+/// How a recording ended.
+#[derive(Debug, Clone)]
+pub struct RecordOutcome {
+    pub exit: ExitStatus,
+    pub trace: PathBuf,
+    pub bytes: u64,
+    pub lost_records: u64,
+    pub forwarded_signal: Option<i32>,
+    /// Sentences about what could not be measured.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("no command given: usage is `iotrace record -- CMD [ARGS...]`")]
+    NoCommand,
+    #[error("cannot run `{program}`: command not found")]
+    NotFound { program: String },
+    #[error("cannot run `{program}`: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
+    #[error("writing the trace {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl RecordError {
+    /// The exit code a shell would give for this failure (127: not found, 126: not runnable).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RecordError::NotFound { .. } => 127,
+            RecordError::Exec { .. } => 126,
+            _ => 1,
+        }
+    }
+}
+
+const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Signals delivered to iotrace, made pollable.
+struct SignalWatch {
+    last: Arc<AtomicUsize>,
+    wake: UnixStream,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl SignalWatch {
+    fn install() -> io::Result<Self> {
+        let (wake, write) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        let last = Arc::new(AtomicUsize::new(0));
+        let mut ids = Vec::new();
+        for sig in FORWARDED {
+            ids.push(signal_hook::flag::register_usize(
+                sig,
+                Arc::clone(&last),
+                sig as usize,
+            )?);
+            ids.push(signal_hook::low_level::pipe::register(
+                sig,
+                write.try_clone()?,
+            )?);
+        }
+        Ok(SignalWatch { last, wake, ids })
+    }
+
+    /// The signal received since the last call, if any.
+    fn take(&mut self) -> Option<i32> {
+        let mut buf = [0u8; 64];
+        while matches!(io::Read::read(&mut self.wake, &mut buf), Ok(n) if n > 0) {}
+        match self.last.swap(0, Ordering::SeqCst) {
+            0 => None,
+            s => Some(s as i32),
+        }
+    }
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Record `opts.command` into `opts.output`. Returns once the child has exited and the file
+/// is complete.
+pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
+    let program = opts.command.first().ok_or(RecordError::NoCommand)?;
+    let program_name = program.to_string_lossy().into_owned();
+    let path = sys::resolve_program(program).ok_or_else(|| RecordError::NotFound {
+        program: program_name.clone(),
+    })?;
+
+    let mut writer = TraceWriter::create(&opts.output)?;
+    let write_err = |source| RecordError::Write {
+        path: opts.output.clone(),
+        source,
+    };
+    let mut signals = SignalWatch::install()?;
+
+    let env: Vec<(OsString, OsString)> = Vec::new();
+    let mut child =
+        sys::spawn_held(&path, &opts.command, &env).map_err(|source| RecordError::Exec {
+            program: program_name.clone(),
+            source,
+        })?;
+    let pid = child.pid;
+
+    let mut caps = Capabilities::default();
+    let mut perf = None;
+    if opts.perf {
+        match PerfSession::open(pid, &opts.perf_options) {
+            Ok(session) => {
+                caps.perf = true;
+                caps.kernel = session.kernel;
+                caps.syscalls = session.has_syscalls();
+                caps.missing.extend(session.missing.iter().cloned());
+                perf = Some(session);
+            }
+            Err(e) => caps.missing.push(format!(
+                "perf was not used: {e}; per-thread switches and CPU time come from /proc only"
+            )),
+        }
+    } else {
+        caps.missing.push(
+            "perf was not used (--no-perf): context switches, CPU time and RSS come from /proc and wait4; syscall counts and per-thread page faults are missing"
+                .to_owned(),
+        );
+    }
+
+    let header = Header {
+        iotrace_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command: opts
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        pid: pid as u32,
+        start_ns: sys::monotonic_ns(),
+        start_unix_ns: unix_now_ns(),
+        hostname: sys::hostname(),
+        cpus: sys::online_cpus().len() as u32,
+    };
+    writer.write(&Record::Header(header)).map_err(write_err)?;
+    writer
+        .write(&Record::Capabilities(caps.clone()))
+        .map_err(write_err)?;
+    writer.flush().map_err(write_err)?;
+
+    let pidfd = sys::pidfd_open(pid)?;
+    if let Err(source) = child.release() {
+        // exec failed: the child exits 127; reap it and say why.
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = wait_blocking(pid);
+        let code = source.raw_os_error();
+        return Err(if code == Some(libc::ENOENT) {
+            RecordError::NotFound {
+                program: program_name,
+            }
+        } else {
+            RecordError::Exec {
+                program: program_name,
+                source,
+            }
+        });
+    }
+
+    let mut poller = ProcPoller::new(pid);
+    let mut next_poll = std::time::Instant::now();
+    let mut forwarded: Option<i32> = None;
+    let mut interrupts = 0u32;
+    let mut peak_threads = 0u32;
+    let mut live_threads: i64 = 1;
+
+    let (exit, rusage) = loop {
+        let mut fds = vec![pidfd.as_raw_fd(), signals.wake.as_raw_fd()];
+        if let Some(p) = &perf {
+            fds.extend(p.fds());
+        }
+        let timeout = next_poll
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis()
+            .min(100) as i32;
+        let ready = sys::poll_readable(&fds, timeout)?;
+
+        if let Some(sig) = signals.take() {
+            forwarded = Some(sig);
+            if sig == libc::SIGINT {
+                interrupts += 1;
+            }
+            sys::kill(pid, if interrupts >= 3 { libc::SIGKILL } else { sig });
+        }
+
+        if let Some(p) = perf.as_mut() {
+            p.drain(&mut |r| {
+                match &r {
+                    Record::Fork(f) => {
+                        live_threads += 1;
+                        peak_threads = peak_threads.max(live_threads as u32);
+                        if f.pid == f.tid {
+                            poller.add_pid(f.pid as i32);
+                        }
+                    }
+                    Record::Exit(_) => live_threads -= 1,
+                    _ => {}
+                }
+                writer.write(&r)
+            })
+            .map_err(write_err)?;
+        }
+
+        if std::time::Instant::now() >= next_poll {
+            let sample = poller.sample();
+            for p in &sample.processes {
+                peak_threads = peak_threads.max(p.threads);
+            }
+            writer
+                .write(&Record::ProcSample(sample))
+                .map_err(write_err)?;
+            next_poll += opts.proc_interval;
+            if next_poll < std::time::Instant::now() {
+                next_poll = std::time::Instant::now() + opts.proc_interval;
+            }
+        }
+        writer.flush().map_err(write_err)?;
+
+        if ready[0] {
+            if let Some(done) = sys::try_wait4(pid)? {
+                break done;
+            }
+        }
+    };
+
+    let mut lost_records = 0;
+    let mut missing = caps.missing.clone();
+    if let Some(p) = perf.as_mut() {
+        p.drain(&mut |r| writer.write(&r)).map_err(write_err)?;
+        let totals = p.totals();
+        writer.write(&Record::Totals(totals)).map_err(write_err)?;
+        lost_records = p.lost_records;
+    }
+    if lost_records > 0 {
+        missing.push(format!(
+            "perf lost {lost_records} records: the rings overflowed"
+        ));
+    }
+    let end = End {
+        time_ns: sys::monotonic_ns(),
+        exit,
+        rusage,
+        forwarded_signal: forwarded,
+        peak_threads,
+    };
+    writer.write(&Record::End(end)).map_err(write_err)?;
+    let bytes = writer.finish().map_err(write_err)?;
+    drop(signals);
+    Ok(RecordOutcome {
+        exit,
+        trace: opts.output.clone(),
+        bytes,
+        lost_records,
+        forwarded_signal: forwarded,
+        missing,
+    })
+}
+
+fn wait_blocking(pid: libc::pid_t) -> io::Result<(ExitStatus, Rusage)> {
+    loop {
+        if let Some(done) = sys::try_wait4(pid)? {
+            return Ok(done);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

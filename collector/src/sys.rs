@@ -1,0 +1,296 @@
+//! Every raw syscall the recorder makes outside the perf crate: the held fork/exec of the
+//! child, pidfd, wait4, and redirecting a perf event into another event's ring buffer.
+//! All `unsafe` of the collector lives here.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use crate::format::{ExitStatus, Rusage};
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of every time in a trace.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A child that has been forked but waits, before exec, until [`HeldChild::release`].
+pub struct HeldChild {
+    pub pid: libc::pid_t,
+    go: Option<OwnedFd>,
+    exec_err: OwnedFd,
+}
+
+/// Find `program` on PATH the way a shell would (a name with a `/` is taken as a path).
+pub fn resolve_program(program: &OsStr) -> Option<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created by pipe2 and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Fork a child that will exec `program` with `args` and the current environment plus `env`,
+/// but only once released. Everything the child needs is prepared before fork, so the child
+/// only calls async-signal-safe functions.
+pub fn spawn_held(
+    program: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+) -> io::Result<HeldChild> {
+    let path = cstring(program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<io::Result<_>>()?;
+    let mut envp: Vec<CString> = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if env.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let mut kv = key.into_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(value.as_bytes());
+        envp.push(cstring(&kv)?);
+    }
+    for (key, value) in env {
+        let mut kv = key.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(value.as_bytes());
+        envp.push(cstring(&kv)?);
+    }
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+
+    let (go_read, go_write) = pipe_cloexec()?;
+    let (err_read, err_write) = pipe_cloexec()?;
+
+    // SAFETY: fork is safe to call; in the child we only use async-signal-safe calls (read,
+    // write, sigprocmask, execve, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // Child: wait for the go byte, restore default signal handling, exec.
+        // SAFETY: see above; all pointers stay valid because the parent's memory is copied.
+        unsafe {
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(go_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                if n == 1 {
+                    break;
+                }
+                if n == 0 || *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(127);
+                }
+            }
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGPIPE, libc::SIGCHLD] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_le_bytes();
+            libc::write(err_write.as_raw_fd(), bytes.as_ptr().cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    drop(go_read);
+    drop(err_write);
+    drop(argv_ptrs);
+    drop(envp_ptrs);
+    Ok(HeldChild {
+        pid,
+        go: Some(go_write),
+        exec_err: err_read,
+    })
+}
+
+impl HeldChild {
+    /// Let the child exec. Returns an error if exec failed (the child has then exited 127).
+    pub fn release(&mut self) -> io::Result<()> {
+        let go = self
+            .go
+            .take()
+            .ok_or_else(|| io::Error::other("child already released"))?;
+        let byte = [1u8];
+        // SAFETY: writing one byte from a live buffer to a pipe fd we own.
+        let n = unsafe { libc::write(go.as_raw_fd(), byte.as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(io::Error::last_os_error());
+        }
+        drop(go);
+        let mut errno = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            // SAFETY: reading into the unfilled tail of a buffer we own.
+            let n = unsafe {
+                libc::read(
+                    self.exec_err.as_raw_fd(),
+                    errno[got..].as_mut_ptr().cast(),
+                    4 - got,
+                )
+            };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        if got == 4 {
+            return Err(io::Error::from_raw_os_error(i32::from_le_bytes(errno)));
+        }
+        Ok(())
+    }
+}
+
+/// A pidfd: readable once the process has exited.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Reap the child if it has exited. `Ok(None)` while it still runs.
+pub fn try_wait4(pid: libc::pid_t) -> io::Result<Option<(ExitStatus, Rusage)>> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes into status and ru, both owned here.
+    let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    let exit = if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    Ok(Some((
+        exit,
+        Rusage {
+            utime_ns: tv(ru.ru_utime),
+            stime_ns: tv(ru.ru_stime),
+            max_rss_bytes: ru.ru_maxrss as u64 * 1024,
+            minflt: ru.ru_minflt as u64,
+            majflt: ru.ru_majflt as u64,
+            voluntary: ru.ru_nvcsw as u64,
+            involuntary: ru.ru_nivcsw as u64,
+        },
+    )))
+}
+
+/// Send `signal` to `pid`; a process that is already gone is not an error.
+pub fn kill(pid: libc::pid_t, signal: i32) {
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Make perf event `fd` write its records into the ring buffer of `target`
+/// (PERF_EVENT_IOC_SET_OUTPUT). Both must be on the same CPU.
+pub fn perf_set_output(fd: RawFd, target: RawFd) -> io::Result<()> {
+    const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
+    // SAFETY: the ioctl takes two fds and touches no memory of ours.
+    let r = unsafe { libc::ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT as _, target) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wait until one of `fds` is readable or `timeout_ms` passes. Returns readiness per fd.
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll reads and writes the pollfd array we own, of the length we pass.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+/// The CPUs that are online now (per-CPU perf events can only be opened on those).
+pub fn online_cpus() -> Vec<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let mut ends = part.splitn(2, '-').map(|n| n.parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), Some(Ok(b))) if a <= b && b < 4096 => cpus.extend(a..=b),
+            (Some(Ok(a)), None) => cpus.push(a),
+            _ => {}
+        }
+    }
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+/// The host name, for the trace header.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
