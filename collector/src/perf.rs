@@ -78,8 +78,9 @@ struct Counters {
 pub struct PerfSession {
     rings: Vec<Ring>,
     counters: Counters,
-    syscall_id: Option<u64>,
-    fault_id: Option<u64>,
+    /// Sample identifiers of the per-CPU syscall and page-fault events (one per CPU each).
+    syscall_ids: Vec<u64>,
+    fault_ids: Vec<u64>,
     /// The kernel accepted include_kernel (exact switch and syscall counting).
     pub kernel: bool,
     /// One sentence per capability that could not be had.
@@ -182,7 +183,7 @@ impl PerfSession {
 
         // One sample per syscall entry: exact counts, per thread, and the syscall a thread
         // blocks in.
-        let mut syscall_id = None;
+        let mut syscall_ids = Vec::new();
         match tracepoint_id("raw_syscalls", "sys_enter") {
             Ok(tp) => {
                 let opened: io::Result<()> = (|| {
@@ -192,13 +193,13 @@ impl PerfSession {
                         b.sample(SampleFlag::RAW).sample_period(1);
                         let c = b.build()?;
                         sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
-                        syscall_id = Some(c.id());
+                        syscall_ids.push(c.id());
                         ring._followers.push(c);
                     }
                     Ok(())
                 })();
                 if let Err(e) = opened {
-                    syscall_id = None;
+                    syscall_ids.clear();
                     missing.push(format!("syscall counts are missing: the raw_syscalls:sys_enter tracepoint could not be opened ({e}); run as root"));
                 }
             }
@@ -208,7 +209,7 @@ impl PerfSession {
         }
 
         // One sample per page fault, for per-thread counts.
-        let mut fault_id = None;
+        let mut fault_ids = Vec::new();
         for ring in rings.iter_mut() {
             let mut b = Builder::new(Software::PAGE_FAULTS);
             sampled_base(&mut b, pid, ring.cpu as usize, kernel);
@@ -217,12 +218,12 @@ impl PerfSession {
                 sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd()).map(|_| c)
             }) {
                 Ok(c) => {
-                    fault_id = Some(c.id());
+                    fault_ids.push(c.id());
                     ring._followers.push(c);
                 }
                 Err(e) => {
                     missing.push(format!("per-thread page faults are missing ({e})"));
-                    fault_id = None;
+                    fault_ids.clear();
                     break;
                 }
             }
@@ -233,7 +234,7 @@ impl PerfSession {
             base(&mut b, pid, kernel);
             b.any_cpu().build().ok()
         };
-        let syscalls = if syscall_id.is_some() {
+        let syscalls = if !syscall_ids.is_empty() {
             tracepoint_id("raw_syscalls", "sys_enter")
                 .ok()
                 .and_then(|tp| {
@@ -255,8 +256,8 @@ impl PerfSession {
         Ok(PerfSession {
             rings,
             counters,
-            syscall_id,
-            fault_id,
+            syscall_ids,
+            fault_ids,
             kernel,
             missing,
             syscalls: HashMap::new(),
@@ -268,7 +269,7 @@ impl PerfSession {
 
     /// Whether exact syscall counting is on.
     pub fn has_syscalls(&self) -> bool {
-        self.syscall_id.is_some()
+        !self.syscall_ids.is_empty()
     }
 
     /// The ring buffers' fds, to poll for the wakeup watermark.
@@ -278,8 +279,6 @@ impl PerfSession {
 
     /// Read everything the rings hold and hand the resulting records to `out`.
     pub fn drain(&mut self, out: &mut dyn FnMut(Record) -> io::Result<()>) -> io::Result<()> {
-        let syscall_id = self.syscall_id;
-        let fault_id = self.fault_id;
         for ring in self.rings.iter_mut() {
             let mut switches = Switches {
                 cpu: ring.cpu,
@@ -296,11 +295,11 @@ impl PerfSession {
                         let Some(s) = parse_sample(data) else {
                             continue;
                         };
-                        if Some(s.id) == syscall_id {
+                        if self.syscall_ids.contains(&s.id) {
                             let nr = s.syscall.unwrap_or(u16::MAX);
                             *self.syscalls.entry((s.tid, nr)).or_insert(0) += 1;
                             self.last_syscall.insert(s.tid, nr);
-                        } else if Some(s.id) == fault_id {
+                        } else if self.fault_ids.contains(&s.id) {
                             *self.faults.entry(s.tid).or_insert(0) += 1;
                         }
                     }

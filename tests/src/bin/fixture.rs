@@ -1,1 +1,92 @@
-fn main() {}
+//! A child program whose behaviour the end-to-end tests know exactly.
+//!
+//! `fixture MODE ARGS…`:
+//! - `sleep MS COUNT`      sleep MS milliseconds COUNT times
+//! - `writes N`            N one-byte write(2) calls to /dev/null
+//! - `spin MS`             burn CPU for MS milliseconds
+//! - `spinners N MS`       N processes that each burn CPU for MS milliseconds, concurrently
+//! - `threads N`           N named threads that each sleep 20 ms, then join
+//! - `fork`                spawn a grandchild process (`fixture sleep 20 2`) and wait for it
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn arg(args: &[String], i: usize, default: u64) -> u64 {
+    args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+#[inline(never)]
+fn burn_cpu(ms: u64) -> u64 {
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        for i in 0..1000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+    }
+    x
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("");
+    match mode {
+        "sleep" => {
+            for _ in 0..arg(&args, 2, 1) {
+                std::thread::sleep(Duration::from_millis(arg(&args, 1, 1)));
+            }
+        }
+        "writes" => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .expect("open /dev/null");
+            for _ in 0..arg(&args, 1, 1) {
+                f.write_all(b"x").expect("write /dev/null");
+            }
+        }
+        "spin" => {
+            std::hint::black_box(burn_cpu(arg(&args, 1, 100)));
+        }
+        "spinners" => {
+            let me = std::env::current_exe().expect("current_exe");
+            let ms = arg(&args, 2, 300).to_string();
+            let children: Vec<_> = (0..arg(&args, 1, 3))
+                .map(|_| {
+                    std::process::Command::new(&me)
+                        .args(["spin", &ms])
+                        .spawn()
+                        .expect("spawn")
+                })
+                .collect();
+            for mut c in children {
+                c.wait().expect("wait");
+            }
+        }
+        "threads" => {
+            let handles: Vec<_> = (0..arg(&args, 1, 8))
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name(format!("worker-{i}"))
+                        .spawn(|| std::thread::sleep(Duration::from_millis(20)))
+                        .expect("spawn thread")
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("join");
+            }
+        }
+        "fork" => {
+            let me = std::env::current_exe().expect("current_exe");
+            let status = std::process::Command::new(me)
+                .args(["sleep", "20", "2"])
+                .status()
+                .expect("spawn grandchild");
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        _ => {
+            eprintln!("usage: fixture sleep|writes|spin|spinners|threads|fork ARGS");
+            std::process::exit(2);
+        }
+    }
+}
