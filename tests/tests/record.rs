@@ -105,6 +105,9 @@ fn sleeping_child_switches_voluntarily() {
         .map(|t| t["voluntary"].as_u64().unwrap())
         .sum();
     assert_eq!(per_thread, vol);
+    // Every switch record agrees with the kernel's own context-switch counter for the run.
+    let invol = r["context_switches"]["involuntary"].as_u64().unwrap();
+    assert_eq!(r["perf_stat"]["context_switches"].as_u64(), Some(vol + invol));
 }
 
 #[test]
