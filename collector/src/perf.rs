@@ -165,11 +165,28 @@ impl PerfSession {
                 Err(e) if is_denied(&e) => return Err(PerfError::Denied { source: e }),
                 Err(e) => return Err(PerfError::Open(e)),
             };
-            let sampler = counter.sampled(opts.ring_bytes).map_err(PerfError::Open)?;
+            // Unprivileged users may lock only perf_event_mlock_kb (516 KiB by default) of
+            // ring buffer in all: fall back to what fits, as `perf record` does.
+            let fallback = (512 << 10) / cpus.len().max(1);
+            let sampler = match counter.sampled(opts.ring_bytes) {
+                Ok(s) => s,
+                Err(e) if is_denied(&e) && opts.ring_bytes > fallback => {
+                    let counter = open(kernel).map_err(PerfError::Open)?;
+                    counter
+                        .sampled(fallback.next_power_of_two() / 2)
+                        .map_err(|source| PerfError::Denied { source })?
+                }
+                Err(e) => return Err(PerfError::Open(e)),
+            };
             leaders.push((cpu as u32, sampler));
         }
         if !kernel {
-            missing.push("kernel-side events are not permitted, so syscall counts are missing; run as root or set kernel.perf_event_paranoid=1 to get them".to_owned());
+            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "?".into());
+            missing.push(format!(
+                "syscall counts are missing: this user may not trace the kernel (perf_event_paranoid={paranoid}); run as root or `sysctl kernel.perf_event_paranoid=1` to get them"
+            ));
         }
 
         let mut rings: Vec<Ring> = leaders
@@ -184,7 +201,13 @@ impl PerfSession {
         // One sample per syscall entry: exact counts, per thread, and the syscall a thread
         // blocks in.
         let mut syscall_ids = Vec::new();
-        match tracepoint_id("raw_syscalls", "sys_enter") {
+        let tracepoint = if kernel {
+            tracepoint_id("raw_syscalls", "sys_enter")
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EACCES))
+        };
+        match tracepoint {
+            Err(_) if !kernel => {}
             Ok(tp) => {
                 let opened: io::Result<()> = (|| {
                     for ring in rings.iter_mut() {

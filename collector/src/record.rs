@@ -292,6 +292,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         writer.flush().map_err(write_err)?;
 
         if ready[0] {
+            // The child is a zombie until reaped: one last look at its threads' counters.
+            let last = poller.sample();
+            writer.write(&Record::ProcSample(last)).map_err(write_err)?;
             if let Some(done) = sys::try_wait4(pid)? {
                 break done;
             }

@@ -107,7 +107,10 @@ fn sleeping_child_switches_voluntarily() {
     assert_eq!(per_thread, vol);
     // Every switch record agrees with the kernel's own context-switch counter for the run.
     let invol = r["context_switches"]["involuntary"].as_u64().unwrap();
-    assert_eq!(r["perf_stat"]["context_switches"].as_u64(), Some(vol + invol));
+    assert_eq!(
+        r["perf_stat"]["context_switches"].as_u64(),
+        Some(vol + invol)
+    );
 }
 
 #[test]
@@ -141,10 +144,16 @@ fn cpu_bound_children_on_two_cores_are_preempted() {
         pids.len() >= 4,
         "parent and three spinners expected, got pids {pids:?}"
     );
-    // Three spinners sharing two cores for 400 ms of wall time: at least 0.6 s of CPU, and the
-    // per-thread on-CPU times (from switch records) add up to the kernel's task-clock.
+    // Every spinner ran (how much depends on the machine's load), and the per-thread on-CPU
+    // times (from switch records) add up to the kernel's task-clock.
     let total = r["on_cpu_ns"].as_u64().unwrap();
-    assert!(total >= 600_000_000, "on_cpu_ns {total}");
+    let spinners = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["on_cpu_ns"].as_u64().unwrap() > 10_000_000)
+        .count();
+    assert!(spinners >= 3, "{:#}", r["threads"]);
     let per_thread: u64 = r["threads"]
         .as_array()
         .unwrap()
@@ -349,4 +358,54 @@ fn random_bytes_give_one_error_line() {
         assert!(err.contains("not an iotrace trace file"), "{err}");
         assert!(out.stdout.is_empty());
     }
+}
+
+#[test]
+fn unprivileged_user_gets_switches_and_is_told_what_is_missing() {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("*** SKIPPED unprivileged_user_gets_switches_and_is_told_what_is_missing: needs root and setpriv to drop to nobody ***");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("nobody");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = dir.join("iotrace");
+    std::fs::copy(iotrace(), &bin).unwrap();
+    let fx = dir.join("fixture");
+    std::fs::copy(fixture(), &fx).unwrap();
+    let trace = dir.join("t.data");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["record", "-q", "-o"])
+        .arg(&trace)
+        .arg("--")
+        .arg(&fx)
+        .args(["sleep", "1", "20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report_json(&trace);
+    let missing = r["capabilities"]["missing"].to_string();
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if paranoid >= 2 {
+        assert_eq!(r["capabilities"]["syscalls"], false);
+        assert!(missing.contains("perf_event_paranoid"), "{missing}");
+    }
+    // Whatever perf allows, the 20 sleeps are seen as voluntary switches.
+    assert!(
+        r["context_switches"]["voluntary"].as_u64().unwrap() >= 20,
+        "{}",
+        r["context_switches"]
+    );
 }
