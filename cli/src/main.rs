@@ -62,6 +62,10 @@ struct RecordArgs {
     /// How often to read /proc for RSS and thread names, in milliseconds.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     proc_interval: u64,
+    /// perf ring buffer per CPU, in KiB (rounded up to a power of two). Larger rings lose
+    /// fewer records on bursty programs; lost records are always counted and reported.
+    #[arg(long, default_value_t = 8192, value_name = "KIB")]
+    ring_kib: usize,
     /// The command to run, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -89,6 +93,7 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
 fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut opts = record::RecordOptions::new(args.command, args.output);
     opts.perf = !args.no_perf;
+    opts.perf_options.ring_bytes = (args.ring_kib.clamp(4, 1 << 20) << 10).next_power_of_two();
     opts.proc_interval = std::time::Duration::from_millis(args.proc_interval.max(1));
     let outcome = match record::record(&opts) {
         Ok(o) => o,

@@ -13,14 +13,19 @@ fn iotrace(args: &[&str]) -> Output {
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     if std::env::var_os("IOTRACE_BLESS").is_some() {
         std::fs::write(&path, actual).expect("write golden file");
         return;
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| panic!("{} missing: run with IOTRACE_BLESS=1", path.display()));
-    assert_eq!(actual, expected, "{name} changed; if intended, rerun with IOTRACE_BLESS=1");
+    assert_eq!(
+        actual, expected,
+        "{name} changed; if intended, rerun with IOTRACE_BLESS=1"
+    );
 }
 
 #[test]

@@ -409,3 +409,26 @@ fn unprivileged_user_gets_switches_and_is_told_what_is_missing() {
         r["context_switches"]
     );
 }
+
+#[test]
+fn overflowing_ring_reports_lost_records() {
+    if !perf_available("overflowing_ring_reports_lost_records") {
+        return;
+    }
+    let trace = temp_dir("lost").join("t.data");
+    let fx = fx();
+    // A one-page ring cannot hold 200,000 syscall samples between drains.
+    let out = record(&trace, &["--ring-kib", "4"], &[&fx, "writes", "200000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report_json(&trace);
+    let lost = r["lost_events"].as_u64().unwrap();
+    assert!(lost > 0, "nothing lost with a 4 KiB ring?");
+    // What was kept plus what was lost accounts for every write.
+    assert!(syscall_count(&r, "write") + lost >= 200_000);
+    let text = run_iotrace(&["report", trace.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("were lost"));
+}
