@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+mod compare;
 use iotrace_collector::{analysis, record, report};
 
 const EXAMPLES: &str = "\
@@ -19,6 +21,10 @@ EXAMPLES:
         iotrace report --json t.data
     Without perf (non-root, or to compare):
         iotrace record --no-perf -- make -j2
+    The four I/O strategies (and async done wrong) under the same load, side by side:
+        iotrace compare
+    Load any HTTP/1.1 server on loopback:
+        iotrace load http://127.0.0.1:8080/ --connections 64 --duration 5s
 ";
 
 /// Async-aware profiling and tracing for Linux: where do threads block, where do futures yield?
@@ -46,6 +52,95 @@ enum Command {
         after_help = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n"
     )]
     Report(ReportArgs),
+    /// Drive an HTTP/1.1 server on loopback with keep-alive connections and report throughput
+    /// and latency (p50/p90/p99/max).
+    #[command(
+        after_help = "EXAMPLES:\n    iotrace load 'http://127.0.0.1:8080/work?io_ms=1&cpu_us=50' -c 64 -d 5s\n    iotrace load http://localhost:8080/ --requests 10000 --json\n"
+    )]
+    Load(LoadArgs),
+    /// Run each demo server under `iotrace record` with the same load and table the costs per
+    /// request; or, given trace files, table those.
+    ///
+    /// Per strategy: req/s, p50 and p99 latency, voluntary and involuntary context switches per
+    /// request, syscalls per request with the top three, CPU time per request, peak RSS and
+    /// threads. Traces, logs, the table and its JSON go into --out.
+    #[command(
+        after_help = "EXAMPLES:\n    iotrace compare\n    iotrace compare --strategies threads,tokio --connections 1000 --duration 5s\n    iotrace compare iotrace-compare/threads.iotrace iotrace-compare/tokio.iotrace --json\n"
+    )]
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// `http://HOST[:PORT]/PATH?QUERY`; HOST must be a loopback address.
+    url: String,
+    /// Concurrent keep-alive connections, each with one request in flight.
+    #[arg(short, long, default_value_t = 64)]
+    connections: usize,
+    /// Stop after this long (e.g. 500ms, 5s, 1m). Default 5s when --requests is not given.
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Stop after this many requests.
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Per-request timeout (a timeout counts as an error).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Existing traces to table instead of running the demos.
+    traces: Vec<PathBuf>,
+    /// Strategies to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "threads,green,epoll,tokio,tokio-blocking"
+    )]
+    strategies: Vec<String>,
+    /// Concurrent keep-alive connections of the load.
+    #[arg(short, long, default_value_t = 64)]
+    connections: usize,
+    /// Milliseconds each request waits, as if for a downstream service.
+    #[arg(long, default_value_t = 1)]
+    io_ms: u64,
+    /// Microseconds of CPU each request burns.
+    #[arg(long, default_value_t = 50)]
+    cpu_us: u64,
+    /// Load duration per strategy (e.g. 3s).
+    #[arg(short, long, default_value = "3s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// Folder for traces, logs, table.txt and compare.json.
+    #[arg(short, long, default_value = "iotrace-compare")]
+    out: PathBuf,
+    /// Print the table as JSON: {"rows": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `500ms`, `5s`, `2m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 5s or 1m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" | "min" => value * 60.0,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 86_400.0) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(clap::Args)]
@@ -129,11 +224,73 @@ fn cmd_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn cmd_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let cfg = iotrace_demos::load::LoadConfig {
+        url: args.url,
+        connections: args.connections,
+        duration: args.duration,
+        requests: args.requests,
+        timeout: args.timeout,
+    };
+    let report = iotrace_demos::load::run(&cfg)?;
+    if args.json {
+        print_stdout(&serde_json::to_string_pretty(&report)?)?;
+        print_stdout("\n")?;
+    } else {
+        print_stdout(&report.to_text())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    use iotrace_collector::compare as table;
+    let rows = if args.traces.is_empty() {
+        for s in &args.strategies {
+            if !compare::STRATEGIES.contains(&s.as_str()) {
+                anyhow::bail!(
+                    "unknown strategy `{s}`; choose from {}",
+                    compare::STRATEGIES.join(", ")
+                );
+            }
+        }
+        let plan = compare::Plan {
+            strategies: args.strategies,
+            connections: args.connections,
+            io_ms: args.io_ms,
+            cpu_us: args.cpu_us,
+            duration: args.duration,
+            out_dir: args.out.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let rows = compare::run(&plan)?;
+        std::fs::write(args.out.join("table.txt"), table::table(&rows))?;
+        std::fs::write(args.out.join("compare.json"), table::json(&rows))?;
+        rows
+    } else {
+        compare::from_traces(&args.traces)?
+    };
+    if args.json {
+        print_stdout(&table::json(&rows))?;
+        print_stdout("\n")?;
+    } else {
+        print_stdout(&table::table(&rows))?;
+        if args.traces.is_empty() {
+            print_stdout(&format!(
+                "\nwrote {}/{{table.txt, compare.json}} and per strategy STRATEGY.iotrace, STRATEGY.iotrace.load.json, STRATEGY.log\n",
+                args.out.display()
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(a) => cmd_record(a),
         Command::Report(a) => cmd_report(a),
+        Command::Load(a) => cmd_load(a),
+        Command::Compare(a) => cmd_compare(a),
     };
     match result {
         Ok(code) => code,

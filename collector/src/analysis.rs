@@ -38,6 +38,8 @@ pub struct Summary {
     pub capabilities: Capabilities,
     /// The kernel's own whole-run counters, as `perf stat` reads them.
     pub perf_stat: Option<Totals>,
+    /// Span totals, when the program installed the iotrace layer (null otherwise).
+    pub spans: Option<crate::spans::SpanSummary>,
     /// Set when the trace is damaged: what happened and where.
     pub truncated: Option<String>,
     pub records: u64,
@@ -127,6 +129,8 @@ pub struct Summarizer {
     rusage: Option<crate::format::Rusage>,
     proc_hwm: BTreeMap<u32, (u64, u32)>,
     span_dropped: u64,
+    spans: crate::spans::SpanSummarizer,
+    span_batches: u64,
 }
 
 impl Summarizer {
@@ -136,6 +140,10 @@ impl Summarizer {
 
     fn thread(&mut self, tid: u32) -> &mut ThreadState {
         self.threads.entry(tid).or_default()
+    }
+
+    fn summary_has_span_clients(&self) -> bool {
+        self.span_dropped > 0
     }
 
     fn saw(&mut self, t: u64) {
@@ -220,8 +228,15 @@ impl Summarizer {
                 self.rusage = Some(e.rusage.clone());
                 self.summary.duration_ns = e.time_ns.saturating_sub(self.start_ns);
             }
-            Record::SpanStats(s) => self.span_dropped = s.dropped,
-            Record::Spans(_) | Record::Unknown(_) => {}
+            Record::SpanStats(s) => {
+                self.span_dropped = s.dropped;
+                self.spans.set_stats(s);
+            }
+            Record::Spans(batch) => {
+                self.span_batches += 1;
+                self.spans.add(batch);
+            }
+            Record::Unknown(_) => {}
         }
     }
 
@@ -360,6 +375,10 @@ impl Summarizer {
             s.peak_threads = 1;
         }
         s.lost_events += self.span_dropped;
+        let spans = std::mem::take(&mut self.spans);
+        if self.span_batches > 0 || self.summary_has_span_clients() {
+            s.spans = Some(spans.finish(10));
+        }
         threads.sort_by(|a, b| (a.pid, a.tid).cmp(&(b.pid, b.tid)));
         s.threads = threads;
         s

@@ -17,9 +17,12 @@
 //! ```
 
 pub mod analysis;
+pub mod compare;
 pub mod format;
+pub mod intake;
 pub mod perf;
 pub mod procpoll;
 pub mod record;
 pub mod report;
+pub mod spans;
 pub mod sys;

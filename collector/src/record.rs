@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::format::{Capabilities, End, ExitStatus, Header, Record, Rusage, TraceWriter};
+use crate::format::{
+    Capabilities, End, ExitStatus, Header, Record, Rusage, SpanStats, TraceWriter,
+};
+use crate::intake;
 use crate::perf::{PerfOptions, PerfSession};
 use crate::procpoll::ProcPoller;
 use crate::sys;
@@ -165,7 +168,19 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     };
     let mut signals = SignalWatch::install()?;
 
-    let env: Vec<(OsString, OsString)> = Vec::new();
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut spans = None;
+    if opts.spans {
+        match SpanDir::create().and_then(|dir| intake::start(&dir.path).map(|i| (dir, i))) {
+            Ok((dir, intake)) => {
+                env.push((intake::SOCKET_ENV.into(), intake.socket_path().into()));
+                spans = Some((dir, intake));
+            }
+            Err(e) => eprintln!(
+                "iotrace: warning: span socket not available ({e}); recording without spans"
+            ),
+        }
+    }
     let mut child =
         sys::spawn_held(&path, &opts.command, &env).map_err(|source| RecordError::Exec {
             program: program_name.clone(),
@@ -173,7 +188,10 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         })?;
     let pid = child.pid;
 
-    let mut caps = Capabilities::default();
+    let mut caps = Capabilities {
+        spans: spans.is_some(),
+        ..Capabilities::default()
+    };
     let mut perf = None;
     if opts.perf {
         match PerfSession::open(pid, &opts.perf_options) {
@@ -247,7 +265,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         let timeout = next_poll
             .saturating_duration_since(std::time::Instant::now())
             .as_millis()
-            .min(100) as i32;
+            .min(if spans.is_some() { 20 } else { 100 }) as i32;
         let ready = sys::poll_readable(&fds, timeout)?;
 
         if let Some(sig) = signals.take() {
@@ -274,6 +292,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
                 writer.write(&r)
             })
             .map_err(write_err)?;
+        }
+
+        if let Some((_, intake)) = &spans {
+            while let Some(mut batch) = intake.try_recv() {
+                writer.write_spans(&mut batch).map_err(write_err)?;
+            }
         }
 
         if std::time::Instant::now() >= next_poll {
@@ -309,6 +333,30 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         writer.write(&Record::Totals(totals)).map_err(write_err)?;
         lost_records = p.lost_records;
     }
+    let mut span_dropped = 0;
+    if let Some((dir, intake)) = spans.take() {
+        let (stats, rest) = intake.shutdown();
+        for mut batch in rest {
+            writer.write_spans(&mut batch).map_err(write_err)?;
+        }
+        span_dropped = stats.dropped_by_programs;
+        writer
+            .write(&Record::SpanStats(SpanStats {
+                clients: stats.clients,
+                events: stats.events,
+                dropped: stats.dropped_by_programs,
+                bad_clients: stats.bad_clients,
+                warnings: stats.warnings.clone(),
+            }))
+            .map_err(write_err)?;
+        for w in &stats.warnings {
+            eprintln!("iotrace: warning: span socket: {w}");
+        }
+        drop(dir);
+    }
+    if span_dropped > 0 {
+        missing.push(format!("the program's iotrace layer dropped {span_dropped} span events: the recorder did not keep up"));
+    }
     if lost_records > 0 {
         missing.push(format!(
             "perf lost {lost_records} records: the rings overflowed"
@@ -332,6 +380,34 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         forwarded_signal: forwarded,
         missing,
     })
+}
+
+/// A private directory (mode 0700) for the span socket, removed when dropped.
+struct SpanDir {
+    path: PathBuf,
+}
+
+impl SpanDir {
+    fn create() -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let path = base.join(format!(
+            "iotrace-{}-{}",
+            std::process::id(),
+            sys::monotonic_ns()
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(SpanDir { path })
+    }
+}
+
+impl Drop for SpanDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 fn wait_blocking(pid: libc::pid_t) -> io::Result<(ExitStatus, Rusage)> {

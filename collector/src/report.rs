@@ -159,6 +159,39 @@ pub fn text(s: &Summary) -> String {
         }
         let _ = writeln!(out);
     }
+    if let Some(sp) = &s.spans {
+        let _ = writeln!(
+            out,
+            " spans: {} events from {} process(es), {} dropped, {} spans ({} closed), {} requests",
+            sp.events, sp.clients, sp.dropped, sp.spans_created, sp.spans_closed, sp.requests
+        );
+        if sp.bad_clients > 0 {
+            let _ = writeln!(
+                out,
+                " WARNING: {} span clients broke the protocol and were dropped",
+                sp.bad_clients
+            );
+        }
+        if !sp.top.is_empty() {
+            let _ = writeln!(
+                out,
+                " {:<28} {:>9} {:>10} {:>12} {:>12}",
+                "top spans by busy time", "count", "enters", "busy", "lifetime"
+            );
+            for t in &sp.top {
+                let _ = writeln!(
+                    out,
+                    " {:<28} {:>9} {:>10} {:>12} {:>12}",
+                    truncate(&t.name, 28),
+                    t.count,
+                    t.enters,
+                    duration(t.busy_ns),
+                    duration(t.lifetime_ns)
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
     if !s.syscalls.is_empty() {
         let _ = writeln!(out, " top syscalls:");
         for c in s.syscalls.iter().take(10) {

@@ -1,1 +1,85 @@
-//! placeholder
+//! The tracing layer a program links so `iotrace record` sees its spans and tokio tasks.
+//!
+//! ```no_run
+//! fn main() {
+//!     // Records only when started by `iotrace record` (which sets IOTRACE_SOCKET);
+//!     // otherwise this installs nothing and costs nothing.
+//!     iotrace_layer::init();
+//!     // ... the program, with `tracing` spans, or tokio built with
+//!     // `--cfg tokio_unstable` and feature `tracing` for one span per task.
+//! }
+//! ```
+//!
+//! To keep another layer (say, a log formatter), compose it yourself:
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//! tracing_subscriber::registry().with(iotrace_layer::layer()).init();
+//! ```
+//!
+//! What the layer records — span creation (with parent, callsite and fields), enter, exit, close,
+//! recorded values and events, each with the CLOCK_MONOTONIC time and the kernel tid — and how
+//! it travels to the recorder is specified in `WIRE.md` beside this crate.
+//!
+//! Cost: each callback writes a compact record into a fixed-size buffer owned by the calling
+//! thread, with no lock and no allocation in the steady state; a background thread writes full
+//! buffers to the socket. When that falls behind, whole buffers are dropped and counted, never
+//! waited for: the program is never blocked by the recorder.
+//!
+//! Span ids: tracing reuses a span's id after it closes; the layer gives every span its own id
+//! that is never reused in the process, and translates the `task.id` of tokio's waker events
+//! (a tracing span id) into it.
+
+mod encode;
+mod layer;
+mod local;
+mod sink;
+mod sys;
+
+use std::time::Duration;
+
+use tracing_subscriber::layer::SubscriberExt;
+
+pub use layer::IotraceLayer;
+pub use sink::SOCKET_ENV;
+
+/// The layer, connected to the recorder named by `IOTRACE_SOCKET`.
+///
+/// The first call in a process connects (printing one warning to stderr if that fails); later
+/// calls share the same connection. Without the variable, or after a failed connection, the layer
+/// is inert. Compose it with `tracing_subscriber::registry()`.
+pub fn layer() -> IotraceLayer {
+    IotraceLayer::new(sink::get())
+}
+
+/// Installs `registry() + layer()` as the global subscriber when `IOTRACE_SOCKET` is set.
+///
+/// Does nothing if the variable is unset, if the connection fails, or if a global subscriber is
+/// already installed. Never panics.
+pub fn init() {
+    if std::env::var_os(SOCKET_ENV).is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    if tracing::dispatcher::has_been_set() {
+        return;
+    }
+    let layer = layer();
+    if !layer.is_recording() {
+        return;
+    }
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+}
+
+/// Hands the calling thread's buffered records to the writer thread and waits, at most 200 ms,
+/// until everything queued so far is on the socket.
+///
+/// Exiting threads hand off their buffers by themselves, and `exit()` runs the same flush for the
+/// exiting thread; call this before ending the process in other ways, or to bound latency.
+pub fn flush() {
+    sink::flush_for(Duration::from_millis(200));
+}
+
+/// Records this process has dropped so far (also sent to the recorder with every frame).
+pub fn dropped_events() -> u64 {
+    sink::dropped()
+}

@@ -237,8 +237,8 @@ pub enum Record {
     Lost(Lost),
     Totals(Totals),
     End(End),
-    /// Raw span-stream payload, decoded by the span analysis.
-    Spans(Vec<u8>),
+    /// Span events of one thread of the program, from its iotrace layer.
+    Spans(crate::intake::SpanBatch),
     SpanStats(SpanStats),
     /// A kind this reader does not know (written by a newer iotrace); skipped.
     Unknown(u8),

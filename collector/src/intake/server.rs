@@ -138,7 +138,10 @@ impl Client {
         let what = if self.pid.is_none() {
             format!("in its hello ({} of {HELLO_LEN} bytes)", self.buf.len())
         } else {
-            format!("mid-frame ({} bytes of an incomplete frame)", self.buf.len())
+            format!(
+                "mid-frame ({} bytes of an incomplete frame)",
+                self.buf.len()
+            )
         };
         shared.bad_client(format!("{} {how} {what}", self.name()));
     }
@@ -180,10 +183,9 @@ impl Client {
             };
             let batch = wire::decode_frame(payload)?;
             if batch.pid != pid {
-                return Err(WireError::Code {
-                    what: "pid (differs from the hello's)",
-                    code: 0,
-                    at: *pos,
+                return Err(WireError::Pid {
+                    frame: batch.pid,
+                    hello: pid,
                 });
             }
             *pos += 4 + len;
@@ -223,7 +225,10 @@ pub(super) fn run(
     loop {
         if drain_until.is_none() && shared.stop.load(Ordering::Acquire) {
             drain_until = Some(Instant::now() + DRAIN_FOR);
-            listener = None;
+            // Clients that connected before the stop are still read: take the backlog first.
+            if let Some(l) = listener.take() {
+                accept_all(&l, &mut clients, &mut accepted, &shared);
+            }
             let _ = std::fs::remove_file(&socket);
         }
         let timeout = match drain_until {

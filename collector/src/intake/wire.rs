@@ -169,6 +169,8 @@ pub enum WireError {
         code: u8,
         at: usize,
     },
+    #[error("frame from pid {frame} on the connection of pid {hello}")]
+    Pid { frame: u32, hello: u32 },
     #[error("string at byte {0} is not UTF-8")]
     Utf8(usize),
 }
@@ -231,7 +233,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        let end = self.at.checked_add(n).ok_or(WireError::Truncated(self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(WireError::Truncated(self.at))?;
         let s = self
             .bytes
             .get(self.at..end)
@@ -298,7 +303,13 @@ impl<'a> Reader<'a> {
         let kind = match self.u8()? {
             0 => CallsiteKind::Span,
             1 => CallsiteKind::Event,
-            code => return Err(WireError::Code { what: "kind", code, at }),
+            code => {
+                return Err(WireError::Code {
+                    what: "kind",
+                    code,
+                    at,
+                })
+            }
         };
         let at = self.at;
         let level = match self.u8()? {
@@ -307,7 +318,13 @@ impl<'a> Reader<'a> {
             2 => Level::Info,
             3 => Level::Warn,
             4 => Level::Error,
-            code => return Err(WireError::Code { what: "level", code, at }),
+            code => {
+                return Err(WireError::Code {
+                    what: "level",
+                    code,
+                    at,
+                })
+            }
         };
         let line = Some(self.u32()?).filter(|&l| l != 0);
         let name = self.string()?;

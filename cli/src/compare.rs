@@ -1,0 +1,191 @@
+//! `iotrace compare`: record each demo server under `iotrace record`, drive it with the same
+//! load, stop it, and table the costs. Glue between the collector (traces, table) and the
+//! demos crate (load generator); the table itself is `iotrace_collector::compare`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use iotrace_collector::analysis;
+use iotrace_collector::compare::{self, CompareRow, LoadFigures};
+use iotrace_demos::load;
+
+/// The strategies `compare` runs by default, in table order.
+pub const STRATEGIES: [&str; 5] = ["threads", "green", "epoll", "tokio", "tokio-blocking"];
+
+/// The load every strategy gets.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub strategies: Vec<String>,
+    pub connections: usize,
+    pub io_ms: u64,
+    pub cpu_us: u64,
+    pub duration: Duration,
+    pub out_dir: PathBuf,
+    pub progress: bool,
+}
+
+fn demo_binary(strategy: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the iotrace binary")?;
+    let dir = exe.parent().context("iotrace binary has no directory")?;
+    let path = dir.join(strategy);
+    if !path.exists() {
+        bail!(
+            "the `{strategy}` demo server is not built next to {}; build it with `cargo build --release --workspace`",
+            exe.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Wait for the server's `listening on ADDR` line; keep draining its stdout afterwards.
+fn wait_listening(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("server stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+                break;
+            }
+        }
+        // Drain the rest so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    rx.recv_timeout(timeout).map_err(|_| {
+        anyhow::anyhow!("the server did not print `listening on ADDR` within {timeout:?}")
+    })
+}
+
+fn stop(child: &mut Child, grace: Duration) -> anyhow::Result<()> {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A third SIGINT makes iotrace kill the server; then wait for the file to be finished.
+    for _ in 0..3 {
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
+    child.wait()?;
+    Ok(())
+}
+
+/// Record and load one strategy; returns its row.
+fn run_one(plan: &Plan, strategy: &str) -> anyhow::Result<CompareRow> {
+    let demo = demo_binary(strategy)?;
+    let trace = plan.out_dir.join(format!("{strategy}.iotrace"));
+    let log = std::fs::File::create(plan.out_dir.join(format!("{strategy}.log")))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["record", "-q", "-o"])
+        .arg(&trace)
+        .arg("--")
+        .arg(&demo)
+        .args(["--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting `iotrace record -- {}`", demo.display()))?;
+    let addr = match wait_listening(&mut child, Duration::from_secs(15)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = stop(&mut child, Duration::from_secs(2));
+            return Err(e.context(format!(
+                "{strategy}: see {}",
+                plan.out_dir.join(format!("{strategy}.log")).display()
+            )));
+        }
+    };
+    let cfg = load::LoadConfig {
+        url: format!(
+            "http://{addr}/work?io_ms={}&cpu_us={}",
+            plan.io_ms, plan.cpu_us
+        ),
+        connections: plan.connections,
+        duration: Some(plan.duration),
+        requests: None,
+        timeout: Duration::from_secs(10),
+    };
+    let result = load::run(&cfg);
+    stop(&mut child, Duration::from_secs(10))?;
+    let report = result.with_context(|| format!("{strategy}: load generator"))?;
+    let figures = LoadFigures {
+        requests: report.requests,
+        errors: report.errors,
+        req_per_s: report.req_per_s,
+        p50_us: report.latency_us.p50 as f64,
+        p99_us: report.latency_us.p99 as f64,
+        connections: plan.connections,
+    };
+    std::fs::write(
+        compare::sidecar_path(&trace),
+        serde_json::to_string_pretty(&figures)?,
+    )?;
+    let summary =
+        analysis::summarize_file(&trace).with_context(|| format!("reading {}", trace.display()))?;
+    Ok(compare::row(strategy, &summary, Some(&figures), &trace))
+}
+
+/// Run the whole plan: one row per strategy, in order.
+pub fn run(plan: &Plan) -> anyhow::Result<Vec<CompareRow>> {
+    std::fs::create_dir_all(&plan.out_dir)
+        .with_context(|| format!("creating {}", plan.out_dir.display()))?;
+    let bar = if plan.progress {
+        indicatif::ProgressBar::new(plan.strategies.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut rows = Vec::new();
+    for strategy in &plan.strategies {
+        bar.set_message(format!(
+            "{strategy}: {} connections, io_ms={}, cpu_us={}, {:?}",
+            plan.connections, plan.io_ms, plan.cpu_us, plan.duration
+        ));
+        rows.push(run_one(plan, strategy)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// Rows from existing traces (their `.load.json` sidecars give requests and latency; without
+/// one, requests are the program's `request` spans).
+pub fn from_traces(traces: &[PathBuf]) -> anyhow::Result<Vec<CompareRow>> {
+    traces
+        .iter()
+        .map(|trace| {
+            let summary = analysis::summarize_file(trace)?;
+            let name = strategy_name(trace, &summary.argv);
+            Ok(compare::row(
+                &name,
+                &summary,
+                compare::load_sidecar(trace).as_ref(),
+                trace,
+            ))
+        })
+        .collect()
+}
+
+fn strategy_name(trace: &Path, argv: &[String]) -> String {
+    argv.first()
+        .and_then(|p| Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .or_else(|| trace.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| trace.display().to_string())
+}

@@ -1,0 +1,183 @@
+//! The span intake: the recorder's end of the span wire protocol (`layer/WIRE.md`).
+//!
+//! [`start`] listens on `<dir>/spans.sock`; the recorder passes that path to the program as
+//! `IOTRACE_SOCKET`, and the program's `iotrace-layer` (and any child process that also installs
+//! it) connects. A background thread reads every client continuously, validates and decodes each
+//! frame into a [`SpanBatch`] (one per frame: one thread's records), and hands the batches to
+//! the recorder's main loop through [`Intake::try_recv`].
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! # let dir = std::path::Path::new("/tmp/rec");
+//! let intake = iotrace_collector::intake::start(dir)?;
+//! // spawn the program with IOTRACE_SOCKET=intake.socket_path() ...
+//! while let Some(batch) = intake.try_recv() {
+//!     // store batch.events
+//! #   let _ = batch;
+//! }
+//! let (stats, rest) = intake.shutdown();
+//! # let _ = (stats, rest);
+//! # Ok(()) }
+//! ```
+//!
+//! A client that breaks the protocol is disconnected and described in
+//! [`IntakeStats::warnings`]; nothing is printed and nothing goes through `tracing`.
+
+mod server;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use wire::{
+    decode_frame, decode_hello, frame_len, Callsite, CallsiteKind, FieldValue, Level, SpanBatch,
+    SpanEvent, Value, WireError,
+};
+
+/// Environment variable through which the program learns the socket path.
+pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
+/// File name of the socket inside the recording directory.
+pub const SOCKET_NAME: &str = "spans.sock";
+/// Decoded batches that may wait for the main loop before the intake stops reading.
+const QUEUE: usize = 256;
+
+/// Counters of what the intake received, and what went wrong.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntakeStats {
+    /// Connections accepted.
+    pub clients: u64,
+    /// Frames decoded.
+    pub frames: u64,
+    /// Records decoded (callsite definitions included).
+    pub events: u64,
+    /// Sum over clients of the latest drop count each reported: events lost in the programs.
+    pub dropped_by_programs: u64,
+    /// Clients disconnected for breaking the protocol or hanging up mid-frame.
+    pub bad_clients: u64,
+    /// One sentence per problem, naming the client.
+    pub warnings: Vec<String>,
+}
+
+/// A running intake. Dropping it stops the thread without waiting; prefer [`Intake::shutdown`].
+pub struct Intake {
+    path: PathBuf,
+    rx: Receiver<SpanBatch>,
+    shared: Arc<server::Shared>,
+    wake: UnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").field("path", &self.path).finish()
+    }
+}
+
+/// Listens on `dir/spans.sock` (replacing a stale socket there) and starts the reader thread.
+/// `dir` must exist; the caller gives it mode 0700 so only this user can connect.
+pub fn start(dir: &Path) -> io::Result<Intake> {
+    let path = dir.join(SOCKET_NAME);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    listener.set_nonblocking(true)?;
+    let (wake, wake_rx) = UnixStream::pair()?;
+    wake_rx.set_nonblocking(true)?;
+    let (tx, rx) = sync_channel(QUEUE);
+    let shared = Arc::new(server::Shared::default());
+    let thread = {
+        let shared = Arc::clone(&shared);
+        let socket = path.clone();
+        std::thread::Builder::new()
+            .name("iotrace-span-intake".into())
+            .spawn(move || server::run(listener, socket, wake_rx, tx, shared))
+    };
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    Ok(Intake {
+        path,
+        rx,
+        shared,
+        wake,
+        thread: Some(thread),
+    })
+}
+
+impl Intake {
+    /// The socket's path: the value for `IOTRACE_SOCKET`.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next decoded batch, if one is waiting. Call this regularly: while batches wait
+    /// unread, the intake stops reading and the programs drop (and count) events.
+    pub fn try_recv(&self) -> Option<SpanBatch> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The next decoded batch, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<SpanBatch> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> IntakeStats {
+        self.shared.snapshot()
+    }
+
+    /// Stops accepting, reads what connected clients already sent (about 200 ms at most),
+    /// joins the thread and removes the socket. Returns the final counters and the batches
+    /// not yet taken with [`Intake::try_recv`].
+    pub fn shutdown(mut self) -> (IntakeStats, Vec<SpanBatch>) {
+        self.stop();
+        let mut rest = Vec::new();
+        // The thread ends within DRAIN_FOR plus one read; this bound only guards against a bug.
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let finished = loop {
+            match self.rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(batch) => rest.push(batch),
+                Err(RecvTimeoutError::Disconnected) => break true,
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= give_up => break false,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        };
+        if let Some(t) = self.thread.take() {
+            if finished {
+                let _ = t.join();
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+        (self.shared.snapshot(), rest)
+    }
+
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = (&self.wake).write(&[1]);
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}

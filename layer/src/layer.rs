@@ -1,0 +1,239 @@
+//! The `tracing_subscriber::Layer` itself: turns span and event callbacks into records in the
+//! calling thread's buffer. Enter and exit read the clock, look up one id and copy 17 bytes.
+
+use std::num::NonZeroU64;
+
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+use tracing_subscriber::Layer;
+
+use crate::encode::{callsite_key, tag, Fields};
+use crate::local::{self, Local};
+use crate::sink::{self, Sink};
+use crate::sys::now_ns;
+
+/// Target of tokio's waker events, whose `task.id` is a tracing span id.
+const WAKER_TARGET: &str = "tokio::task::waker";
+
+/// The never-reused id of a span, kept in the span's registry extensions.
+#[derive(Clone, Copy)]
+struct SpanId(u64);
+
+/// Records spans, enters, exits, closes and events for `iotrace record`.
+///
+/// Built by [`crate::layer`]. When `IOTRACE_SOCKET` is unset or unusable it is inert: every
+/// callback returns at its first instruction.
+pub struct IotraceLayer {
+    sink: Option<&'static Sink>,
+}
+
+impl std::fmt::Debug for IotraceLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IotraceLayer")
+            .field("recording", &self.on())
+            .finish()
+    }
+}
+
+impl IotraceLayer {
+    pub(crate) fn new(sink: Option<&'static Sink>) -> Self {
+        IotraceLayer { sink }
+    }
+
+    /// Whether this layer sends anything.
+    pub fn is_recording(&self) -> bool {
+        self.on()
+    }
+
+    #[inline]
+    fn on(&self) -> bool {
+        self.sink.is_some() && sink::is_on()
+    }
+
+    /// Tells this instance's entered spans apart from another instance's on the same thread.
+    #[inline]
+    fn key(&self) -> usize {
+        self as *const Self as usize
+    }
+}
+
+fn our_id<S>(span: &SpanRef<'_, S>) -> Option<u64>
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    span.extensions().get::<SpanId>().map(|s| s.0)
+}
+
+fn lookup<S>(ctx: &Context<'_, S>, id: &Id) -> Option<u64>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    ctx.span(id).and_then(|s| our_id(&s))
+}
+
+/// Runs `f` on the thread's buffer, counting one dropped record if the buffer is unavailable.
+#[inline]
+fn write(f: impl FnOnce(&mut Local)) {
+    if local::with(f).is_none() {
+        sink::count_dropped(1);
+    }
+}
+
+impl<S> Layer<S> for IotraceLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.on() {
+            sink::define_callsite(meta);
+        }
+        Interest::always()
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let parent = span.parent().and_then(|p| our_id(&p)).unwrap_or(0);
+        let existing = our_id(&span);
+        let key = callsite_key(attrs.metadata());
+        let time = now_ns();
+        let written = local::with(|l| {
+            let sid = existing.unwrap_or_else(|| l.new_id());
+            l.record(time, |e| {
+                e.u8(tag::NEW_SPAN);
+                e.u64(time);
+                e.u64(sid);
+                e.u64(parent);
+                e.u64(key);
+                let mut f = Fields::begin(e, None);
+                attrs.record(&mut f);
+                f.finish();
+            });
+            sid
+        });
+        let sid = written.unwrap_or_else(|| {
+            sink::count_dropped(1);
+            existing.unwrap_or_else(local::global_id)
+        });
+        if existing.is_none() {
+            span.extensions_mut().insert(SpanId(sid));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let Some(sid) = lookup(&ctx, id) else { return };
+        let time = now_ns();
+        write(|l| {
+            l.record(time, |e| {
+                e.u8(tag::RECORD);
+                e.u64(time);
+                e.u64(sid);
+                let mut f = Fields::begin(e, None);
+                values.record(&mut f);
+                f.finish();
+            })
+        });
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let (Some(sid), Some(fid)) = (lookup(&ctx, id), lookup(&ctx, follows)) else {
+            return;
+        };
+        let time = now_ns();
+        write(|l| {
+            l.record(time, |e| {
+                e.u8(tag::FOLLOWS_FROM);
+                e.u64(time);
+                e.u64(sid);
+                e.u64(fid);
+            })
+        });
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let meta = event.metadata();
+        let parent = ctx.event_span(event).and_then(|s| our_id(&s)).unwrap_or(0);
+        let resolve = |raw: u64| {
+            let raw = NonZeroU64::new(raw)?;
+            lookup(&ctx, &Id::from_non_zero_u64(raw))
+        };
+        let task_ids: Option<&dyn Fn(u64) -> Option<u64>> = if meta.target() == WAKER_TARGET {
+            Some(&resolve)
+        } else {
+            None
+        };
+        let key = callsite_key(meta);
+        let time = now_ns();
+        write(|l| {
+            l.record(time, |e| {
+                e.u8(tag::EVENT);
+                e.u64(time);
+                e.u64(parent);
+                e.u64(key);
+                let mut f = Fields::begin(e, task_ids);
+                event.record(&mut f);
+                f.finish();
+            })
+        });
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let Some(sid) = lookup(&ctx, id) else { return };
+        let time = now_ns();
+        let me = self.key();
+        write(|l| {
+            l.push_entered(me, id.into_u64(), sid);
+            l.fixed(tag::ENTER, time, sid);
+        });
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let time = now_ns();
+        let me = self.key();
+        let done = local::with(|l| match l.pop_entered(me, id.into_u64()) {
+            Some(sid) => {
+                l.fixed(tag::EXIT, time, sid);
+                true
+            }
+            None => false,
+        });
+        match done {
+            Some(true) => {}
+            Some(false) => {
+                if let Some(sid) = lookup(&ctx, id) {
+                    write(|l| l.fixed(tag::EXIT, time, sid));
+                }
+            }
+            None => sink::count_dropped(1),
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if !self.on() {
+            return;
+        }
+        let Some(sid) = lookup(&ctx, &id) else { return };
+        let time = now_ns();
+        write(|l| l.fixed(tag::CLOSE, time, sid));
+    }
+}

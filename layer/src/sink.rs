@@ -1,0 +1,242 @@
+//! The process-wide sink: the connection to the recorder named by `IOTRACE_SOCKET`, the bounded
+//! queue of full thread buffers, the flusher thread that alone writes to the socket, the loss
+//! counter, and the once-per-callsite definitions.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use std::{io, thread};
+
+use tracing::Metadata;
+
+use crate::encode::{self, FRAME_HEADER};
+use crate::sys;
+
+/// Environment variable that names the recorder's Unix socket.
+pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
+/// Full buffers that may wait for the flusher; past this, buffers are dropped and counted.
+const QUEUE: usize = 64;
+/// The flusher wakes at least this often to send callsites and loss counts.
+const TICK: Duration = Duration::from_millis(50);
+/// Callsite definitions are sent in frames of about this size.
+const CALLSITE_CHUNK: usize = 64 * 1024;
+
+/// A full thread buffer on its way to the socket, and where to return it afterwards.
+pub(crate) struct Frame {
+    /// `FRAME_HEADER` reserved bytes, then whole records.
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) tid: u32,
+    /// The owning thread's recycle queue.
+    pub(crate) home: SyncSender<Vec<u8>>,
+}
+
+enum Msg {
+    Frame(Frame),
+    Flush(SyncSender<()>),
+}
+
+pub(crate) struct Sink {
+    tx: SyncSender<Msg>,
+    pid: u32,
+}
+
+struct Callsites {
+    seen: BTreeSet<u64>,
+    chunks: Vec<Vec<u8>>,
+}
+
+static SINK: OnceLock<Option<Sink>> = OnceLock::new();
+static ON: AtomicBool = AtomicBool::new(false);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static CALLSITES: Mutex<Callsites> = Mutex::new(Callsites {
+    seen: BTreeSet::new(),
+    chunks: Vec::new(),
+});
+static CALLSITES_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// The sink, connecting on first use. `None` when `IOTRACE_SOCKET` is unset or unusable.
+pub(crate) fn get() -> Option<&'static Sink> {
+    SINK.get_or_init(open).as_ref()
+}
+
+/// The sink if it was already opened (never connects).
+fn get_if_open() -> Option<&'static Sink> {
+    SINK.get().and_then(Option::as_ref)
+}
+
+/// Whether recording is on (false before connecting and after the socket failed).
+#[inline]
+pub(crate) fn is_on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_dropped(n: u64) {
+    DROPPED.fetch_add(n, Ordering::Relaxed);
+}
+
+pub(crate) fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Queues a full buffer for the flusher without blocking; gives it back if the queue is full.
+pub(crate) fn send(frame: Frame) -> Result<(), Frame> {
+    let Some(sink) = get_if_open() else {
+        return Err(frame);
+    };
+    match sink.tx.try_send(Msg::Frame(frame)) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(Msg::Frame(f)) | TrySendError::Disconnected(Msg::Frame(f))) => {
+            Err(f)
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+fn open() -> Option<Sink> {
+    let path = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty())?;
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "iotrace: cannot connect to the span socket {} (from {SOCKET_ENV}): {e}; \
+                 spans and tasks of this process will not be recorded",
+                path.to_string_lossy()
+            );
+            return None;
+        }
+    };
+    let pid = std::process::id();
+    let (tx, rx) = sync_channel(QUEUE);
+    let spawned = thread::Builder::new()
+        .name("iotrace-flush".into())
+        .spawn(move || flusher(stream, rx, pid));
+    if let Err(e) = spawned {
+        eprintln!("iotrace: cannot start the span flusher thread: {e}; spans will not be recorded");
+        return None;
+    }
+    ON.store(true, Ordering::Relaxed);
+    sys::at_exit(exit_hook);
+    Some(Sink { tx, pid })
+}
+
+/// Queues the definition of `meta` once per process (cold path: runs once per callsite).
+pub(crate) fn define_callsite(meta: &'static Metadata<'static>) {
+    let mut cs = CALLSITES.lock().unwrap_or_else(|p| p.into_inner());
+    if !cs.seen.insert(encode::callsite_key(meta)) {
+        return;
+    }
+    if cs.chunks.last().is_none_or(|c| c.len() >= CALLSITE_CHUNK) {
+        let mut chunk = Vec::with_capacity(CALLSITE_CHUNK);
+        chunk.resize(FRAME_HEADER, 0);
+        cs.chunks.push(chunk);
+    }
+    if let Some(chunk) = cs.chunks.last_mut() {
+        encode::callsite(chunk, meta);
+    }
+    CALLSITES_PENDING.store(true, Ordering::Release);
+}
+
+/// Hands this thread's buffer to the flusher and waits (at most `timeout`) until everything
+/// queued before has been written to the socket.
+pub(crate) fn flush_for(timeout: Duration) {
+    let Some(sink) = get_if_open() else { return };
+    if !is_on() || sink.pid != std::process::id() {
+        return; // a forked child has no flusher thread
+    }
+    crate::local::handoff_current();
+    let deadline = Instant::now() + timeout;
+    let (ack_tx, ack_rx) = sync_channel(1);
+    let mut msg = Msg::Flush(ack_tx);
+    loop {
+        match sink.tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                msg = m;
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+extern "C" fn exit_hook() {
+    let _ = std::panic::catch_unwind(|| flush_for(Duration::from_millis(100)));
+}
+
+struct Writer {
+    stream: UnixStream,
+    pid: u32,
+    reported: u64,
+}
+
+impl Writer {
+    fn write_frame(&mut self, frame: &mut [u8], tid: u32) -> io::Result<()> {
+        let dropped = dropped();
+        encode::fill_frame_header(frame, self.pid, tid, dropped);
+        sys::send_all(self.stream.as_raw_fd(), frame)?;
+        self.reported = dropped;
+        Ok(())
+    }
+
+    /// Sends pending callsite definitions (before any frame that may use them).
+    fn callsites(&mut self) -> io::Result<()> {
+        if !CALLSITES_PENDING.swap(false, Ordering::Acquire) {
+            return Ok(());
+        }
+        let chunks =
+            std::mem::take(&mut CALLSITES.lock().unwrap_or_else(|p| p.into_inner()).chunks);
+        for mut chunk in chunks {
+            self.write_frame(&mut chunk, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sends an empty frame if the drop count changed since the last frame.
+    fn loss(&mut self) -> io::Result<()> {
+        if dropped() == self.reported {
+            return Ok(());
+        }
+        let mut empty = [0u8; FRAME_HEADER];
+        self.write_frame(&mut empty, 0)
+    }
+}
+
+fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
+    let mut w = Writer {
+        stream,
+        pid,
+        reported: 0,
+    };
+    let result = (|| -> io::Result<()> {
+        sys::send_all(w.stream.as_raw_fd(), &encode::hello(pid))?;
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(Msg::Frame(mut f)) => {
+                    w.callsites()?;
+                    w.write_frame(&mut f.bytes, f.tid)?;
+                    f.bytes.truncate(FRAME_HEADER);
+                    let _ = f.home.try_send(f.bytes);
+                }
+                Ok(Msg::Flush(ack)) => {
+                    w.callsites()?;
+                    w.loss()?;
+                    let _ = ack.try_send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    w.callsites()?;
+                    w.loss()?;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    })();
+    if let Err(e) = result {
+        ON.store(false, Ordering::Relaxed);
+        eprintln!("iotrace: the span socket failed ({e}); span recording stops for this process");
+    }
+}
