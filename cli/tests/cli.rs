@@ -34,6 +34,8 @@ fn help_texts() {
         (vec!["--help"], "help.txt"),
         (vec!["record", "--help"], "record-help.txt"),
         (vec!["report", "--help"], "report-help.txt"),
+        (vec!["load", "--help"], "load-help.txt"),
+        (vec!["compare", "--help"], "compare-help.txt"),
     ] {
         let out = iotrace(&args);
         assert!(out.status.success());
@@ -55,4 +57,27 @@ fn report_of_missing_file_names_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/trace.data"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn bad_durations_are_usage_errors() {
+    for bad in ["5x", "-1s", "abc", "0s"] {
+        let out = iotrace(&["load", "http://127.0.0.1:9/", &format!("--duration={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(bad), "{bad}");
+    }
+}
+
+#[test]
+fn load_refuses_non_loopback_hosts() {
+    let out = iotrace(&["load", "http://192.0.2.1/", "--requests", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[test]
+fn compare_rejects_unknown_strategy() {
+    let out = iotrace(&["compare", "--strategies", "fibers"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown strategy `fibers`"));
 }

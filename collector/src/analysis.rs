@@ -379,7 +379,7 @@ impl Summarizer {
         if self.span_batches > 0 || self.summary_has_span_clients() {
             s.spans = Some(spans.finish(10));
         }
-        threads.sort_by(|a, b| (a.pid, a.tid).cmp(&(b.pid, b.tid)));
+        threads.sort_by_key(|t| (t.pid, t.tid));
         s.threads = threads;
         s
     }

@@ -446,17 +446,15 @@ impl PerfSession {
                     out(Record::Exit(Exit { pid, tid, time_ns }))?;
                 }
             }
-            RECORD_LOST => {
-                if data.len() >= 16 {
-                    let records = u64_at(data, 8);
-                    *lost += records;
-                    let time_ns = parse_sample_id(data).map(|s| s.time).unwrap_or(0);
-                    out(Record::Lost(Lost {
-                        cpu,
-                        time_ns,
-                        records,
-                    }))?;
-                }
+            RECORD_LOST if data.len() >= 16 => {
+                let records = u64_at(data, 8);
+                *lost += records;
+                let time_ns = parse_sample_id(data).map(|s| s.time).unwrap_or(0);
+                out(Record::Lost(Lost {
+                    cpu,
+                    time_ns,
+                    records,
+                }))?;
             }
             _ => {}
         }

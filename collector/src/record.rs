@@ -235,7 +235,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let pidfd = sys::pidfd_open(pid)?;
     if let Err(source) = child.release() {
         // exec failed: the child exits 127; reap it and say why.
-        let _ = sys::kill(pid, libc::SIGKILL);
+        sys::kill(pid, libc::SIGKILL);
         let _ = wait_blocking(pid);
         let code = source.raw_os_error();
         return Err(if code == Some(libc::ENOENT) {

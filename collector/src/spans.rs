@@ -38,6 +38,17 @@ pub struct SpanTotal {
     pub lifetime_ns: u64,
 }
 
+/// What is known of one span so far. Batches come per thread and threads flush
+/// independently, so a span's close or enters can arrive before its creation.
+#[derive(Default)]
+struct SpanAcc {
+    callsite: Option<u64>,
+    created: Option<u64>,
+    closed: Option<u64>,
+    enters: u64,
+    busy_ns: u64,
+}
+
 /// Incremental fold of span batches.
 #[derive(Default)]
 pub struct SpanSummarizer {
@@ -46,8 +57,10 @@ pub struct SpanSummarizer {
     callsites: HashMap<(u32, u64), usize>,
     totals: Vec<SpanTotal>,
     name_index: HashMap<(String, String), usize>,
-    /// (pid, span) → (totals index, created at).
-    live: HashMap<(u32, u64), (usize, u64)>,
+    /// Spans not yet both created and closed, by (pid, span).
+    spans: HashMap<(u32, u64), SpanAcc>,
+    /// Finished spans whose callsite definition has not arrived yet.
+    deferred: Vec<(u32, SpanAcc)>,
     /// (pid, tid, span) → entered at.
     entered: HashMap<(u32, u32, u64), u64>,
 }
@@ -81,35 +94,61 @@ impl SpanSummarizer {
                     ..
                 } => {
                     self.summary.spans_created += 1;
-                    if let Some(&idx) = self.callsites.get(&(pid, *callsite)) {
-                        self.totals[idx].count += 1;
-                        self.live.insert((pid, *span), (idx, *time));
-                    }
+                    let acc = self.spans.entry((pid, *span)).or_default();
+                    acc.callsite = Some(*callsite);
+                    acc.created = Some(*time);
+                    self.maybe_finish(pid, *span);
                 }
                 SpanEvent::Enter { time, span } => {
                     self.entered.insert((pid, batch.tid, *span), *time);
                 }
                 SpanEvent::Exit { time, span } => {
                     if let Some(since) = self.entered.remove(&(pid, batch.tid, *span)) {
-                        if let Some(&(idx, _)) = self.live.get(&(pid, *span)) {
-                            self.totals[idx].enters += 1;
-                            self.totals[idx].busy_ns += time.saturating_sub(since);
-                        }
+                        let acc = self.spans.entry((pid, *span)).or_default();
+                        acc.enters += 1;
+                        acc.busy_ns += time.saturating_sub(since);
                     }
                 }
                 SpanEvent::Close { time, span } => {
                     self.summary.spans_closed += 1;
-                    if let Some((idx, created)) = self.live.remove(&(pid, *span)) {
-                        let total = &mut self.totals[idx];
-                        total.lifetime_ns += time.saturating_sub(created);
-                        if total.name == "request" {
-                            self.summary.requests += 1;
-                        }
-                    }
+                    self.spans.entry((pid, *span)).or_default().closed = Some(*time);
+                    self.maybe_finish(pid, *span);
                 }
                 _ => {}
             }
         }
+    }
+
+    fn maybe_finish(&mut self, pid: u32, span: u64) {
+        let done = self
+            .spans
+            .get(&(pid, span))
+            .is_some_and(|a| a.created.is_some() && a.closed.is_some());
+        if done {
+            if let Some(acc) = self.spans.remove(&(pid, span)) {
+                if !self.account(pid, &acc) {
+                    self.deferred.push((pid, acc));
+                }
+            }
+        }
+    }
+
+    /// Add a span to its name's totals; false if its callsite is not known (yet).
+    fn account(&mut self, pid: u32, acc: &SpanAcc) -> bool {
+        let Some(&idx) = acc.callsite.and_then(|c| self.callsites.get(&(pid, c))) else {
+            return false;
+        };
+        let total = &mut self.totals[idx];
+        total.count += 1;
+        total.enters += acc.enters;
+        total.busy_ns += acc.busy_ns;
+        if let (Some(created), Some(closed)) = (acc.created, acc.closed) {
+            total.lifetime_ns += closed.saturating_sub(created);
+            if total.name == "request" {
+                self.summary.requests += 1;
+            }
+        }
+        true
     }
 
     pub fn set_stats(&mut self, stats: &crate::format::SpanStats) {
@@ -120,6 +159,16 @@ impl SpanSummarizer {
     }
 
     pub fn finish(mut self, top: usize) -> SpanSummary {
+        // Spans still open at the end, and finished ones whose callsite came late.
+        let open: Vec<((u32, u64), SpanAcc)> = self.spans.drain().collect();
+        for ((pid, _), acc) in open {
+            if acc.created.is_some() {
+                self.account(pid, &acc);
+            }
+        }
+        for (pid, acc) in std::mem::take(&mut self.deferred) {
+            self.account(pid, &acc);
+        }
         self.totals
             .sort_by(|a, b| b.busy_ns.cmp(&a.busy_ns).then(b.count.cmp(&a.count)));
         self.totals.retain(|t| t.count > 0);

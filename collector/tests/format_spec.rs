@@ -111,7 +111,7 @@ fn short_header() {
 fn newer_version() {
     let mut bytes = sample_trace();
     bytes[8] = 99;
-    let err = read_all(&bytes).err().expect("newer version rejected");
+    let err = read_all(&bytes).expect_err("newer version rejected");
     assert!(err.to_string().contains("99"), "{err}");
     bytes[8] = 0;
     assert!(matches!(read_all(&bytes), Err(FormatError::NotATrace(_))));

@@ -1,6 +1,8 @@
 //! Cost of entering and exiting an existing span: with no subscriber, with a bare registry, and
 //! with the iotrace layer recording to a Unix socket whose reader discards everything.
 //! Criterion reports each as time per enter+exit pair; a summary line prints the same in ns.
+//! The layer caches span ids per thread until any span closes; `iotrace_after_close` pays a
+//! close of another span before each pair, so (after_close - close_only) is the uncached pair.
 //!
 //! `cargo bench -p iotrace-layer --bench enter_exit -- --quick`
 
@@ -10,7 +12,7 @@ use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use tracing::Span;
+use tracing::{Dispatch, Span};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// A stand-in recorder that reads and discards; returns the socket path.
@@ -33,11 +35,16 @@ fn pair(span: &Span) {
     let _entered = black_box(span).enter();
 }
 
-fn ns_per_pair(span: &Span) -> f64 {
-    const N: u32 = 5_000_000;
+/// Creates and closes a span: with the layer, this invalidates every cached span id.
+fn close_one(dispatch: &Dispatch) {
+    tracing::dispatcher::with_default(dispatch, || drop(black_box(tracing::info_span!("other"))));
+}
+
+fn ns_per(mut f: impl FnMut()) -> f64 {
+    const N: u32 = 2_000_000;
     let t = Instant::now();
     for _ in 0..N {
-        pair(span);
+        f();
     }
     t.elapsed().as_nanos() as f64 / f64::from(N)
 }
@@ -47,18 +54,15 @@ fn main() {
     std::env::set_var(iotrace_layer::SOCKET_ENV, &path);
 
     let none = tracing::info_span!("bench");
-    let registry = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
-        tracing::info_span!("bench")
-    });
+    let registry = Dispatch::new(tracing_subscriber::registry());
+    let registry = tracing::dispatcher::with_default(&registry, || tracing::info_span!("bench"));
     let layer = iotrace_layer::layer();
     assert!(
         layer.is_recording(),
         "the layer connected to the bench socket"
     );
-    let iotrace =
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-            tracing::info_span!("bench")
-        });
+    let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+    let iotrace = tracing::dispatcher::with_default(&dispatch, || tracing::info_span!("bench"));
 
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -68,21 +72,32 @@ fn main() {
         let mut g = c.benchmark_group("enter_exit");
         g.bench_function("no_subscriber", |b| b.iter(|| pair(&none)));
         g.bench_function("registry_only", |b| b.iter(|| pair(&registry)));
-        g.bench_function("iotrace_layer", |b| b.iter(|| pair(&iotrace)));
+        g.bench_function("iotrace", |b| b.iter(|| pair(&iotrace)));
+        g.bench_function("iotrace_close_only", |b| b.iter(|| close_one(&dispatch)));
+        g.bench_function("iotrace_after_close", |b| {
+            b.iter(|| {
+                close_one(&dispatch);
+                pair(&iotrace)
+            })
+        });
         g.finish();
     }
     c.final_summary();
 
-    let (n, r, i) = (
-        ns_per_pair(&none),
-        ns_per_pair(&registry),
-        ns_per_pair(&iotrace),
-    );
+    let n = ns_per(|| pair(&none));
+    let r = ns_per(|| pair(&registry));
+    let i = ns_per(|| pair(&iotrace));
+    let closes = ns_per(|| close_one(&dispatch));
+    let miss = ns_per(|| {
+        close_one(&dispatch);
+        pair(&iotrace)
+    });
     iotrace_layer::flush();
     println!(
         "enter+exit ns/pair: no subscriber {n:.1}, registry {r:.1}, registry+iotrace {i:.1} \
-         (layer adds {:.1}); records dropped by the layer: {}",
+         (layer adds {:.1}); uncached pair after a close {:.1}; records dropped by the layer: {}",
         i - r,
+        miss - closes,
         iotrace_layer::dropped_events()
     );
     let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));

@@ -1,5 +1,6 @@
 //! The `tracing_subscriber::Layer` itself: turns span and event callbacks into records in the
-//! calling thread's buffer. Enter and exit read the clock, look up one id and copy 17 bytes.
+//! calling thread's buffer. Enter and exit read the clock, find the span's never-reused id (in
+//! a per-thread cache or stack, else in the registry) and copy 17 bytes.
 
 use std::num::NonZeroU64;
 
@@ -17,6 +18,16 @@ use crate::sys::now_ns;
 
 /// Target of tokio's waker events, whose `task.id` is a tracing span id.
 const WAKER_TARGET: &str = "tokio::task::waker";
+/// tokio's resource instrumentation (timers, I/O resources, async ops): events have targets
+/// `runtime::resource::*`, spans are named `runtime.resource*` with their module as target. A
+/// dozen records per request that iotrace does not use, skipped unless asked for.
+const RESOURCE_TARGET: &str = "runtime::resource";
+const RESOURCE_SPAN: &str = "runtime.resource";
+
+fn is_tokio_resource(meta: &Metadata<'_>) -> bool {
+    meta.target().starts_with(RESOURCE_TARGET)
+        || (meta.is_span() && meta.name().starts_with(RESOURCE_SPAN))
+}
 
 /// The never-reused id of a span, kept in the span's registry extensions.
 #[derive(Clone, Copy)]
@@ -28,6 +39,7 @@ struct SpanId(u64);
 /// callback returns at its first instruction.
 pub struct IotraceLayer {
     sink: Option<&'static Sink>,
+    resources: bool,
 }
 
 impl std::fmt::Debug for IotraceLayer {
@@ -40,7 +52,18 @@ impl std::fmt::Debug for IotraceLayer {
 
 impl IotraceLayer {
     pub(crate) fn new(sink: Option<&'static Sink>) -> Self {
-        IotraceLayer { sink }
+        IotraceLayer {
+            sink,
+            resources: false,
+        }
+    }
+
+    /// Also record tokio's `runtime::resource*` spans and events (timers, I/O resources).
+    /// Off by default: iotrace does not use them and they cost a dozen records per request.
+    /// While off, this layer disables those callsites for the whole subscriber it is part of.
+    pub fn with_tokio_resources(mut self, record: bool) -> Self {
+        self.resources = record;
+        self
     }
 
     /// Whether this layer sends anything.
@@ -87,6 +110,9 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.on() && !self.resources && is_tokio_resource(meta) {
+            return Interest::never();
+        }
         if self.on() {
             sink::define_callsite(meta);
         }
@@ -195,13 +221,29 @@ where
         if !self.on() {
             return;
         }
-        let Some(sid) = lookup(&ctx, id) else { return };
         let time = now_ns();
-        let me = self.key();
-        write(|l| {
-            l.push_entered(me, id.into_u64(), sid);
-            l.fixed(tag::ENTER, time, sid);
+        let (me, span) = (self.key(), id.into_u64());
+        let epoch = local::close_epoch();
+        let hit = local::with(|l| match l.cached(me, span, epoch) {
+            Some(sid) => {
+                l.push_entered(me, span, sid);
+                l.fixed(tag::ENTER, time, sid);
+                true
+            }
+            None => false,
         });
+        match hit {
+            Some(true) => {}
+            Some(false) => {
+                let Some(sid) = lookup(&ctx, id) else { return };
+                write(|l| {
+                    l.remember(me, span, sid, epoch);
+                    l.push_entered(me, span, sid);
+                    l.fixed(tag::ENTER, time, sid);
+                });
+            }
+            None => sink::count_dropped(1),
+        }
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
@@ -232,6 +274,8 @@ where
         if !self.on() {
             return;
         }
+        // Before the registry can hand this id to a new span.
+        local::span_closed();
         let Some(sid) = lookup(&ctx, &id) else { return };
         let time = now_ns();
         write(|l| l.fixed(tag::CLOSE, time, sid));

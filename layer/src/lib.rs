@@ -1,13 +1,11 @@
 //! The tracing layer a program links so `iotrace record` sees its spans and tokio tasks.
 //!
 //! ```no_run
-//! fn main() {
-//!     // Records only when started by `iotrace record` (which sets IOTRACE_SOCKET);
-//!     // otherwise this installs nothing and costs nothing.
-//!     iotrace_layer::init();
-//!     // ... the program, with `tracing` spans, or tokio built with
-//!     // `--cfg tokio_unstable` and feature `tracing` for one span per task.
-//! }
+//! // First thing in main. Records only when started by `iotrace record` (which sets
+//! // IOTRACE_SOCKET); otherwise this installs nothing and costs nothing.
+//! iotrace_layer::init();
+//! // ... the program, with `tracing` spans, or tokio built with
+//! // `--cfg tokio_unstable` and feature `tracing` for one span per task.
 //! ```
 //!
 //! To keep another layer (say, a log formatter), compose it yourself:
@@ -24,7 +22,10 @@
 //! Cost: each callback writes a compact record into a fixed-size buffer owned by the calling
 //! thread, with no lock and no allocation in the steady state; a background thread writes full
 //! buffers to the socket. When that falls behind, whole buffers are dropped and counted, never
-//! waited for: the program is never blocked by the recorder.
+//! waited for: the program is never blocked by the recorder. A thread's buffer (32 KiB) goes to
+//! the writer when full, at the thread's first record after it is 50 ms old, when the thread
+//! exits, and at [`flush`] or `exit()`; a thread that sleeps keeps its last records until then.
+//! The one allocation per span is the 8-byte id the registry stores in the span's extensions.
 //!
 //! Span ids: tracing reuses a span's id after it closes; the layer gives every span its own id
 //! that is never reused in the process, and translates the `task.id` of tokio's waker events

@@ -1,5 +1,6 @@
 //! Per-thread state: the fixed-capacity buffer of encoded records, the cached kernel tid, a block
-//! of never-reused span ids, and the stack of entered spans (so an exit needs no registry lookup).
+//! of never-reused span ids, the stack of entered spans (so an exit needs no registry lookup)
+//! and a small cache of span ids (so entering a span again needs none either, until a span closes).
 //! Nothing here is shared between threads except through the sink's queue.
 
 use std::cell::RefCell;
@@ -21,19 +22,62 @@ const STACK: usize = 32;
 /// Returned buffers a thread keeps for reuse.
 const SPARE: usize = 2;
 
+/// Entries of the per-thread span id cache (direct-mapped by tracing's span id).
+const CACHE: usize = 64;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Bumped on every span close. tracing reuses an id only after the span closed, so a cached
+/// (tracing id -> our id) pair stored while the epoch was `e` is valid while it is still `e`.
+static CLOSE_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Clone, Copy)]
+struct Slot {
+    layer: usize,
+    span: u64,
+    id: u64,
+    epoch: u64,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    layer: 0,
+    span: 0,
+    id: 0,
+    epoch: u64::MAX,
+};
+
+#[inline]
+fn cache_slot(span: u64) -> usize {
+    // tracing's ids are slab indices + 1, with thread and generation bits above: the low bits
+    // spread well.
+    (span as usize) % CACHE
+}
+
+/// The current close epoch (see [`CLOSE_EPOCH`]).
+#[inline]
+pub(crate) fn close_epoch() -> u64 {
+    CLOSE_EPOCH.load(Ordering::Acquire)
+}
+
+/// Invalidates every thread's cached ids; called before a span's id can be reused.
+pub(crate) fn span_closed() {
+    CLOSE_EPOCH.fetch_add(1, Ordering::Release);
+}
+
+/// This thread's queue of buffers returned by the flusher (sender end, receiver end).
+type Spare = (SyncSender<Vec<u8>>, Receiver<Vec<u8>>);
 
 pub(crate) struct Local {
     buf: Option<Vec<u8>>,
     events: u64,
     first: u64,
     tid: u32,
-    spare: Option<(SyncSender<Vec<u8>>, Receiver<Vec<u8>>)>,
+    spare: Option<Spare>,
     next_id: u64,
     end_id: u64,
     /// (layer instance, tracing span id, never-reused id) of the spans entered on this thread.
     stack: [(usize, u64, u64); STACK],
     depth: usize,
+    cache: [Slot; CACHE],
 }
 
 thread_local! {
@@ -71,6 +115,7 @@ impl Local {
             end_id: 0,
             stack: [(0, 0, 0); STACK],
             depth: 0,
+            cache: [EMPTY_SLOT; CACHE],
         }
     }
 
@@ -95,6 +140,17 @@ impl Local {
     /// The never-reused id of `span` if this thread entered it, forgetting the entry.
     #[inline]
     pub(crate) fn pop_entered(&mut self, layer: usize, span: u64) -> Option<u64> {
+        let top = self.depth.checked_sub(1)?;
+        let &(l, s, id) = self.stack.get(top)?;
+        if l == layer && s == span {
+            self.depth = top;
+            return Some(id);
+        }
+        self.pop_entered_below(layer, span)
+    }
+
+    /// Out-of-order exit: search the rest of the stack.
+    fn pop_entered_below(&mut self, layer: usize, span: u64) -> Option<u64> {
         let live = self.stack.get(..self.depth)?;
         let at = live
             .iter()
@@ -103,6 +159,25 @@ impl Local {
         self.stack.copy_within(at + 1..self.depth, at);
         self.depth -= 1;
         Some(id)
+    }
+
+    /// The never-reused id of `span` remembered since no span closed (`epoch` unchanged).
+    #[inline]
+    pub(crate) fn cached(&self, layer: usize, span: u64, epoch: u64) -> Option<u64> {
+        let slot = &self.cache[cache_slot(span)];
+        (slot.span == span && slot.layer == layer && slot.epoch == epoch).then_some(slot.id)
+    }
+
+    /// Remembers `span`'s id, valid while [`close_epoch`] still equals `epoch` (read before the
+    /// registry lookup that produced `id`).
+    #[inline]
+    pub(crate) fn remember(&mut self, layer: usize, span: u64, id: u64, epoch: u64) {
+        self.cache[cache_slot(span)] = Slot {
+            layer,
+            span,
+            id,
+            epoch,
+        };
     }
 
     fn buf_mut(&mut self) -> &mut Vec<u8> {
@@ -116,26 +191,23 @@ impl Local {
         })
     }
 
-    fn room(&self) -> usize {
-        self.buf
-            .as_ref()
-            .map_or(CAP, |b| CAP.saturating_sub(b.len()))
-    }
-
     /// Appends an ENTER/EXIT/CLOSE record.
     #[inline]
     pub(crate) fn fixed(&mut self, tag: u8, time: u64, span: u64) {
-        if self.room() < FIXED_RECORD {
-            self.handoff();
-        }
         let rec = encode::fixed_record(tag, time, span);
-        let buf = self.buf_mut();
-        if CAP - buf.len() >= FIXED_RECORD {
-            buf.extend_from_slice(&rec);
-            self.written(time);
-        } else {
-            sink::count_dropped(1);
+        match &mut self.buf {
+            Some(b) if CAP - b.len() >= FIXED_RECORD => b.extend_from_slice(&rec),
+            _ => {
+                self.handoff();
+                let b = self.buf_mut();
+                if CAP - b.len() < FIXED_RECORD {
+                    sink::count_dropped(1);
+                    return;
+                }
+                b.extend_from_slice(&rec);
+            }
         }
+        self.written(time);
     }
 
     /// Appends a variable-size record written by `write`; hands off the buffer and retries once
@@ -161,7 +233,13 @@ impl Local {
         self.events += 1;
         if self.events == 1 {
             self.first = time;
-        } else if time.saturating_sub(self.first) > MAX_AGE_NS || self.room() < FIXED_RECORD {
+            return;
+        }
+        let full = self
+            .buf
+            .as_ref()
+            .is_some_and(|b| CAP - b.len() < FIXED_RECORD);
+        if full || time.saturating_sub(self.first) > MAX_AGE_NS {
             self.handoff();
         }
     }
@@ -229,6 +307,23 @@ mod tests {
         assert_eq!(l.pop_entered(1, 10), None);
         assert_eq!(l.pop_entered(1, 11), Some(101));
         assert_eq!(l.depth, 0);
+    }
+
+    #[test]
+    fn cached_ids_expire_when_any_span_closes() {
+        let mut l = Local::new();
+        let e = close_epoch();
+        assert_eq!(l.cached(1, 5, e), None);
+        l.remember(1, 5, 500, e);
+        assert_eq!(l.cached(1, 5, e), Some(500));
+        assert_eq!(l.cached(2, 5, e), None, "other layer instance");
+        assert_eq!(
+            l.cached(1, 5 + CACHE as u64, e),
+            None,
+            "same slot, other span"
+        );
+        span_closed();
+        assert_eq!(l.cached(1, 5, close_epoch()), None);
     }
 
     #[test]

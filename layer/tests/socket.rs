@@ -43,6 +43,23 @@ fn spans_on_two_threads_arrive_well_formed() {
     );
     let threads: Vec<_> = w.tids.iter().filter(|&&t| t != 0).collect();
     assert_eq!(threads.len(), 2, "{:?}", w.tids);
+    // On each thread, every enter/exit/close names a span created before and not yet closed
+    // (the per-thread id cache must never hand out a stale id).
+    let mut live = std::collections::HashSet::new();
+    for &(tid, tag, span) in &w.span_records {
+        match tag {
+            2 => assert!(live.insert((tid, span)), "span id {span} reused"),
+            3 | 4 => assert!(
+                live.contains(&(tid, span)),
+                "enter/exit of a dead span {span}"
+            ),
+            _ => assert!(live.remove(&(tid, span)), "close of a dead span {span}"),
+        }
+    }
+    assert!(live.is_empty());
     // The first frame defines the callsites that follow it.
     assert_eq!(w.tags.first(), Some(&1));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -43,6 +43,8 @@ pub struct Walk {
     /// Record tags in order of arrival.
     pub tags: Vec<u8>,
     pub callsite_names: Vec<String>,
+    /// (tid, tag, span) of NEW_SPAN, ENTER, EXIT and CLOSE records, in arrival order.
+    pub span_records: Vec<(u32, u8, u64)>,
 }
 
 struct R<'a>(&'a [u8]);
@@ -131,11 +133,14 @@ pub fn walk(stream: &[u8]) -> Walk {
                     }
                 }
                 2 => {
-                    f.take(32);
+                    f.u64();
+                    w.span_records.push((tid, tag, f.u64()));
+                    f.take(16);
                     f.fields();
                 }
                 3..=5 => {
-                    f.take(16);
+                    f.u64();
+                    w.span_records.push((tid, tag, f.u64()));
                 }
                 6 => {
                     f.take(16);

@@ -21,6 +21,12 @@ fn child_entry() {
     match scenario.as_str() {
         "threads" => threads_scenario(),
         "tokio" => tokio_scenario(),
+        "exit_without_flush" => {
+            let s = tracing::info_span!("last_words");
+            s.in_scope(|| tracing::info!("bye"));
+            // No flush(): exit() runs the layer's atexit hook.
+            std::process::exit(0);
+        }
         _ => {}
     }
     iotrace_layer::flush();
@@ -278,4 +284,17 @@ fn tokio_tasks_round_trip_with_wakers_mapped_to_task_spans() {
     for s in &tasks {
         assert!(woken.contains_key(s), "task span {s} has waker events");
     }
+}
+
+#[test]
+fn records_still_buffered_at_exit_arrive_without_an_explicit_flush() {
+    let (_, batches, _) = record("exit_without_flush");
+    let t = Trace::new(&batches);
+    let spans = t.spans_named("last_words");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(t.count(|e| matches!(e, SpanEvent::Enter { .. })), 1);
+    assert_eq!(t.count(|e| matches!(e, SpanEvent::Exit { .. })), 1);
+    assert_eq!(t.count(|e| matches!(e, SpanEvent::Event { .. })), 1);
+    // exit() runs no destructors on the stack, so the span never closed.
+    assert_eq!(t.count(|e| matches!(e, SpanEvent::Close { .. })), 0);
 }
