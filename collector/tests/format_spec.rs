@@ -181,11 +181,11 @@ fn undecodable() {
 fn unknown_kind() {
     let whole = sample_trace();
     let mut bytes = whole[..16].to_vec();
-    bytes.extend(frame(200, b"from the future"));
+    bytes.extend(frame(100, b"from the future"));
     bytes.extend_from_slice(&whole[16..]);
     let (records, stop) = read_all(&bytes).unwrap();
     assert!(stop.is_none());
-    assert_eq!(records[0], Record::Unknown(200));
+    assert_eq!(records[0], Record::Unknown(100));
     assert_eq!(records.len(), 5);
 }
 
@@ -213,4 +213,62 @@ fn no_input_panics() {
             let _ = read_all(&f);
         }
     }
+}
+
+fn switches(n: usize) -> Record {
+    Record::Switches(Switches {
+        cpu: 0,
+        base_ns: 5,
+        switches: (0..n)
+            .map(|i| Switch {
+                delta_ns: 1000,
+                pid: 7,
+                tid: 7 + (i % 3) as u32,
+                flags: Switch::OUT,
+                syscall: 7,
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn compressed() {
+    let dir = std::env::temp_dir().join(format!("iotrace-format-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.data");
+    let mut w = TraceWriter::create(&path).unwrap();
+    let big = switches(2000);
+    w.write(&big).unwrap();
+    let bytes_written = w.finish().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, bytes_written);
+    assert_ne!(
+        bytes[24] & COMPRESSED,
+        0,
+        "a large repetitive record is stored compressed"
+    );
+    assert!(
+        bytes.len() < 2000 * 4,
+        "{} bytes for 2000 switches",
+        bytes.len()
+    );
+    let (records, stop) = read_all(&bytes).unwrap();
+    assert!(stop.is_none());
+    assert_eq!(records, vec![big]);
+
+    // A compressed frame whose payload is not zstd stops reading with Corrupt.
+    let mut bad = bytes[..16].to_vec();
+    bad.extend(frame(kind::SWITCHES | COMPRESSED, b"not zstd at all"));
+    assert!(matches!(
+        read_all(&bad).unwrap().1,
+        Some(Stop::Corrupt { .. })
+    ));
+    // One that inflates past 16 MiB is refused too.
+    let bomb = zstd::bulk::compress(&vec![0u8; (MAX_FRAME as usize) + 1024], 3).unwrap();
+    let mut bad = bytes[..16].to_vec();
+    bad.extend(frame(kind::SWITCHES | COMPRESSED, &bomb));
+    assert!(matches!(
+        read_all(&bad).unwrap().1,
+        Some(Stop::Corrupt { .. })
+    ));
 }

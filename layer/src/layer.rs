@@ -40,6 +40,7 @@ struct SpanId(u64);
 pub struct IotraceLayer {
     sink: Option<&'static Sink>,
     resources: bool,
+    waker_refcounts: bool,
 }
 
 impl std::fmt::Debug for IotraceLayer {
@@ -55,7 +56,16 @@ impl IotraceLayer {
         IotraceLayer {
             sink,
             resources: false,
+            waker_refcounts: false,
         }
+    }
+
+    /// Also record tokio's `waker.clone` and `waker.drop` events. Off by default: only wakes
+    /// (`waker.wake`, `waker.wake_by_ref`) matter to task states, and the reference counting
+    /// events are four records per request.
+    pub fn with_waker_refcounts(mut self, record: bool) -> Self {
+        self.waker_refcounts = record;
+        self
     }
 
     /// Also record tokio's `runtime::resource*` spans and events (timers, I/O resources).
@@ -81,6 +91,22 @@ impl IotraceLayer {
     fn key(&self) -> usize {
         self as *const Self as usize
     }
+}
+
+/// Whether a tokio waker event is a `waker.clone` or `waker.drop` (no allocation, no format).
+fn is_refcount_op(event: &Event<'_>) -> bool {
+    struct Op(bool);
+    impl tracing::field::Visit for Op {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            if field.name() == "op" {
+                self.0 = value == "waker.clone" || value == "waker.drop";
+            }
+        }
+        fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+    }
+    let mut op = Op(false);
+    event.record(&mut op);
+    op.0
 }
 
 fn our_id<S>(span: &SpanRef<'_, S>) -> Option<u64>
@@ -192,6 +218,9 @@ where
             return;
         }
         let meta = event.metadata();
+        if !self.waker_refcounts && meta.target() == WAKER_TARGET && is_refcount_op(event) {
+            return;
+        }
         let parent = ctx.event_span(event).and_then(|s| our_id(&s)).unwrap_or(0);
         let resolve = |raw: u64| {
             let raw = NonZeroU64::new(raw)?;

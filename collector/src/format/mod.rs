@@ -22,6 +22,10 @@ pub const MAGIC: [u8; 8] = *b"IOTRACE\0";
 pub const VERSION: u16 = 1;
 /// Largest frame a reader accepts; larger lengths mean the file is corrupt.
 pub const MAX_FRAME: u32 = 16 << 20;
+/// Set in a frame's kind byte when its payload is zstd-compressed.
+pub const COMPRESSED: u8 = 0x80;
+/// Bodies at least this long are compressed when that makes them smaller.
+const COMPRESS_FROM: usize = 256;
 const FILE_HEADER_LEN: usize = 16;
 const FRAME_HEADER_LEN: usize = 8;
 
@@ -75,6 +79,8 @@ pub struct TraceWriter {
     out: BufWriter<File>,
     path: PathBuf,
     scratch: Vec<u8>,
+    packed: Vec<u8>,
+    compressor: zstd::bulk::Compressor<'static>,
     bytes: u64,
 }
 
@@ -94,6 +100,8 @@ impl TraceWriter {
             out,
             path: path.to_owned(),
             scratch: Vec::with_capacity(4096),
+            packed: Vec::with_capacity(4096),
+            compressor: zstd::bulk::Compressor::new(1).map_err(io_err)?,
             bytes: FILE_HEADER_LEN as u64,
         })
     }
@@ -135,8 +143,35 @@ impl TraceWriter {
         let body = std::mem::take(&mut self.scratch);
         let body = postcard::to_extend(value, body)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let result = self.emit(&body);
+        let result = if body.len() >= COMPRESS_FROM {
+            self.emit_compressed(&body)
+        } else {
+            self.emit(&body)
+        };
         self.scratch = body;
+        result
+    }
+
+    /// Emit `body` zstd-compressed (kind | [`COMPRESSED`]) when that is smaller.
+    fn emit_compressed(&mut self, body: &[u8]) -> io::Result<()> {
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.clear();
+        packed.push(body[0] | COMPRESSED);
+        let capacity = zstd::zstd_safe::compress_bound(body.len() - 1);
+        packed.reserve(capacity);
+        let start = packed.len();
+        packed.resize(start + capacity, 0);
+        let written = self
+            .compressor
+            .compress_to_buffer(&body[1..], &mut packed[start..]);
+        let result = match written {
+            Ok(n) if n + 1 < body.len() => {
+                packed.truncate(start + n);
+                self.emit(&packed)
+            }
+            _ => self.emit(body),
+        };
+        self.packed = packed;
         result
     }
 
@@ -188,6 +223,7 @@ pub struct TraceReader<R: Read = BufReader<File>> {
     stop: Option<Stop>,
     done: bool,
     buf: Vec<u8>,
+    decompressor: zstd::bulk::Decompressor<'static>,
 }
 
 impl TraceReader<BufReader<File>> {
@@ -234,6 +270,10 @@ impl<R: Read> TraceReader<R> {
             stop: None,
             done: false,
             buf: Vec::new(),
+            decompressor: zstd::bulk::Decompressor::new().map_err(|source| FormatError::Io {
+                path: name.to_owned(),
+                source,
+            })?,
         })
     }
 
@@ -307,11 +347,31 @@ impl<R: Read> TraceReader<R> {
             });
         }
         self.offset = start + FRAME_HEADER_LEN as u64 + len as u64;
-        match decode(self.buf[0], &self.buf[1..]) {
+        let kind = self.buf[0];
+        let decoded = if kind & COMPRESSED != 0 {
+            match self
+                .decompressor
+                .decompress(&self.buf[1..], MAX_FRAME as usize)
+            {
+                Ok(payload) => decode(kind & !COMPRESSED, &payload),
+                Err(e) => {
+                    return self.fail(Stop::Corrupt {
+                        offset: start,
+                        reason: format!(
+                            "compressed record of kind {} does not decompress: {e}",
+                            kind & !COMPRESSED
+                        ),
+                    })
+                }
+            }
+        } else {
+            decode(kind, &self.buf[1..])
+        };
+        match decoded {
             Ok(r) => Some(r),
             Err(e) => self.fail(Stop::Corrupt {
                 offset: start,
-                reason: format!("undecodable record of kind {}: {e}", self.buf[0]),
+                reason: format!("undecodable record of kind {}: {e}", kind & !COMPRESSED),
             }),
         }
     }
