@@ -38,11 +38,28 @@ pub struct Summary {
     pub capabilities: Capabilities,
     /// The kernel's own whole-run counters, as `perf stat` reads them.
     pub perf_stat: Option<Totals>,
+    /// What iotrace's own layer thread (`iotrace-flush`) in the program cost; included in the
+    /// totals above, null when the program did not run the layer.
+    pub instrumentation: Option<Instrumentation>,
     /// Span totals, when the program installed the iotrace layer (null otherwise).
     pub spans: Option<crate::spans::SpanSummary>,
     /// Set when the trace is damaged: what happened and where.
     pub truncated: Option<String>,
     pub records: u64,
+}
+
+/// Name of the iotrace layer's flusher thread inside a recorded program.
+pub const INSTRUMENTATION_THREAD: &str = "iotrace-flush";
+
+/// The measurement's own cost inside the program: the layer's flusher thread(s).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Instrumentation {
+    pub threads: u32,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub on_cpu_ns: u64,
+    pub syscalls_total: u64,
+    pub syscalls: Vec<SyscallCount>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,6 +130,7 @@ struct ThreadState {
     /// When perf first saw this thread (exec or fork), for the stretch before the first switch.
     start_ns: Option<u64>,
     seen_switch: bool,
+    by_syscall: HashMap<u16, u64>,
     /// Latest /proc values (cumulative).
     proc: Option<crate::format::ProcThread>,
 }
@@ -131,6 +149,7 @@ pub struct Summarizer {
     span_dropped: u64,
     spans: crate::spans::SpanSummarizer,
     span_batches: u64,
+    span_clients: u64,
 }
 
 impl Summarizer {
@@ -140,10 +159,6 @@ impl Summarizer {
 
     fn thread(&mut self, tid: u32) -> &mut ThreadState {
         self.threads.entry(tid).or_default()
-    }
-
-    fn summary_has_span_clients(&self) -> bool {
-        self.span_dropped > 0
     }
 
     fn saw(&mut self, t: u64) {
@@ -191,7 +206,9 @@ impl Summarizer {
             Record::ThreadCounts(c) => {
                 for &(tid, nr, n) in &c.syscalls {
                     *self.syscalls.entry(nr).or_insert(0) += n;
-                    self.thread(tid).syscalls += n;
+                    let t = self.thread(tid);
+                    t.syscalls += n;
+                    *t.by_syscall.entry(nr).or_insert(0) += n;
                 }
                 for &(tid, n) in &c.page_faults {
                     self.thread(tid).page_faults += n;
@@ -230,13 +247,19 @@ impl Summarizer {
             }
             Record::SpanStats(s) => {
                 self.span_dropped = s.dropped;
+                self.span_clients = s.clients;
                 self.spans.set_stats(s);
             }
             Record::Spans(batch) => {
                 self.span_batches += 1;
                 self.spans.add(batch);
             }
-            Record::Unknown(_) => {}
+            // Stack samples and mappings feed flamegraphs (`crate::stacks`), not the summary.
+            Record::Sampling(_)
+            | Record::Mmap(_)
+            | Record::StackDefs(_)
+            | Record::Samples(_)
+            | Record::Unknown(_) => {}
         }
     }
 
@@ -287,7 +310,18 @@ impl Summarizer {
             s.duration_ns = self.last_ns.saturating_sub(self.start_ns);
         }
         let mut threads = Vec::new();
+        let mut instrumentation = Instrumentation::default();
+        let mut instrumentation_syscalls: HashMap<u16, u64> = HashMap::new();
         for (tid, t) in std::mem::take(&mut self.threads) {
+            if t.name == INSTRUMENTATION_THREAD {
+                instrumentation.threads += 1;
+                instrumentation.voluntary += t.voluntary;
+                instrumentation.involuntary += t.involuntary;
+                instrumentation.on_cpu_ns += t.on_cpu_ns;
+                for (&nr, &n) in &t.by_syscall {
+                    *instrumentation_syscalls.entry(nr).or_insert(0) += n;
+                }
+            }
             let mut row = ThreadSummary {
                 tid,
                 pid: t.pid,
@@ -356,6 +390,20 @@ impl Summarizer {
         syscalls.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
         s.syscalls_total = syscalls.iter().map(|c| c.count).sum();
         s.syscalls = syscalls;
+        if instrumentation.threads > 0 {
+            instrumentation.syscalls = instrumentation_syscalls
+                .into_iter()
+                .map(|(nr, count)| SyscallCount {
+                    name: syscall_name(nr),
+                    count,
+                })
+                .collect();
+            instrumentation
+                .syscalls
+                .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+            instrumentation.syscalls_total = instrumentation.syscalls.iter().map(|c| c.count).sum();
+            s.instrumentation = Some(instrumentation);
+        }
         for (pid, (hwm, nthreads)) in &self.proc_hwm {
             let name = threads
                 .iter()
@@ -376,7 +424,7 @@ impl Summarizer {
         }
         s.lost_events += self.span_dropped;
         let spans = std::mem::take(&mut self.spans);
-        if self.span_batches > 0 || self.summary_has_span_clients() {
+        if self.span_batches > 0 || self.span_clients > 0 {
             s.spans = Some(spans.finish(10));
         }
         threads.sort_by_key(|t| (t.pid, t.tid));

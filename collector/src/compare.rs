@@ -1,7 +1,8 @@
 //! `iotrace compare`: one row per recorded strategy, costs per request side by side.
 //!
 //! A row joins a trace's [`Summary`] with the load generator's figures for the same run
-//! (requests, latency). Recording and driving the servers is the CLI's job; this module only
+//! (requests, latency). Per-request costs are the program's own: what iotrace's layer thread
+//! spent inside it (`Summary::instrumentation`) is subtracted and shown in its own field. Recording and driving the servers is the CLI's job; this module only
 //! turns results into the table and its JSON form.
 
 use std::fmt::Write;
@@ -44,7 +45,10 @@ pub struct CompareRow {
     pub involuntary_per_request: f64,
     pub syscalls_per_request: f64,
     pub top_syscalls: Vec<SyscallShare>,
+    /// CPU per request of the program, less iotrace's layer thread (reported separately).
     pub cpu_us_per_request: f64,
+    /// CPU per request that iotrace's layer thread spent inside the program.
+    pub instrumentation_cpu_us_per_request: f64,
     pub peak_rss_bytes: u64,
     pub threads: u32,
     pub trace: String,
@@ -84,6 +88,15 @@ pub fn row(
             0.0
         }
     };
+    // The strategy's own costs: the totals less what iotrace's layer thread spent.
+    let own = summary.instrumentation.clone().unwrap_or_default();
+    let mut syscalls = summary.syscalls.clone();
+    for s in &mut syscalls {
+        if let Some(i) = own.syscalls.iter().find(|i| i.name == s.name) {
+            s.count = s.count.saturating_sub(i.count);
+        }
+    }
+    syscalls.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     let problem = summary.truncated.clone().or_else(|| match summary.exit {
         Some(crate::analysis::ExitJson::Code(0)) => None,
         Some(crate::analysis::ExitJson::Signal(s)) if Some(s) == summary.forwarded_signal => None,
@@ -96,11 +109,16 @@ pub fn row(
         req_per_s: load.map_or(0.0, |l| l.req_per_s),
         p50_us: load.map_or(0.0, |l| l.p50_us),
         p99_us: load.map_or(0.0, |l| l.p99_us),
-        voluntary_per_request: per(summary.context_switches.voluntary as f64),
-        involuntary_per_request: per(summary.context_switches.involuntary as f64),
-        syscalls_per_request: per(summary.syscalls_total as f64),
-        top_syscalls: summary
-            .syscalls
+        voluntary_per_request: per(summary
+            .context_switches
+            .voluntary
+            .saturating_sub(own.voluntary) as f64),
+        involuntary_per_request: per(summary
+            .context_switches
+            .involuntary
+            .saturating_sub(own.involuntary) as f64),
+        syscalls_per_request: per(summary.syscalls_total.saturating_sub(own.syscalls_total) as f64),
+        top_syscalls: syscalls
             .iter()
             .take(3)
             .map(|s| SyscallShare {
@@ -108,7 +126,8 @@ pub fn row(
                 per_request: per(s.count as f64),
             })
             .collect(),
-        cpu_us_per_request: per(summary.on_cpu_ns as f64 / 1000.0),
+        cpu_us_per_request: per(summary.on_cpu_ns.saturating_sub(own.on_cpu_ns) as f64 / 1000.0),
+        instrumentation_cpu_us_per_request: per(own.on_cpu_ns as f64 / 1000.0),
         peak_rss_bytes: summary.peak_rss_bytes,
         threads: summary.peak_threads,
         trace: trace.display().to_string(),

@@ -51,7 +51,7 @@ pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
 /// File name of the socket inside the recording directory.
 pub const SOCKET_NAME: &str = "spans.sock";
 /// Decoded batches that may wait for the main loop before the intake stops reading.
-const QUEUE: usize = 256;
+const QUEUE: usize = 4096;
 
 /// Counters of what the intake received, and what went wrong.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +76,7 @@ pub struct Intake {
     rx: Receiver<SpanBatch>,
     shared: Arc<server::Shared>,
     wake: UnixStream,
+    ready: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -98,6 +99,10 @@ pub fn start(dir: &Path) -> io::Result<Intake> {
     wake_rx.set_nonblocking(true)?;
     let (tx, rx) = sync_channel(QUEUE);
     let shared = Arc::new(server::Shared::default());
+    let (ready, ready_tx) = UnixStream::pair()?;
+    ready.set_nonblocking(true)?;
+    ready_tx.set_nonblocking(true)?;
+    let _ = shared.ready.set(ready_tx);
     let thread = {
         let shared = Arc::clone(&shared);
         let socket = path.clone();
@@ -117,6 +122,7 @@ pub fn start(dir: &Path) -> io::Result<Intake> {
         rx,
         shared,
         wake,
+        ready,
         thread: Some(thread),
     })
 }
@@ -125,6 +131,19 @@ impl Intake {
     /// The socket's path: the value for `IOTRACE_SOCKET`.
     pub fn socket_path(&self) -> &Path {
         &self.path
+    }
+
+    /// A descriptor that becomes readable when batches are waiting: poll it, then call
+    /// [`Intake::take_ready`] and drain with [`Intake::try_recv`].
+    pub fn ready_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ready)
+    }
+
+    /// Re-arm the [`Intake::ready_fd`] notification; call it before draining.
+    pub fn take_ready(&self) {
+        self.shared.pending.store(false, Ordering::Release);
+        let mut sink = [0u8; 64];
+        while matches!(std::io::Read::read(&mut (&self.ready), &mut sink), Ok(n) if n > 0) {}
     }
 
     /// The next decoded batch, if one is waiting. Call this regularly: while batches wait

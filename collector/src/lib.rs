@@ -25,4 +25,5 @@ pub mod procpoll;
 pub mod record;
 pub mod report;
 pub mod spans;
+pub mod stacks;
 pub mod sys;

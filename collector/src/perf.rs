@@ -1,9 +1,13 @@
-//! perf events on the child: one ring buffer per CPU carrying context-switch, comm, fork and
-//! exit records plus one sample per syscall entry and per page fault, and inherited counting
-//! events whose totals are what `perf stat` reports. Records are parsed here into trace records.
+//! perf events on the child: one ring buffer per CPU carrying context-switch, comm, fork, exit
+//! and mmap records, one sample per syscall entry and per page fault, on-CPU stack samples
+//! (cpu-clock) and a stack at every switch-out, plus inherited counting events whose totals are
+//! what `perf stat` reports. Records are parsed here into trace records; callchains are
+//! interned into the trace's stack tree by [`callchain`].
 //!
 //! The layout follows what the kernel allows (see DESIGN.md): sampling with `inherit` needs one
 //! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
+
+mod callchain;
 
 use std::collections::HashMap;
 use std::io;
@@ -13,18 +17,23 @@ use std::path::Path;
 use perf_event::events::{Software, Tracepoint};
 use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
 
-use crate::format::{Comm, Exit, Fork, Lost, Record, Switch, Switches, ThreadCounts, Totals};
+use crate::format::{
+    Comm, Exit, Fork, Lost, Mmap, Record, Sampling, Switch, Switches, ThreadCounts, Totals,
+};
 use crate::sys;
+use callchain::{SampleBatch, StackInterner};
 
 const RECORD_LOST: u32 = 2;
 const RECORD_COMM: u32 = 3;
 const RECORD_EXIT: u32 = 4;
 const RECORD_FORK: u32 = 7;
 const RECORD_SAMPLE: u32 = 9;
+const RECORD_MMAP2: u32 = 10;
 const RECORD_SWITCH: u32 = 14;
 const MISC_SWITCH_OUT: u16 = 1 << 13;
 const MISC_SWITCH_OUT_PREEMPT: u16 = 1 << 14;
 const MISC_COMM_EXEC: u16 = 1 << 13;
+const MISC_MMAP_BUILD_ID: u16 = 1 << 14;
 /// The sample_id trailer of non-sample records: pid/tid, time, cpu, identifier.
 const SAMPLE_ID_LEN: usize = 32;
 
@@ -48,19 +57,36 @@ pub enum PerfError {
 pub struct PerfOptions {
     /// Bytes of ring buffer per CPU (a power of two).
     pub ring_bytes: usize,
+    /// On-CPU stack samples per second of CPU time (cpu-clock); 0 turns them off.
+    pub frequency_hz: u64,
+    /// Take a stack at every voluntary switch-out (off-CPU samples).
+    pub off_cpu_stacks: bool,
 }
+
+/// The default on-CPU sampling frequency: not a multiple of common timer rates, so samples
+/// do not beat with periodic work.
+pub const DEFAULT_FREQUENCY_HZ: u64 = 999;
 
 impl Default for PerfOptions {
     fn default() -> Self {
         PerfOptions {
             ring_bytes: 8 << 20,
+            frequency_hz: DEFAULT_FREQUENCY_HZ,
+            off_cpu_stacks: true,
         }
+    }
+}
+
+impl PerfOptions {
+    fn stacks(&self) -> bool {
+        self.frequency_hz > 0 || self.off_cpu_stacks
     }
 }
 
 struct Ring {
     cpu: u32,
     sampler: Sampler,
+    samples: SampleBatch,
     /// Events redirected into this ring; kept open for their lifetime.
     _followers: Vec<Counter>,
 }
@@ -81,6 +107,12 @@ pub struct PerfSession {
     /// Sample identifiers of the per-CPU syscall and page-fault events (one per CPU each).
     syscall_ids: Vec<u64>,
     fault_ids: Vec<u64>,
+    /// Sample identifiers of the per-CPU cpu-clock and switch-out stack events.
+    clock_ids: Vec<u64>,
+    switch_ids: Vec<u64>,
+    stacks: StackInterner,
+    chain_buf: Vec<u64>,
+    sampling: Option<Sampling>,
     /// The kernel accepted include_kernel (exact switch and syscall counting).
     pub kernel: bool,
     /// One sentence per capability that could not be had.
@@ -153,6 +185,8 @@ impl PerfSession {
                     .task(true)
                     .comm(true)
                     .comm_exec(true)
+                    .mmap(opts.stacks())
+                    .mmap2(opts.stacks())
                     .wakeup_watermark(opts.ring_bytes / 4);
                 b.build()
             };
@@ -194,6 +228,7 @@ impl PerfSession {
             .map(|(cpu, sampler)| Ring {
                 cpu,
                 sampler,
+                samples: SampleBatch::new(cpu),
                 _followers: Vec::new(),
             })
             .collect();
@@ -252,6 +287,9 @@ impl PerfSession {
             }
         }
 
+        let (clock_ids, switch_ids, sampling) =
+            open_stack_events(&mut rings, pid, kernel, opts, &mut missing);
+
         let count = |ev: Software| {
             let mut b = Builder::new(ev);
             base(&mut b, pid, kernel);
@@ -281,6 +319,11 @@ impl PerfSession {
             counters,
             syscall_ids,
             fault_ids,
+            clock_ids,
+            switch_ids,
+            stacks: StackInterner::default(),
+            chain_buf: Vec::with_capacity(128),
+            sampling,
             kernel,
             missing,
             syscalls: HashMap::new(),
@@ -293,6 +336,11 @@ impl PerfSession {
     /// Whether exact syscall counting is on.
     pub fn has_syscalls(&self) -> bool {
         !self.syscall_ids.is_empty()
+    }
+
+    /// How stacks are sampled, when they are (the trace's `Sampling` record).
+    pub fn sampling(&self) -> Option<&Sampling> {
+        self.sampling.as_ref()
     }
 
     /// The ring buffers' fds, to poll for the wakeup watermark.
@@ -319,11 +367,18 @@ impl PerfSession {
                             continue;
                         };
                         if self.syscall_ids.contains(&s.id) {
-                            let nr = s.syscall.unwrap_or(u16::MAX);
+                            let nr = parse_raw_syscall(data).unwrap_or(u16::MAX);
                             *self.syscalls.entry((s.tid, nr)).or_insert(0) += 1;
                             self.last_syscall.insert(s.tid, nr);
                         } else if self.fault_ids.contains(&s.id) {
                             *self.faults.entry(s.tid).or_insert(0) += 1;
+                        } else if self.clock_ids.contains(&s.id) {
+                            let chain = parse_callchain(data, &mut self.chain_buf);
+                            let stack = self.stacks.intern(s.pid, chain);
+                            ring.samples.push(s.time, s.tid, stack, None);
+                        } else if self.switch_ids.contains(&s.id) {
+                            let chain = parse_callchain(data, &mut self.chain_buf);
+                            ring.samples.hold(s.pid, s.tid, s.time, chain);
                         }
                     }
                     RECORD_SWITCH => {
@@ -340,6 +395,12 @@ impl PerfSession {
                             } else if let Some(&nr) = self.last_syscall.get(&id.tid) {
                                 syscall = nr;
                             }
+                            ring.samples.switched_out(
+                                id.tid,
+                                flags & Switch::PREEMPT == 0,
+                                syscall,
+                                &mut self.stacks,
+                            );
                         }
                         if switches.switches.is_empty() {
                             switches.base_ns = id.time;
@@ -354,38 +415,25 @@ impl PerfSession {
                         });
                         last_time = id.time;
                     }
-                    RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST
-                        if !switches.switches.is_empty() =>
-                    {
-                        // Keep file order equal to ring order: the switches seen so far go
-                        // out before this record, then handle it below.
-                        out(Record::Switches(std::mem::replace(
-                            &mut switches,
-                            Switches {
-                                cpu: ring.cpu,
-                                ..Switches::default()
-                            },
-                        )))?;
-                        Self::other_record(
-                            ty,
-                            misc,
-                            data,
-                            ring.cpu,
-                            &mut self.last_syscall,
-                            &mut self.lost_records,
-                            out,
-                        )?;
-                    }
-                    RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST => {
-                        Self::other_record(
-                            ty,
-                            misc,
-                            data,
-                            ring.cpu,
-                            &mut self.last_syscall,
-                            &mut self.lost_records,
-                            out,
-                        )?;
+                    RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST | RECORD_MMAP2 => {
+                        // Keep file order equal to ring order: what this CPU produced so far
+                        // goes out before this record.
+                        if !switches.switches.is_empty() {
+                            out(Record::Switches(std::mem::replace(
+                                &mut switches,
+                                Switches {
+                                    cpu: ring.cpu,
+                                    ..Switches::default()
+                                },
+                            )))?;
+                        }
+                        flush_samples(&mut ring.samples, &mut self.stacks, out)?;
+                        let mut state = OtherState {
+                            stacks: &mut self.stacks,
+                            last_syscall: &mut self.last_syscall,
+                            lost: &mut self.lost_records,
+                        };
+                        other_record(&mut state, ty, misc, data, ring.cpu, out)?;
                     }
                     _ => {}
                 }
@@ -393,6 +441,7 @@ impl PerfSession {
             if !switches.switches.is_empty() {
                 out(Record::Switches(switches))?;
             }
+            flush_samples(&mut ring.samples, &mut self.stacks, out)?;
         }
         if !self.syscalls.is_empty() || !self.faults.is_empty() {
             let mut counts = ThreadCounts {
@@ -407,60 +456,170 @@ impl PerfSession {
         }
         Ok(())
     }
+}
 
-    /// COMM, FORK, EXIT and LOST records.
-    fn other_record(
-        ty: u32,
-        misc: u16,
-        data: &[u8],
-        cpu: u32,
-        last_syscall: &mut HashMap<u32, u16>,
-        lost: &mut u64,
-        out: &mut dyn FnMut(Record) -> io::Result<()>,
-    ) -> io::Result<()> {
-        match ty {
-            RECORD_COMM => {
-                if let Some(c) = parse_comm(data, misc & MISC_COMM_EXEC != 0) {
-                    out(Record::Comm(c))?;
-                }
-            }
-            RECORD_FORK | RECORD_EXIT => {
-                if data.len() < 24 {
-                    return Ok(());
-                }
-                let pid = u32_at(data, 0);
-                let ppid = u32_at(data, 4);
-                let tid = u32_at(data, 8);
-                let ptid = u32_at(data, 12);
-                let time_ns = u64_at(data, 16);
-                if ty == RECORD_FORK {
-                    out(Record::Fork(Fork {
-                        pid,
-                        ppid,
-                        tid,
-                        ptid,
-                        time_ns,
-                    }))?;
-                } else {
-                    last_syscall.remove(&tid);
-                    out(Record::Exit(Exit { pid, tid, time_ns }))?;
-                }
-            }
-            RECORD_LOST if data.len() >= 16 => {
-                let records = u64_at(data, 8);
-                *lost += records;
-                let time_ns = parse_sample_id(data).map(|s| s.time).unwrap_or(0);
-                out(Record::Lost(Lost {
-                    cpu,
-                    time_ns,
-                    records,
-                }))?;
-            }
-            _ => {}
+/// Write a CPU's pending stack nodes, then its samples (nodes always precede their users).
+fn flush_samples(
+    batch: &mut SampleBatch,
+    stacks: &mut StackInterner,
+    out: &mut dyn FnMut(Record) -> io::Result<()>,
+) -> io::Result<()> {
+    if let Some(samples) = batch.take() {
+        if let Some(defs) = stacks.take_defs() {
+            out(Record::StackDefs(defs))?;
         }
-        Ok(())
+        out(Record::Samples(samples))?;
     }
+    Ok(())
+}
 
+/// Open the per-CPU stack events (cpu-clock samples and switch-out stacks) into the rings.
+/// Returns their sample ids and the trace's `Sampling` record, or pushes what is missing.
+fn open_stack_events(
+    rings: &mut [Ring],
+    pid: libc::pid_t,
+    kernel: bool,
+    opts: &PerfOptions,
+    missing: &mut Vec<String>,
+) -> (Vec<u64>, Vec<u64>, Option<Sampling>) {
+    let open = |ev: Software, ring: &Ring, configure: &dyn Fn(&mut Builder<'_>)| {
+        let mut b = Builder::new(ev);
+        sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+        b.sample(SampleFlag::CALLCHAIN)
+            .exclude_callchain_kernel(!kernel);
+        configure(&mut b);
+        let c = b.build()?;
+        sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
+        Ok::<_, io::Error>(c)
+    };
+    let mut open_all = |ev: Software, configure: &dyn Fn(&mut Builder<'_>)| {
+        let mut ids = Vec::new();
+        let mut counters = Vec::new();
+        for ring in rings.iter() {
+            let c = open(ev, ring, configure)?;
+            ids.push(c.id());
+            counters.push(c);
+        }
+        for (ring, c) in rings.iter_mut().zip(counters) {
+            ring._followers.push(c);
+        }
+        Ok::<_, io::Error>(ids)
+    };
+    let mut clock_ids = Vec::new();
+    if opts.frequency_hz > 0 {
+        let hz = opts.frequency_hz;
+        match open_all(Software::CPU_CLOCK, &|b| {
+            b.sample_frequency(hz);
+        }) {
+            Ok(ids) => clock_ids = ids,
+            Err(e) => missing.push(format!(
+                "on-CPU stacks are missing: the cpu-clock sampling event could not be opened ({e})"
+            )),
+        }
+    }
+    let mut switch_ids = Vec::new();
+    if opts.off_cpu_stacks && kernel {
+        match open_all(Software::CONTEXT_SWITCHES, &|b| {
+            b.sample_period(1);
+        }) {
+            Ok(ids) => switch_ids = ids,
+            Err(e) => missing.push(format!(
+                "off-CPU stacks are missing: the context-switch sampling event could not be opened ({e})"
+            )),
+        }
+    } else if opts.off_cpu_stacks {
+        missing.push("off-CPU stacks are missing: switch-outs happen in the kernel, which this user may not trace; run as root or `sysctl kernel.perf_event_paranoid=1`".to_owned());
+    }
+    if clock_ids.is_empty() && switch_ids.is_empty() {
+        return (clock_ids, switch_ids, None);
+    }
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let sampling = Sampling {
+        frequency_hz: if clock_ids.is_empty() {
+            0
+        } else {
+            opts.frequency_hz
+        },
+        off_cpu: !switch_ids.is_empty(),
+        kernel_stacks: kernel,
+        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        kernel_release: read("/proc/sys/kernel/osrelease"),
+    };
+    (clock_ids, switch_ids, Some(sampling))
+}
+
+/// What [`other_record`] updates.
+struct OtherState<'a> {
+    stacks: &'a mut StackInterner,
+    last_syscall: &'a mut HashMap<u32, u16>,
+    lost: &'a mut u64,
+}
+
+/// COMM, FORK, EXIT, LOST and MMAP2 records.
+fn other_record(
+    st: &mut OtherState<'_>,
+    ty: u32,
+    misc: u16,
+    data: &[u8],
+    cpu: u32,
+    out: &mut dyn FnMut(Record) -> io::Result<()>,
+) -> io::Result<()> {
+    match ty {
+        RECORD_COMM => {
+            if let Some(c) = parse_comm(data, misc & MISC_COMM_EXEC != 0) {
+                if c.exec {
+                    st.stacks.exec(c.pid);
+                }
+                out(Record::Comm(c))?;
+            }
+        }
+        RECORD_FORK | RECORD_EXIT => {
+            if data.len() < 24 {
+                return Ok(());
+            }
+            let pid = u32_at(data, 0);
+            let ppid = u32_at(data, 4);
+            let tid = u32_at(data, 8);
+            let ptid = u32_at(data, 12);
+            let time_ns = u64_at(data, 16);
+            if ty == RECORD_FORK {
+                out(Record::Fork(Fork {
+                    pid,
+                    ppid,
+                    tid,
+                    ptid,
+                    time_ns,
+                }))?;
+            } else {
+                st.last_syscall.remove(&tid);
+                out(Record::Exit(Exit { pid, tid, time_ns }))?;
+            }
+        }
+        RECORD_LOST if data.len() >= 16 => {
+            let records = u64_at(data, 8);
+            *st.lost += records;
+            let time_ns = parse_sample_id(data).map(|s| s.time).unwrap_or(0);
+            out(Record::Lost(Lost {
+                cpu,
+                time_ns,
+                records,
+            }))?;
+        }
+        RECORD_MMAP2 => {
+            if let Some(m) = parse_mmap2(data, misc & MISC_MMAP_BUILD_ID != 0) {
+                out(Record::Mmap(m))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl PerfSession {
     /// Whole-run counts, as `perf stat` would print them.
     pub fn totals(&mut self) -> Totals {
         let read = |c: &mut Option<Counter>| c.as_mut().and_then(|c| c.read().ok());
@@ -482,9 +641,13 @@ struct SampleId {
 
 struct Sample {
     id: u64,
+    pid: u32,
     tid: u32,
-    syscall: Option<u16>,
+    time: u64,
 }
+
+/// Offset of what follows the fixed part of a sample (IDENTIFIER|TID|TIME|CPU).
+const SAMPLE_BODY: usize = 32;
 
 fn u32_at(d: &[u8], at: usize) -> u32 {
     d.get(at..at + 4)
@@ -508,22 +671,67 @@ fn parse_sample_id(d: &[u8]) -> Option<SampleId> {
     })
 }
 
-/// A sample record: identifier, pid/tid, time, cpu, then RAW for the syscall tracepoint.
+/// A sample record's fixed part: identifier, pid/tid, time, cpu. RAW (the syscall tracepoint)
+/// or CALLCHAIN (the stack events) follows.
 fn parse_sample(d: &[u8]) -> Option<Sample> {
-    if d.len() < 32 {
+    if d.len() < SAMPLE_BODY {
         return None;
     }
-    let id = u64_at(d, 0);
-    let tid = u32_at(d, 12);
-    // RAW: u32 size, then the tracepoint payload; raw_syscalls:sys_enter has the syscall
-    // number at payload bytes 8..16.
-    let syscall = if d.len() >= 32 + 4 + 16 {
-        let nr = u64_at(d, 36 + 8);
-        u16::try_from(nr).ok()
+    Some(Sample {
+        id: u64_at(d, 0),
+        pid: u32_at(d, 8),
+        tid: u32_at(d, 12),
+        time: u64_at(d, 16),
+    })
+}
+
+/// RAW: u32 size, then the tracepoint payload; raw_syscalls:sys_enter has the syscall number
+/// at payload bytes 8..16.
+fn parse_raw_syscall(d: &[u8]) -> Option<u16> {
+    if d.len() < SAMPLE_BODY + 4 + 16 {
+        return None;
+    }
+    u16::try_from(u64_at(d, SAMPLE_BODY + 4 + 8)).ok()
+}
+
+/// CALLCHAIN: u64 count, then that many addresses (innermost first, with context markers),
+/// read into `buf`. A count that runs past the record is cut to what is there.
+fn parse_callchain<'b>(d: &[u8], buf: &'b mut Vec<u64>) -> &'b [u64] {
+    buf.clear();
+    let nr = u64_at(d, SAMPLE_BODY);
+    let body = d.get(SAMPLE_BODY + 8..).unwrap_or(&[]);
+    let nr = (nr as usize).min(body.len() / 8);
+    buf.extend(
+        body.chunks_exact(8)
+            .take(nr)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+    );
+    buf
+}
+
+/// PERF_RECORD_MMAP2: pid, tid, addr, len, pgoff, (maj, min, ino, ino_generation | build id),
+/// prot, flags, filename, then the sample_id trailer.
+fn parse_mmap2(d: &[u8], has_build_id: bool) -> Option<Mmap> {
+    let id = parse_sample_id(d)?;
+    let name = d.get(64..d.len() - SAMPLE_ID_LEN)?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let (ino, build_id) = if has_build_id {
+        let size = usize::from(*d.get(32)?).min(20);
+        (0, d.get(36..36 + size)?.to_vec())
     } else {
-        None
+        (u64_at(d, 40), Vec::new())
     };
-    Some(Sample { id, tid, syscall })
+    Some(Mmap {
+        pid: u32_at(d, 0),
+        tid: u32_at(d, 4),
+        time_ns: id.time,
+        addr: u64_at(d, 8),
+        len: u64_at(d, 16),
+        pgoff: u64_at(d, 24),
+        ino,
+        build_id,
+        filename: String::from_utf8_lossy(&name[..end]).into_owned(),
+    })
 }
 
 fn parse_comm(d: &[u8], exec: bool) -> Option<Comm> {
@@ -550,11 +758,16 @@ mod tests {
 
     #[test]
     fn short_records_do_not_panic() {
-        for len in 0..80 {
+        let mut buf = Vec::new();
+        for len in 0..120 {
             let d = vec![0xffu8; len];
             let _ = parse_sample(&d);
+            let _ = parse_raw_syscall(&d);
+            let _ = parse_callchain(&d, &mut buf);
             let _ = parse_sample_id(&d);
             let _ = parse_comm(&d, false);
+            let _ = parse_mmap2(&d, false);
+            let _ = parse_mmap2(&d, true);
         }
     }
 
@@ -566,6 +779,38 @@ mod tests {
         d[32..36].copy_from_slice(&64u32.to_le_bytes());
         d[44..52].copy_from_slice(&1u64.to_le_bytes());
         let s = parse_sample(&d).unwrap();
-        assert_eq!((s.id, s.tid, s.syscall), (7, 42, Some(1)));
+        assert_eq!((s.id, s.tid, parse_raw_syscall(&d)), (7, 42, Some(1)));
+    }
+
+    #[test]
+    fn callchain_count_past_the_record_is_cut() {
+        let mut d = vec![0u8; 32 + 8 + 16];
+        d[32..40].copy_from_slice(&1000u64.to_le_bytes());
+        d[40..48].copy_from_slice(&0x1234u64.to_le_bytes());
+        d[48..56].copy_from_slice(&0x5678u64.to_le_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(parse_callchain(&d, &mut buf), &[0x1234, 0x5678]);
+    }
+
+    #[test]
+    fn mmap2_record_yields_file_and_offset() {
+        let name = b"/usr/lib/libc.so.6\0\0\0\0\0\0";
+        let mut d = vec![0u8; 64];
+        d[0..4].copy_from_slice(&10u32.to_le_bytes());
+        d[8..16].copy_from_slice(&0x7f00_0000_0000u64.to_le_bytes());
+        d[16..24].copy_from_slice(&0x1000u64.to_le_bytes());
+        d[24..32].copy_from_slice(&0x2000u64.to_le_bytes());
+        d[40..48].copy_from_slice(&99u64.to_le_bytes());
+        d.extend_from_slice(name);
+        let mut trailer = [0u8; SAMPLE_ID_LEN];
+        trailer[8..16].copy_from_slice(&5u64.to_le_bytes());
+        d.extend_from_slice(&trailer);
+        let m = parse_mmap2(&d, false).unwrap();
+        assert_eq!(m.filename, "/usr/lib/libc.so.6");
+        assert_eq!(
+            (m.pid, m.addr, m.len, m.pgoff, m.ino),
+            (10, 0x7f00_0000_0000, 0x1000, 0x2000, 99)
+        );
+        assert_eq!(m.time_ns, 5);
     }
 }

@@ -97,6 +97,9 @@ impl RecordError {
     }
 }
 
+/// Nice steps the recorder's threads are raised by (when permitted: root or CAP_SYS_NICE).
+pub const RECORDER_BOOST: i32 = 10;
+
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 /// Signals delivered to iotrace, made pollable.
@@ -230,6 +233,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     writer
         .write(&Record::Capabilities(caps.clone()))
         .map_err(write_err)?;
+    if let Some(sampling) = perf.as_ref().and_then(|p| p.sampling()) {
+        writer
+            .write(&Record::Sampling(sampling.clone()))
+            .map_err(write_err)?;
+    }
     writer.flush().map_err(write_err)?;
 
     let pidfd = sys::pidfd_open(pid)?;
@@ -250,6 +258,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         });
     }
 
+    // The child runs at its normal priority (it is forked before this); the recorder's own
+    // thread gets a higher one so its rings and the span socket are drained under load.
+    sys::boost_this_thread(RECORDER_BOOST);
     let mut poller = ProcPoller::new(pid);
     let mut next_poll = std::time::Instant::now();
     let mut forwarded: Option<i32> = None;
@@ -259,13 +270,16 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
 
     let (exit, rusage) = loop {
         let mut fds = vec![pidfd.as_raw_fd(), signals.wake.as_raw_fd()];
+        if let Some((_, intake)) = &spans {
+            fds.push(intake.ready_fd());
+        }
         if let Some(p) = &perf {
             fds.extend(p.fds());
         }
         let timeout = next_poll
             .saturating_duration_since(std::time::Instant::now())
             .as_millis()
-            .min(if spans.is_some() { 20 } else { 100 }) as i32;
+            .min(100) as i32;
         let ready = sys::poll_readable(&fds, timeout)?;
 
         if let Some(sig) = signals.take() {
@@ -295,6 +309,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         }
 
         if let Some((_, intake)) = &spans {
+            intake.take_ready();
             while let Some(mut batch) = intake.try_recv() {
                 writer.write_spans(&mut batch).map_err(write_err)?;
             }

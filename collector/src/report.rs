@@ -125,6 +125,17 @@ pub fn text(s: &Summary) -> String {
         row(&mut out, s.syscalls_total.to_string(), "syscalls");
     }
     row(&mut out, bytes(s.peak_rss_bytes), "peak RSS");
+    if let Some(i) = &s.instrumentation {
+        row(
+            &mut out,
+            format!("{:.3}", i.on_cpu_ns as f64 / 1e6),
+            &format!(
+                "msec on CPU in iotrace's layer thread ({} syscalls, {} switches; included above)",
+                i.syscalls_total,
+                i.voluntary + i.involuntary
+            ),
+        );
+    }
     row(&mut out, s.peak_threads.to_string(), "peak threads");
     let _ = writeln!(out);
 

@@ -294,3 +294,15 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
+
+/// Raise the calling thread's scheduling priority (nice) by `boost` steps, if permitted.
+/// The recorder does this so that a child with hundreds of busy threads cannot starve the
+/// drain of its own rings and span socket. Returns whether it took effect.
+pub fn boost_this_thread(boost: i32) -> bool {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    unsafe {
+        let tid = libc::gettid();
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current - boost) == 0
+    }
+}

@@ -14,7 +14,7 @@ use crate::sys;
 /// Capacity of one thread buffer (header + records). Large enough for the largest record.
 pub(crate) const CAP: usize = 32 * 1024;
 /// A buffer older than this is handed off at its next record.
-const MAX_AGE_NS: u64 = 50_000_000;
+const MAX_AGE_NS: u64 = 200_000_000;
 /// Span ids are taken from the global counter in blocks of this many.
 const ID_BLOCK: u64 = 1024;
 /// Entered spans remembered per thread; deeper nesting falls back to a registry lookup.

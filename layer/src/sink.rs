@@ -19,7 +19,7 @@ use crate::sys;
 /// Environment variable that names the recorder's Unix socket.
 pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
 /// Full buffers that may wait for the flusher; past this, buffers are dropped and counted.
-const QUEUE: usize = 64;
+const QUEUE: usize = 1024;
 /// The flusher wakes at least this often to send callsites and loss counts.
 const TICK: Duration = Duration::from_millis(50);
 /// Callsite definitions are sent in frames of about this size.
@@ -207,6 +207,7 @@ impl Writer {
 }
 
 fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
+    sys::boost_this_thread(10);
     let mut w = Writer {
         stream,
         pid,

@@ -73,3 +73,15 @@ mod tests {
         assert_ne!(here, there);
     }
 }
+
+/// Raise the calling thread's priority by `steps` nice steps if the process may (root or
+/// CAP_SYS_NICE); otherwise nothing happens. Used for the flusher thread only, so that a
+/// program with hundreds of busy threads does not starve it into dropping events.
+pub(crate) fn boost_this_thread(steps: i32) {
+    // SAFETY: gettid, getpriority and setpriority take plain integers and touch no memory.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, current - steps);
+    }
+}

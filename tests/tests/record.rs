@@ -432,3 +432,36 @@ fn overflowing_ring_reports_lost_records() {
     let text = run_iotrace(&["report", trace.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("were lost"));
 }
+
+#[test]
+fn garbage_on_the_span_socket_does_not_stop_the_recording() {
+    if !perf_available("garbage_on_the_span_socket_does_not_stop_the_recording") {
+        return;
+    }
+    let trace = temp_dir("span-garbage").join("t.data");
+    let fx = fx();
+    let started = Instant::now();
+    let out = record(&trace, &[], &[&fx, "span-garbage", "5000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The program was never held up by the recorder's end of the socket.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("span socket"),
+        "the bad clients are warned about: {err}"
+    );
+    let r = report_json(&trace);
+    assert!(r["truncated"].is_null());
+    assert_eq!(r["exit"]["code"], 0);
+    // Recording went on after both bad clients: every later write was counted.
+    assert!(syscall_count(&r, "write") >= 5000);
+    assert!(
+        r["spans"]["bad_clients"].as_u64().unwrap() >= 1,
+        "{}",
+        r["spans"]
+    );
+}

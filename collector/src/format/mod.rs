@@ -130,6 +130,10 @@ impl TraceWriter {
             Record::End(r) => self.frame(kind::END, r),
             Record::Spans(batch) => self.write_spans(&mut batch.clone()),
             Record::SpanStats(r) => self.frame(kind::SPAN_STATS, r),
+            Record::Sampling(r) => self.frame(kind::SAMPLING, r),
+            Record::Mmap(r) => self.frame(kind::MMAP, r),
+            Record::StackDefs(r) => self.frame(kind::STACK_DEFS, r),
+            Record::Samples(r) => self.frame(kind::SAMPLES, r),
             Record::Unknown(k) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot write a record of unknown kind {k}"),
@@ -419,6 +423,10 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, postcard::Error> {
             Record::Spans(batch)
         }
         kind::SPAN_STATS => Record::SpanStats(de(payload)?),
+        kind::SAMPLING => Record::Sampling(de(payload)?),
+        kind::MMAP => Record::Mmap(de(payload)?),
+        kind::STACK_DEFS => Record::StackDefs(de(payload)?),
+        kind::SAMPLES => Record::Samples(de(payload)?),
         other => Record::Unknown(other),
     })
 }

@@ -20,6 +20,10 @@ pub mod kind {
     pub const END: u8 = 11;
     pub const SPANS: u8 = 12;
     pub const SPAN_STATS: u8 = 13;
+    pub const SAMPLING: u8 = 14;
+    pub const MMAP: u8 = 15;
+    pub const STACK_DEFS: u8 = 16;
+    pub const SAMPLES: u8 = 17;
 }
 
 /// First record of every trace: what was run, when and by which iotrace.
@@ -223,6 +227,80 @@ pub struct SpanStats {
     pub warnings: Vec<String>,
 }
 
+/// How stacks were sampled: written once, after `Capabilities`, when stack sampling is on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// On-CPU samples per second of CPU time (cpu-clock); 0 when on-CPU sampling is off.
+    pub frequency_hz: u64,
+    /// A stack is taken at every voluntary switch-out (off-CPU samples).
+    pub off_cpu: bool,
+    /// Callchains include kernel frames.
+    pub kernel_stacks: bool,
+    /// `/proc/sys/kernel/random/boot_id` of the recording machine: kernel addresses can be
+    /// symbolized from `/proc/kallsyms` only on the same boot of the same machine.
+    pub boot_id: String,
+    /// `uname -r` of the recording machine.
+    pub kernel_release: String,
+}
+
+/// An executable mapping of a process (PERF_RECORD_MMAP2), kept so that user addresses can
+/// be symbolized after the process has exited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mmap {
+    pub pid: u32,
+    pub tid: u32,
+    pub time_ns: u64,
+    /// Start address and length of the mapping.
+    pub addr: u64,
+    pub len: u64,
+    /// File offset mapped at `addr`.
+    pub pgoff: u64,
+    /// Inode of the file (0 when the kernel sent a build id instead).
+    pub ino: u64,
+    /// GNU build id of the file, when the kernel sent one (else empty).
+    pub build_id: Vec<u8>,
+    /// Path of the file, or a pseudo name such as `[vdso]` or `//anon`.
+    pub filename: String,
+}
+
+/// New nodes of the stack tree. Nodes are numbered 1, 2, 3… in file order across all
+/// `StackDefs` records; a stack is named by its innermost node and read by following parents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackDefs {
+    pub nodes: Vec<StackNode>,
+}
+
+/// One node of the stack tree: a frame under its caller's node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackNode {
+    /// The caller's node; 0 for a process root, whose `addr` is then the pid.
+    pub parent: u32,
+    /// Instruction address: the sampled address for the innermost frame of the kernel part
+    /// and of the user part, return addresses for the frames above them.
+    pub addr: u64,
+}
+
+/// Stack samples taken on one CPU, in that CPU's order, with delta-encoded times.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Samples {
+    pub cpu: u32,
+    /// Time of the first sample; each [`StackSample::delta_ns`] is relative to the one before.
+    pub base_ns: u64,
+    pub samples: Vec<StackSample>,
+}
+
+/// One stack sample of a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSample {
+    pub delta_ns: u64,
+    pub tid: u32,
+    /// Innermost node of the stack (see [`StackDefs`]).
+    pub stack: u32,
+    /// `None`: an on-CPU (cpu-clock) sample. `Some(nr)`: the thread switched out voluntarily
+    /// here, in syscall `nr` (`u16::MAX` = unknown), and is off CPU until its next switch-in.
+    pub off_cpu: Option<u16>,
+}
+
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -240,6 +318,10 @@ pub enum Record {
     /// Span events of one thread of the program, from its iotrace layer.
     Spans(crate::intake::SpanBatch),
     SpanStats(SpanStats),
+    Sampling(Sampling),
+    Mmap(Mmap),
+    StackDefs(StackDefs),
+    Samples(Samples),
     /// A kind this reader does not know (written by a newer iotrace); skipped.
     Unknown(u8),
 }

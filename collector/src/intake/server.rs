@@ -3,7 +3,7 @@
 //! Frames are validated and decoded here; a client that breaks the protocol is disconnected and
 //! named in a warning, and the others carry on.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -29,6 +29,20 @@ const READS_PER_TURN: usize = 16;
 pub(super) struct Shared {
     pub(super) stop: AtomicBool,
     stats: Mutex<Stats>,
+    /// Set when a batch was queued since the main loop last looked; the first batch after
+    /// that also writes a byte to `ready` so a main loop in poll(2) wakes at once.
+    pub(super) pending: AtomicBool,
+    pub(super) ready: std::sync::OnceLock<UnixStream>,
+}
+
+impl Shared {
+    fn notify(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(ready) = self.ready.get() {
+                let _ = (&*ready).write(&[1]);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -204,6 +218,7 @@ impl Client {
             // Blocks only while the recorder's main loop is behind; then the programs' own
             // queues fill and they drop (and count) instead of waiting.
             let _ = tx.send(batch);
+            shared.notify();
         }
     }
 }
@@ -216,6 +231,7 @@ pub(super) fn run(
     tx: SyncSender<SpanBatch>,
     shared: Arc<Shared>,
 ) {
+    crate::sys::boost_this_thread(crate::record::RECORDER_BOOST);
     let mut listener = Some(listener);
     let mut clients: Vec<Client> = Vec::new();
     let mut accepted = 0u64;

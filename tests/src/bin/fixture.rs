@@ -7,6 +7,8 @@
 //! - `spinners N MS`       N processes that each burn CPU for MS milliseconds, concurrently
 //! - `threads N`           N named threads that each sleep 20 ms, then join
 //! - `fork`                spawn a grandchild process (`fixture sleep 20 2`) and wait for it
+//! - `span-garbage N`      misbehave on the span socket ($IOTRACE_SOCKET): random bytes, then
+//!   a good hello and half a frame, hanging up each time; then N one-byte writes to /dev/null
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -84,8 +86,40 @@ fn main() {
                 .expect("spawn grandchild");
             std::process::exit(status.code().unwrap_or(1));
         }
+        "span-garbage" => {
+            use std::os::unix::net::UnixStream;
+            let socket = std::env::var_os("IOTRACE_SOCKET").expect("run under iotrace record");
+            let mut seed = 0x2545F4914F6CDD1Du64;
+            let junk: Vec<u8> = (0..4096)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let mut garbage = UnixStream::connect(&socket).expect("connect span socket");
+            let _ = garbage.write_all(&junk);
+            drop(garbage);
+            let mut half = UnixStream::connect(&socket).expect("connect span socket");
+            let mut hello = b"IOTRSPAN".to_vec();
+            hello.extend_from_slice(&1u16.to_le_bytes());
+            hello.extend_from_slice(&0u16.to_le_bytes());
+            hello.extend_from_slice(&std::process::id().to_le_bytes());
+            hello.extend_from_slice(&1000u32.to_le_bytes());
+            hello.extend_from_slice(&[0u8; 10]);
+            let _ = half.write_all(&hello);
+            drop(half);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .expect("open /dev/null");
+            for _ in 0..arg(&args, 1, 1000) {
+                f.write_all(b"x").expect("write /dev/null");
+            }
+        }
         _ => {
-            eprintln!("usage: fixture sleep|writes|spin|spinners|threads|fork ARGS");
+            eprintln!("usage: fixture sleep|writes|spin|spinners|threads|fork|span-garbage ARGS");
             std::process::exit(2);
         }
     }
