@@ -55,6 +55,18 @@ pub(crate) fn at_exit(hook: extern "C" fn()) -> bool {
     unsafe { libc::atexit(hook) == 0 }
 }
 
+/// Raise the calling thread's priority by `steps` nice steps if the process may (root or
+/// CAP_SYS_NICE); otherwise nothing happens. Used for the flusher thread only, so that a
+/// program with hundreds of busy threads does not starve it into dropping events.
+pub(crate) fn boost_this_thread(steps: i32) {
+    // SAFETY: gettid, getpriority and setpriority take plain integers and touch no memory.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, current - steps);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,17 +83,5 @@ mod tests {
         let here = gettid();
         let there = std::thread::spawn(gettid).join().unwrap_or(here);
         assert_ne!(here, there);
-    }
-}
-
-/// Raise the calling thread's priority by `steps` nice steps if the process may (root or
-/// CAP_SYS_NICE); otherwise nothing happens. Used for the flusher thread only, so that a
-/// program with hundreds of busy threads does not starve it into dropping events.
-pub(crate) fn boost_this_thread(steps: i32) {
-    // SAFETY: gettid, getpriority and setpriority take plain integers and touch no memory.
-    unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
-        libc::setpriority(libc::PRIO_PROCESS, tid, current - steps);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::{Strings, StackItem};
+use super::{StackItem, Strings};
 use crate::intake::{CallsiteKind, SpanBatch, SpanEvent, Value};
 
 /// Items that may wait for span events, over all threads; past this the oldest item of the
@@ -260,7 +260,10 @@ impl SpanContexts {
             }
             apply_until(thread, item.time_ns);
             let pid = thread.pid;
-            let known = thread.stack.iter().all(|s| self.spans.contains_key(&(pid, *s)));
+            let known = thread
+                .stack
+                .iter()
+                .all(|s| self.spans.contains_key(&(pid, *s)));
             if !known && !force && self.newest < item.time_ns.saturating_add(META_WAIT_NS) {
                 break;
             }

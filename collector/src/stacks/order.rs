@@ -18,7 +18,10 @@ pub(super) const LAG_NS: u64 = 2_000_000_000;
 enum What {
     /// A switch-in sorts before a sample of the same instant: it ends the stretch before.
     SwitchIn,
-    Sample { stack: u32, off_cpu: Option<u16> },
+    Sample {
+        stack: u32,
+        off_cpu: Option<u16>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,8 +8,14 @@ fn defs() -> Record {
     Record::StackDefs(StackDefs {
         nodes: vec![
             StackNode { parent: 0, addr: 1 },
-            StackNode { parent: 1, addr: 0x1000 },
-            StackNode { parent: 2, addr: 0x2000 },
+            StackNode {
+                parent: 1,
+                addr: 0x1000,
+            },
+            StackNode {
+                parent: 2,
+                addr: 0x2000,
+            },
         ],
     })
 }
@@ -60,7 +66,11 @@ fn walk_goes_from_leaf_to_outermost_frame() {
         .map(|n| fold.stacks.frame(n).unwrap().0)
         .collect();
     assert_eq!(frames, vec![0x2000, 0x1000]);
-    assert_eq!(fold.stacks.walk(1).count(), 0, "a process root is not a frame");
+    assert_eq!(
+        fold.stacks.walk(1).count(),
+        0,
+        "a process root is not a frame"
+    );
     assert_eq!(fold.stacks.walk(99).count(), 0);
 }
 
@@ -124,10 +134,7 @@ fn batch(tid: u32, events: Vec<SpanEvent>) -> Record {
 #[test]
 fn samples_get_the_task_and_spans_active_at_their_instant() {
     let mut fold = StackFold::new(true);
-    let creation = batch(
-        0,
-        vec![task_callsite(), request_callsite()],
-    );
+    let creation = batch(0, vec![task_callsite(), request_callsite()]);
     let spans = batch(
         7,
         vec![
@@ -151,7 +158,10 @@ fn samples_get_the_task_and_spans_active_at_their_instant() {
                     },
                 ],
             },
-            SpanEvent::Enter { time: 100, span: 100 },
+            SpanEvent::Enter {
+                time: 100,
+                span: 100,
+            },
             SpanEvent::NewSpan {
                 time: 110,
                 span: 101,
@@ -159,10 +169,22 @@ fn samples_get_the_task_and_spans_active_at_their_instant() {
                 callsite: 2,
                 fields: vec![],
             },
-            SpanEvent::Enter { time: 120, span: 101 },
-            SpanEvent::Exit { time: 2_000, span: 101 },
-            SpanEvent::Exit { time: 2_100, span: 100 },
-            SpanEvent::Enter { time: 9_000, span: 100 },
+            SpanEvent::Enter {
+                time: 120,
+                span: 101,
+            },
+            SpanEvent::Exit {
+                time: 2_000,
+                span: 101,
+            },
+            SpanEvent::Exit {
+                time: 2_100,
+                span: 100,
+            },
+            SpanEvent::Enter {
+                time: 9_000,
+                span: 100,
+            },
         ],
     );
     // The perf samples come first in the file; the thread's span batch later.
@@ -178,7 +200,10 @@ fn samples_get_the_task_and_spans_active_at_their_instant() {
     );
     assert_eq!(items.len(), 2);
     let first = fold.contexts.get(items[0].context).expect("a context");
-    assert_eq!(fold.strings.get(first.task.unwrap()), "task strategy/tokio.rs:70");
+    assert_eq!(
+        fold.strings.get(first.task.unwrap()),
+        "task strategy/tokio.rs:70"
+    );
     let names: Vec<&str> = first.spans.iter().map(|&s| fold.strings.get(s)).collect();
     assert_eq!(names, vec!["request"]);
     assert_eq!(items[1].context, 0, "between polls no span is active");
