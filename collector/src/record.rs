@@ -268,14 +268,16 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut peak_threads = 0u32;
     let mut live_threads: i64 = 1;
 
+    // What the loop waits on: the child's exit, our signals, queued span batches, and the
+    // perf rings' wakeup watermark (fds[0] must stay the pidfd).
+    let mut fds = vec![pidfd.as_raw_fd(), signals.wake.as_raw_fd()];
+    if let Some((_, intake)) = &spans {
+        fds.push(intake.ready_fd());
+    }
+    if let Some(p) = &perf {
+        fds.extend(p.fds());
+    }
     let (exit, rusage) = loop {
-        let mut fds = vec![pidfd.as_raw_fd(), signals.wake.as_raw_fd()];
-        if let Some((_, intake)) = &spans {
-            fds.push(intake.ready_fd());
-        }
-        if let Some(p) = &perf {
-            fds.extend(p.fds());
-        }
         let timeout = next_poll
             .saturating_duration_since(std::time::Instant::now())
             .as_millis()
