@@ -136,12 +136,12 @@ pub fn row(
     }
 }
 
-/// The table for people.
+/// The table for people: numbers first, aligned; the top syscalls last, as wide as they need.
 pub fn table(rows: &[CompareRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<34} {:>8} {:>9} {:>7}",
+        "{:<15} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7}  {}",
         "strategy",
         "requests",
         "errors",
@@ -151,10 +151,10 @@ pub fn table(rows: &[CompareRow]) -> String {
         "vol/req",
         "invol/rq",
         "sys/req",
-        "top syscalls per request",
         "CPU µs/r",
         "peak RSS",
-        "threads"
+        "threads",
+        "top syscalls per request"
     );
     for r in rows {
         let top = r
@@ -165,7 +165,7 @@ pub fn table(rows: &[CompareRow]) -> String {
             .join(", ");
         let _ = writeln!(
             out,
-            "{:<15} {:>8} {:>6} {:>9.0} {:>8.0} {:>8.0} {:>8.3} {:>8.3} {:>8.2}  {:<34} {:>8.1} {:>9} {:>7}",
+            "{:<15} {:>8} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>8.3} {:>8.3} {:>7.2} {:>8.1} {:>9} {:>7}  {}",
             r.strategy,
             r.requests,
             r.errors,
@@ -175,10 +175,10 @@ pub fn table(rows: &[CompareRow]) -> String {
             r.voluntary_per_request,
             r.involuntary_per_request,
             r.syscalls_per_request,
-            top,
             r.cpu_us_per_request,
             report::bytes(r.peak_rss_bytes),
-            r.threads
+            r.threads,
+            top
         );
     }
     for r in rows {
