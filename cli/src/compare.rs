@@ -134,6 +134,7 @@ fn run_one(plan: &Plan, strategy: &str) -> anyhow::Result<CompareRow> {
     )?;
     let summary =
         analysis::summarize_file(&trace).with_context(|| format!("reading {}", trace.display()))?;
+    crate::flamegraph::write_compare_svgs(&trace, &plan.out_dir, strategy);
     Ok(compare::row(strategy, &summary, Some(&figures), &trace))
 }
 

@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod compare;
+mod flamegraph;
+mod timeline;
 use iotrace_collector::{analysis, record, report};
 
 const EXAMPLES: &str = "\
@@ -21,6 +23,12 @@ EXAMPLES:
         iotrace report --json t.data
     Without perf (non-root, or to compare):
         iotrace record --no-perf -- make -j2
+    Flamegraphs of a recording: on-CPU, off-CPU (time blocked), by async task:
+        iotrace flamegraph t.data -o cpu.svg
+        iotrace flamegraph t.data --kind async -o async.svg
+    Every thread and task through time, in a browser or in ui.perfetto.dev:
+        iotrace timeline t.data -o timeline.html
+        iotrace export t.data --format perfetto -o trace.json
     The four I/O strategies (and async done wrong) under the same load, side by side:
         iotrace compare
     Load any HTTP/1.1 server on loopback:
@@ -47,9 +55,10 @@ enum Command {
         after_help = "EXAMPLES:\n    iotrace record -- sleep 1\n    iotrace record -o t.data -q -- ./server --port 8080\n"
     )]
     Record(RecordArgs),
-    /// Summarize a trace file: how the program ended, context switches, syscalls, threads.
+    /// Summarize a trace file: how the program ended, context switches, syscalls, threads,
+    /// where threads blocked, tasks, and each task that blocked its worker thread.
     #[command(
-        after_help = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n"
+        after_help = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n    iotrace report t.data --blocked-threshold 1ms\n    iotrace report --json t.data | jq '.warnings[].message'\n"
     )]
     Report(ReportArgs),
     /// Drive an HTTP/1.1 server on loopback with keep-alive connections and report throughput
@@ -68,6 +77,26 @@ enum Command {
         after_help = "EXAMPLES:\n    iotrace compare\n    iotrace compare --strategies threads,tokio --connections 1000 --duration 5s\n    iotrace compare iotrace-compare/threads.iotrace iotrace-compare/tokio.iotrace --json\n"
     )]
     Compare(CompareArgs),
+    /// Draw a flamegraph of a trace: on-CPU, off-CPU (weighted by time blocked), wall (both),
+    /// or async (samples under the task and spans active on their thread); or the difference
+    /// between two traces.
+    ///
+    /// Symbols are resolved offline from the mappings recorded in the trace, so the program
+    /// may have exited; its files must still be there. Frames without a name say why (e.g.
+    /// `[unknown: libfoo.so]`) and are counted on stderr.
+    #[command(after_help = flamegraph::EXAMPLES)]
+    Flamegraph(flamegraph::FlamegraphArgs),
+    /// Write one self-contained HTML page (no network) with a track per thread and per task,
+    /// colored by state: running, runnable, blocked; polling, blocked in a poll, scheduled, idle.
+    ///
+    /// Zoom with the wheel, pan by dragging, hover for the state, its duration, the syscall a
+    /// thread blocked in and what a poll's worker did. Stays smooth with millions of intervals.
+    #[command(after_help = timeline::TIMELINE_EXAMPLES)]
+    Timeline(timeline::TimelineArgs),
+    /// Export a trace for other viewers: Chrome trace event JSON that ui.perfetto.dev opens
+    /// (thread states as slices, tasks as async tracks, memory and thread counters).
+    #[command(after_help = timeline::EXPORT_EXAMPLES)]
+    Export(timeline::ExportArgs),
 }
 
 #[derive(clap::Args)]
@@ -161,6 +190,13 @@ struct RecordArgs {
     /// fewer records on bursty programs; lost records are always counted and reported.
     #[arg(long, default_value_t = 8192, value_name = "KIB")]
     ring_kib: usize,
+    /// On-CPU stack samples per second of CPU time (cpu-clock), for flamegraphs.
+    #[arg(short = 'F', long = "freq", default_value_t = 999, value_name = "HZ")]
+    frequency: u64,
+    /// Take no stack samples (neither on-CPU nor at switch-outs): a smaller trace, no
+    /// flamegraphs.
+    #[arg(long)]
+    no_samples: bool,
     /// The command to run, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -174,6 +210,14 @@ struct ReportArgs {
     /// Print JSON (schema: collector/REPORT.md) instead of text.
     #[arg(long)]
     json: bool,
+    /// Shortest off-CPU stretch inside a poll that counts as the task blocking its worker
+    /// thread (e.g. 100us, 1ms).
+    #[arg(long, value_parser = timeline::parse_time, default_value = "100us", value_name = "TIME")]
+    blocked_threshold: u64,
+    /// Warn about a task when such stretches add up to this share of its time in polls
+    /// (0% warns about every task with one).
+    #[arg(long, value_parser = timeline::parse_percent, default_value = "5%", value_name = "PERCENT")]
+    blocked_share: f64,
 }
 
 /// Write to stdout; a closed pipe (`| head`) ends the program quietly.
@@ -190,6 +234,8 @@ fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     opts.perf = !args.no_perf;
     opts.perf_options.ring_bytes = (args.ring_kib.clamp(4, 1 << 20) << 10).next_power_of_two();
     opts.proc_interval = std::time::Duration::from_millis(args.proc_interval.max(1));
+    opts.perf_options.frequency_hz = if args.no_samples { 0 } else { args.frequency };
+    opts.perf_options.off_cpu_stacks = !args.no_samples;
     let outcome = match record::record(&opts) {
         Ok(o) => o,
         Err(e) => {
@@ -211,7 +257,12 @@ fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let summary = analysis::summarize_file(&args.file)?;
+    let opts = iotrace_collector::tasks::TaskOptions {
+        blocked_threshold_ns: args.blocked_threshold,
+        warn_share: args.blocked_share,
+    };
+    let summary =
+        analysis::summarize_file_with(&args.file, &opts, &mut iotrace_collector::tasks::NoSink)?;
     if args.json {
         print_stdout(&report::json(&summary))?;
         print_stdout("\n")?;
@@ -291,6 +342,9 @@ fn main() -> ExitCode {
         Command::Report(a) => cmd_report(a),
         Command::Load(a) => cmd_load(a),
         Command::Compare(a) => cmd_compare(a),
+        Command::Flamegraph(a) => flamegraph::run(a),
+        Command::Timeline(a) => timeline::run_timeline(a),
+        Command::Export(a) => timeline::run_export(a),
     };
     match result {
         Ok(code) => code,

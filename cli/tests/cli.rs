@@ -36,6 +36,9 @@ fn help_texts() {
         (vec!["report", "--help"], "report-help.txt"),
         (vec!["load", "--help"], "load-help.txt"),
         (vec!["compare", "--help"], "compare-help.txt"),
+        (vec!["flamegraph", "--help"], "flamegraph-help.txt"),
+        (vec!["timeline", "--help"], "timeline-help.txt"),
+        (vec!["export", "--help"], "export-help.txt"),
     ] {
         let out = iotrace(&args);
         assert!(out.status.success());

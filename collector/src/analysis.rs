@@ -43,6 +43,12 @@ pub struct Summary {
     pub instrumentation: Option<Instrumentation>,
     /// Span totals, when the program installed the iotrace layer (null otherwise).
     pub spans: Option<crate::spans::SpanSummary>,
+    /// Every task (tokio tasks, spans marked `iotrace.task`) in spawn order; empty without spans.
+    pub tasks: Vec<crate::tasks::TaskRow>,
+    /// One per task that blocked its worker thread inside its polls, worst first.
+    pub warnings: Vec<crate::tasks::Warning>,
+    /// Totals over all tasks (null when the program sent no spans).
+    pub task_summary: Option<crate::tasks::TaskTotals>,
     /// Set when the trace is damaged: what happened and where.
     pub truncated: Option<String>,
     pub records: u64,
@@ -94,6 +100,12 @@ pub struct ThreadSummary {
     pub migrations: u64,
     pub page_faults: u64,
     pub syscalls: u64,
+    /// Preempted (or new), waiting for a CPU; from switch records.
+    pub runnable_ns: u64,
+    /// Switched out voluntarily, until back on a CPU; from switch records.
+    pub blocked_ns: u64,
+    /// `blocked_ns` by the syscall the thread was in, most first.
+    pub blocked: Vec<crate::tasks::BlockedBy>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -150,11 +162,30 @@ pub struct Summarizer {
     spans: crate::spans::SpanSummarizer,
     span_batches: u64,
     span_clients: u64,
+    tasks: crate::tasks::TaskAnalyzer,
 }
 
 impl Summarizer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A summarizer whose task analysis uses `opts`.
+    pub fn with_options(opts: crate::tasks::TaskOptions) -> Self {
+        Summarizer {
+            tasks: crate::tasks::TaskAnalyzer::new(opts),
+            ..Self::default()
+        }
+    }
+
+    pub fn add(&mut self, record: &Record) {
+        self.add_to(record, &mut crate::tasks::NoSink);
+    }
+
+    /// Like [`Summarizer::add`], handing every thread and task interval to `sink`.
+    pub fn add_to(&mut self, record: &Record, sink: &mut dyn crate::tasks::Sink) {
+        self.tasks.add(record, sink);
+        self.add_record(record);
     }
 
     fn thread(&mut self, tid: u32) -> &mut ThreadState {
@@ -165,7 +196,7 @@ impl Summarizer {
         self.last_ns = self.last_ns.max(t);
     }
 
-    pub fn add(&mut self, record: &Record) {
+    fn add_record(&mut self, record: &Record) {
         self.summary.records += 1;
         match record {
             Record::Header(h) => {
@@ -299,7 +330,13 @@ impl Summarizer {
     }
 
     /// Finish the fold. `stop` is how reading ended, when the file was damaged.
-    pub fn finish(mut self, stop: Option<String>) -> Summary {
+    pub fn finish(self, stop: Option<String>) -> Summary {
+        self.finish_to(stop, &mut crate::tasks::NoSink)
+    }
+
+    /// Like [`Summarizer::finish`], handing the last intervals to `sink`.
+    pub fn finish_to(mut self, stop: Option<String>, sink: &mut dyn crate::tasks::Sink) -> Summary {
+        let tasks = std::mem::take(&mut self.tasks).finish(sink);
         let perf = self.summary.capabilities.perf;
         let mut s = std::mem::take(&mut self.summary);
         s.truncated = stop.or_else(|| {
@@ -332,7 +369,13 @@ impl Summarizer {
                 migrations: t.migrations,
                 page_faults: t.page_faults,
                 syscalls: t.syscalls,
+                ..ThreadSummary::default()
             };
+            if let Some(k) = tasks.threads.iter().find(|k| k.tid == tid) {
+                row.runnable_ns = k.runnable_ns;
+                row.blocked_ns = k.blocked_ns;
+                row.blocked = k.blocked.clone();
+            }
             if let Some(p) = &t.proc {
                 if !perf {
                     row.voluntary = p.voluntary;
@@ -429,6 +472,11 @@ impl Summarizer {
         }
         threads.sort_by_key(|t| (t.pid, t.tid));
         s.threads = threads;
+        if tasks.saw_spans {
+            s.tasks = tasks.tasks;
+            s.warnings = tasks.warnings;
+            s.task_summary = Some(tasks.totals);
+        }
         s
     }
 }
@@ -436,13 +484,28 @@ impl Summarizer {
 /// Summarize a trace file in one streaming pass. A damaged file still gives a summary of
 /// what it holds, with [`Summary::truncated`] set.
 pub fn summarize_file(path: &Path) -> Result<Summary, FormatError> {
+    summarize_file_with(
+        path,
+        &crate::tasks::TaskOptions::default(),
+        &mut crate::tasks::NoSink,
+    )
+}
+
+/// [`summarize_file`] with task-analysis options, handing every interval to `sink`.
+pub fn summarize_file_with(
+    path: &Path,
+    opts: &crate::tasks::TaskOptions,
+    sink: &mut dyn crate::tasks::Sink,
+) -> Result<Summary, FormatError> {
     let mut reader = TraceReader::open(path)?;
-    let mut summarizer = Summarizer::new();
+    let mut summarizer = Summarizer::with_options(opts.clone());
     for record in reader.by_ref() {
-        summarizer.add(&record);
+        summarizer.add_to(&record, sink);
     }
     let stop = reader.stop().map(|s| s.to_string());
-    Ok(summarizer.finish(stop))
+    let mut summary = summarizer.finish_to(stop, sink);
+    crate::tasks::naming::name_warning_stacks(path, &mut summary.warnings);
+    Ok(summary)
 }
 
 /// Quote arguments so the line can be pasted into a shell.

@@ -2,7 +2,7 @@
 //! and mmap records, one sample per syscall entry and per page fault, on-CPU stack samples
 //! (cpu-clock) and a stack at every switch-out, plus inherited counting events whose totals are
 //! what `perf stat` reports. Records are parsed here into trace records; callchains are
-//! interned into the trace's stack tree by [`callchain`].
+//! interned into the trace's stack tree by the `callchain` submodule.
 //!
 //! The layout follows what the kernel allows (see DESIGN.md): sampling with `inherit` needs one
 //! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.

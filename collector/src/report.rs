@@ -71,7 +71,7 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
-/// The text report: header, totals, threads, top syscalls.
+/// The text report: header, totals, threads, thread states, tasks and warnings, top syscalls.
 pub fn text(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(out, " iotrace report for '{}' (pid {})", s.command, s.pid);
@@ -203,6 +203,8 @@ pub fn text(s: &Summary) -> String {
         }
         let _ = writeln!(out);
     }
+    out.push_str(&crate::tasks::text::thread_states(s));
+    out.push_str(&crate::tasks::text::tasks(s));
     if !s.syscalls.is_empty() {
         let _ = writeln!(out, " top syscalls:");
         for c in s.syscalls.iter().take(10) {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use crate::format::{Mmap, Record, StackDefs};
 
-pub use context::ContextTable;
+pub use context::{Context, ContextTable};
 
 /// Index of an address space in [`AddressSpaces`].
 pub type SpaceId = u32;
@@ -193,6 +193,16 @@ pub struct FoldStats {
     pub contexts_forced: u64,
 }
 
+/// What a [`StackFold`] hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub on_cpu: bool,
+    /// Off-CPU stretches (pairs stacks with switch-ins).
+    pub off_cpu: bool,
+    /// The span context of each item (waits for span events).
+    pub contexts: bool,
+}
+
 /// Names of threads and of the processes they belong to.
 #[derive(Debug, Default)]
 pub struct Threads {
@@ -220,12 +230,23 @@ pub struct StackFold {
     pub stats: FoldStats,
     order: order::Reorder,
     spans: Option<context::SpanContexts>,
+    need: Need,
 }
 
 impl StackFold {
     /// `with_contexts`: attribute each item to the span context active on its thread.
     pub fn new(with_contexts: bool) -> Self {
+        Self::with(Need {
+            on_cpu: true,
+            off_cpu: true,
+            contexts: with_contexts,
+        })
+    }
+
+    /// A fold that hands out only what `need` asks for (and does less work for it).
+    pub fn with(need: Need) -> Self {
         StackFold {
+            need,
             stacks: StackTable::default(),
             spaces: AddressSpaces::default(),
             threads: Threads::default(),
@@ -236,24 +257,22 @@ impl StackFold {
             boot_id: String::new(),
             stats: FoldStats::default(),
             order: order::Reorder::default(),
-            spans: with_contexts.then(context::SpanContexts::default),
+            spans: need.contexts.then(context::SpanContexts::default),
         }
     }
 
     /// Fold one record; items that are ready go to `sink`, in time order per thread.
-    pub fn add(&mut self, record: &Record, sink: &mut dyn FnMut(&StackFold, StackItem)) {
+    pub fn add(&mut self, record: &Record, sink: &mut dyn FnMut(&mut StackFold, StackItem)) {
         match record {
             Record::Header(h) => {
                 self.start_ns = h.start_ns;
                 let name = self.strings.intern(command_name(&h.command));
                 self.threads.names.insert(h.pid, (h.pid, name));
             }
-            Record::Capabilities(c) => {
-                if !c.spans {
-                    // Nothing will come: do not hold items back waiting for span events.
-                    if let Some(s) = self.spans.as_mut() {
-                        s.disable();
-                    }
+            // No span socket, so no span events will come: do not hold items back for them.
+            Record::Capabilities(c) if !c.spans => {
+                if let Some(s) = self.spans.as_mut() {
+                    s.disable();
                 }
             }
             Record::Sampling(s) => {
@@ -278,6 +297,8 @@ impl StackFold {
             Record::Mmap(m) => self.spaces.mmap(m),
             Record::StackDefs(d) => self.stacks.add(d, &mut self.spaces),
             Record::Samples(batch) => {
+                // On-CPU samples alone need no reordering: nothing pairs them or waits.
+                let direct = !self.need.off_cpu && !self.need.contexts;
                 let mut time = batch.base_ns;
                 for s in &batch.samples {
                     time = time.wrapping_add(s.delta_ns);
@@ -285,16 +306,36 @@ impl StackFold {
                         self.stats.undefined_stacks += 1;
                         continue;
                     }
-                    match s.off_cpu {
-                        None => self.stats.on_cpu_samples += 1,
-                        Some(_) => self.stats.off_cpu_samples += 1,
+                    let wanted = match s.off_cpu {
+                        None => {
+                            self.stats.on_cpu_samples += 1;
+                            self.need.on_cpu
+                        }
+                        Some(_) => {
+                            self.stats.off_cpu_samples += 1;
+                            self.need.off_cpu
+                        }
+                    };
+                    if !wanted {
+                        continue;
                     }
-                    self.order.sample(time, s.tid, s.stack, s.off_cpu);
+                    if direct {
+                        let item = StackItem {
+                            tid: s.tid,
+                            time_ns: time,
+                            stack: s.stack,
+                            off_cpu: None,
+                            context: 0,
+                        };
+                        sink(&mut *self, item);
+                    } else {
+                        self.order.sample(time, s.tid, s.stack, s.off_cpu);
+                    }
                 }
                 self.order.saw(time);
                 self.release(false, sink);
             }
-            Record::Switches(batch) => {
+            Record::Switches(batch) if self.need.off_cpu => {
                 let mut time = batch.base_ns;
                 for s in &batch.switches {
                     time = time.wrapping_add(s.delta_ns);
@@ -307,7 +348,7 @@ impl StackFold {
             }
             Record::Spans(batch) => {
                 if let Some(spans) = self.spans.as_mut() {
-                    spans.add(batch, &mut self.strings, &mut self.contexts);
+                    spans.add(batch, &mut self.strings);
                 }
                 self.release(false, sink);
             }
@@ -315,12 +356,13 @@ impl StackFold {
         }
     }
 
-    /// Hand out everything still buffered. Call once, after the last record.
-    pub fn finish(&mut self, sink: &mut dyn FnMut(&StackFold, StackItem)) {
+    /// Hand out everything still buffered. Call once, after the last record; only then are
+    /// all contexts named (an item's context may name spans created after it was handed out).
+    pub fn finish(&mut self, sink: &mut dyn FnMut(&mut StackFold, StackItem)) {
         self.release(true, sink);
     }
 
-    fn release(&mut self, all: bool, sink: &mut dyn FnMut(&StackFold, StackItem)) {
+    fn release(&mut self, all: bool, sink: &mut dyn FnMut(&mut StackFold, StackItem)) {
         let mut ready = Vec::new();
         self.order.release(all, &mut ready);
         if all {
@@ -329,7 +371,7 @@ impl StackFold {
         match self.spans.as_mut() {
             None => {
                 for item in ready {
-                    sink(self, item);
+                    sink(&mut *self, item);
                 }
             }
             Some(spans) => {
@@ -346,8 +388,11 @@ impl StackFold {
                     &mut out,
                 );
                 self.stats.contexts_forced = spans.forced();
+                if all {
+                    spans.resolve(&mut self.strings, &mut self.contexts);
+                }
                 for item in out {
-                    sink(self, item);
+                    sink(&mut *self, item);
                 }
             }
         }

@@ -228,6 +228,8 @@ pub struct TraceReader<R: Read = BufReader<File>> {
     done: bool,
     buf: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// Kinds (bit per kind) the caller does not need: checked, not decoded.
+    skip: u128,
 }
 
 impl TraceReader<BufReader<File>> {
@@ -274,6 +276,7 @@ impl<R: Read> TraceReader<R> {
             stop: None,
             done: false,
             buf: Vec::new(),
+            skip: 0,
             decompressor: zstd::bulk::Decompressor::new().map_err(|source| FormatError::Io {
                 path: name.to_owned(),
                 source,
@@ -293,6 +296,15 @@ impl<R: Read> TraceReader<R> {
     /// Byte offset of the next frame.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Do not decode records of these kinds: their frames are still read and checked, and
+    /// come back as [`Record::Unknown`]. Readers that need a few kinds of a large trace
+    /// (flamegraphs do not need span batches) save most of the decoding.
+    pub fn skip_kinds(&mut self, kinds: &[u8]) {
+        for &k in kinds {
+            self.skip |= 1u128 << (k & !COMPRESSED);
+        }
     }
 
     fn fail(&mut self, stop: Stop) -> Option<Record> {
@@ -352,6 +364,9 @@ impl<R: Read> TraceReader<R> {
         }
         self.offset = start + FRAME_HEADER_LEN as u64 + len as u64;
         let kind = self.buf[0];
+        if self.skip & (1u128 << (kind & !COMPRESSED)) != 0 {
+            return Some(Record::Unknown(kind & !COMPRESSED));
+        }
         let decoded = if kind & COMPRESSED != 0 {
             match self
                 .decompressor

@@ -4,22 +4,22 @@
 //! span with an `iotrace.task` field).
 //!
 //! Span batches of one thread arrive in order, but a thread's batch is sent only when its
-//! buffer fills, 50 ms after its first record, or at exit, so they lag behind perf samples
+//! buffer fills, some time after its first record, or at exit, so they lag behind perf samples
 //! by an unknown amount. A thread's items wait until that thread's span events have covered
-//! their instant (and the spans they sit in are known), within a global limit on what waits.
+//! their instant, within a global limit on what waits. A span's creation record may come later
+//! still (in the batch of the thread that created it): such a context is kept by span ids and
+//! named when the trace has been read ([`SpanContexts::resolve`]).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{StackItem, Strings};
-use crate::intake::{CallsiteKind, SpanBatch, SpanEvent, Value};
+use crate::intake::{CallsiteKind, FieldValue, SpanBatch, SpanEvent, Value};
 
 /// Items that may wait for span events, over all threads; past this the oldest item of the
 /// thread being added is attributed with what is known.
 const MAX_HELD: usize = 1 << 18;
-/// How long (in span time) to wait for a span's creation record before naming it `span?`.
-const META_WAIT_NS: u64 = 1_000_000_000;
-/// How long a closed span's name is kept for late batches of other threads.
-const CLOSED_KEEP_NS: u64 = 5_000_000_000;
+/// How long (in span time) a closed span's name is kept for late batches of other threads.
+const CLOSED_KEEP_NS: u64 = 10_000_000_000;
 
 /// A span context: the innermost task and the spans entered inside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -36,6 +36,8 @@ pub struct Context {
 pub struct ContextTable {
     list: Vec<Context>,
     index: HashMap<Context, u32>,
+    /// Contexts waiting for the creation records of their spans: id → (pid, span ids).
+    pending: HashMap<u32, (u32, Vec<u64>)>,
 }
 
 impl ContextTable {
@@ -52,7 +54,15 @@ impl ContextTable {
         id
     }
 
-    /// The context of an id (`None` for 0).
+    fn intern_pending(&mut self, pid: u32, stack: &[u64]) -> u32 {
+        self.list.push(Context::default());
+        let id = self.list.len() as u32;
+        self.pending.insert(id, (pid, stack.to_vec()));
+        id
+    }
+
+    /// The context of an id (`None` for 0). A context whose spans were not all known yet is
+    /// named once the fold has finished.
     pub fn get(&self, id: u32) -> Option<&Context> {
         id.checked_sub(1).and_then(|i| self.list.get(i as usize))
     }
@@ -63,6 +73,15 @@ struct SpanMeta {
     name: u32,
     /// Task label, when the span is a task.
     task: Option<u32>,
+}
+
+/// A span's creation record, named when its callsite is known.
+enum Created {
+    Named(SpanMeta),
+    Raw {
+        callsite: u64,
+        fields: Vec<FieldValue>,
+    },
 }
 
 struct CallsiteInfo {
@@ -88,8 +107,10 @@ struct ThreadSpans {
 pub(super) struct SpanContexts {
     disabled: bool,
     callsites: HashMap<(u32, u64), CallsiteInfo>,
-    spans: HashMap<(u32, u64), SpanMeta>,
+    spans: HashMap<(u32, u64), Created>,
     closed: VecDeque<(u64, (u32, u64))>,
+    /// Spans that pending contexts name: kept after they close.
+    pinned: HashSet<(u32, u64)>,
     threads: HashMap<u32, ThreadSpans>,
     /// Threads with waiting items.
     waiting: BTreeSet<u32>,
@@ -97,6 +118,17 @@ pub(super) struct SpanContexts {
     forced: u64,
     /// Newest span event time seen.
     newest: u64,
+}
+
+/// How [`SpanContexts::release_thread`] releases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Items whose span events have arrived.
+    Ready,
+    /// Everything (end of the trace).
+    All,
+    /// The first item regardless, then those that are ready (too many items wait).
+    ForceOne,
 }
 
 impl SpanContexts {
@@ -109,7 +141,7 @@ impl SpanContexts {
         self.forced
     }
 
-    pub(super) fn add(&mut self, batch: &SpanBatch, strings: &mut Strings, _: &mut ContextTable) {
+    pub(super) fn add(&mut self, batch: &SpanBatch, strings: &mut Strings) {
         let pid = batch.pid;
         let mut last = None;
         for event in &batch.events {
@@ -139,19 +171,14 @@ impl SpanContexts {
                     fields,
                     ..
                 } => {
-                    let meta = match self.callsites.get(&(pid, *callsite)) {
-                        Some(cs) => SpanMeta {
-                            name: cs.name,
-                            task: cs
-                                .is_task
-                                .then(|| strings.intern(&task_label(cs, fields, strings))),
-                        },
-                        None => SpanMeta {
-                            name: strings.intern("span?"),
-                            task: None,
+                    let created = match self.callsites.get(&(pid, *callsite)) {
+                        Some(cs) => Created::Named(meta(cs, fields, strings)),
+                        None => Created::Raw {
+                            callsite: *callsite,
+                            fields: fields.clone(),
                         },
                     };
-                    self.spans.insert((pid, *span), meta);
+                    self.spans.insert((pid, *span), created);
                 }
                 SpanEvent::Close { time, span } => self.closed.push_back((*time, (pid, *span))),
                 _ => {}
@@ -167,7 +194,9 @@ impl SpanContexts {
             .is_some_and(|c| c.0.saturating_add(CLOSED_KEEP_NS) < self.newest)
         {
             if let Some((_, key)) = self.closed.pop_front() {
-                self.spans.remove(&key);
+                if !self.pinned.contains(&key) {
+                    self.spans.remove(&key);
+                }
             }
         }
         if batch.tid == 0 {
@@ -254,22 +283,20 @@ impl SpanContexts {
         };
         let mut force = mode != Mode::Ready;
         while let Some(&item) = thread.items.front() {
-            let ready = force || item.time_ns <= thread.coverage;
-            if !ready {
+            if !force && item.time_ns > thread.coverage {
                 break;
             }
             apply_until(thread, item.time_ns);
-            let pid = thread.pid;
-            let known = thread
-                .stack
-                .iter()
-                .all(|s| self.spans.contains_key(&(pid, *s)));
-            if !known && !force && self.newest < item.time_ns.saturating_add(META_WAIT_NS) {
-                break;
-            }
             thread.items.pop_front();
             self.held -= 1;
-            let context = context_of(thread, &self.spans, strings, contexts);
+            let context = context_of(
+                thread,
+                &mut self.spans,
+                &self.callsites,
+                &mut self.pinned,
+                strings,
+                contexts,
+            );
             out.push(StackItem { context, ..item });
             if mode == Mode::ForceOne {
                 force = false;
@@ -279,17 +306,28 @@ impl SpanContexts {
             self.waiting.remove(&tid);
         }
     }
-}
 
-/// How [`SpanContexts::release_thread`] releases.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Items whose span events have arrived.
-    Ready,
-    /// Everything (end of the trace).
-    All,
-    /// The first item regardless, then those that are ready (too many items wait).
-    ForceOne,
+    /// Name the contexts whose spans were created after they were needed. Call after the
+    /// last record; spans never created are named `span?`.
+    pub(super) fn resolve(&mut self, strings: &mut Strings, contexts: &mut ContextTable) {
+        let pending: Vec<(u32, (u32, Vec<u64>))> = contexts.pending.drain().collect();
+        for (id, (pid, stack)) in pending {
+            let metas: Vec<SpanMeta> = stack
+                .iter()
+                .map(|s| {
+                    lookup(&mut self.spans, &self.callsites, pid, *s, strings)
+                        .unwrap_or_else(|| unknown(strings))
+                })
+                .collect();
+            if let Some(slot) = id
+                .checked_sub(1)
+                .and_then(|i| contexts.list.get_mut(i as usize))
+            {
+                *slot = context_from(&metas);
+            }
+        }
+        self.pinned.clear();
+    }
 }
 
 fn apply_until(thread: &mut ThreadSpans, time: u64) {
@@ -306,23 +344,43 @@ fn apply_until(thread: &mut ThreadSpans, time: u64) {
     }
 }
 
-fn context_of(
-    thread: &ThreadSpans,
-    spans: &HashMap<(u32, u64), SpanMeta>,
-    strings: &mut Strings,
-    contexts: &mut ContextTable,
-) -> u32 {
-    let unknown = SpanMeta {
+fn unknown(strings: &mut Strings) -> SpanMeta {
+    SpanMeta {
         name: strings.intern("span?"),
         task: None,
-    };
-    let metas: Vec<SpanMeta> = thread
-        .stack
-        .iter()
-        .map(|s| spans.get(&(thread.pid, *s)).copied().unwrap_or(unknown))
-        .collect();
-    let inner_task = metas.iter().rposition(|m| m.task.is_some());
-    let context = match inner_task {
+    }
+}
+
+fn meta(cs: &CallsiteInfo, fields: &[FieldValue], strings: &mut Strings) -> SpanMeta {
+    SpanMeta {
+        name: cs.name,
+        task: cs
+            .is_task
+            .then(|| strings.intern(&task_label(cs, fields, strings))),
+    }
+}
+
+/// A span's name and task label, if its creation (and its callsite) have been seen.
+fn lookup(
+    spans: &mut HashMap<(u32, u64), Created>,
+    callsites: &HashMap<(u32, u64), CallsiteInfo>,
+    pid: u32,
+    span: u64,
+    strings: &mut Strings,
+) -> Option<SpanMeta> {
+    let created = spans.get_mut(&(pid, span))?;
+    match created {
+        Created::Named(m) => Some(*m),
+        Created::Raw { callsite, fields } => {
+            let m = meta(callsites.get(&(pid, *callsite))?, fields, strings);
+            *created = Created::Named(m);
+            Some(m)
+        }
+    }
+}
+
+fn context_from(metas: &[SpanMeta]) -> Context {
+    match metas.iter().rposition(|m| m.task.is_some()) {
         Some(i) => Context {
             task: metas[i].task,
             spans: metas[i + 1..].iter().map(|m| m.name).collect(),
@@ -331,26 +389,44 @@ fn context_of(
             task: None,
             spans: metas.iter().map(|m| m.name).collect(),
         },
-    };
-    contexts.intern(context)
+    }
+}
+
+fn context_of(
+    thread: &ThreadSpans,
+    spans: &mut HashMap<(u32, u64), Created>,
+    callsites: &HashMap<(u32, u64), CallsiteInfo>,
+    pinned: &mut HashSet<(u32, u64)>,
+    strings: &mut Strings,
+    contexts: &mut ContextTable,
+) -> u32 {
+    let mut metas = Vec::with_capacity(thread.stack.len());
+    for &span in &thread.stack {
+        match lookup(spans, callsites, thread.pid, span, strings) {
+            Some(m) => metas.push(m),
+            None => {
+                // Named at the end, when the span's creation record has arrived.
+                pinned.extend(thread.stack.iter().map(|&s| (thread.pid, s)));
+                return contexts.intern_pending(thread.pid, &thread.stack);
+            }
+        }
+    }
+    contexts.intern(context_from(&metas))
 }
 
 /// `task NAME` from `task.name` or `iotrace.task`, else `task FILE:LINE` (tokio's `loc.*`
 /// fields; `blocking …` for `spawn_blocking` and worker threads), else the span's name.
-fn task_label(
-    cs: &CallsiteInfo,
-    fields: &[crate::intake::FieldValue],
-    strings: &Strings,
-) -> String {
+fn task_label(cs: &CallsiteInfo, fields: &[FieldValue], strings: &Strings) -> String {
     let get = |name: &str| {
         let index = *cs.field.get(name)?;
         fields
             .iter()
             .find(|f| usize::from(f.index) == index)
             .map(|f| value_text(&f.value))
+            // tokio records an unnamed task's `task.name` as "".
+            .filter(|v| !v.is_empty())
     };
-    let kind = get("kind");
-    let prefix = match kind.as_deref() {
+    let prefix = match get("kind").as_deref() {
         Some("blocking") => "blocking",
         Some("block_on") => "block_on",
         _ => "task",
@@ -359,8 +435,8 @@ fn task_label(
         return format!("{prefix} {name}");
     }
     if let Some(file) = get("loc.file") {
-        let short: Vec<&str> = file.rsplit('/').take(2).collect();
-        let short: Vec<&str> = short.into_iter().rev().collect();
+        let mut short: Vec<&str> = file.rsplit('/').take(2).collect();
+        short.reverse();
         let line = get("loc.line").unwrap_or_default();
         return format!("{prefix} {}:{line}", short.join("/"));
     }

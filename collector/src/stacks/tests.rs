@@ -210,3 +210,47 @@ fn samples_get_the_task_and_spans_active_at_their_instant() {
 }
 
 use crate::intake::Value;
+
+#[test]
+fn a_span_created_after_its_samples_is_named_at_the_end() {
+    let mut fold = StackFold::new(true);
+    // Thread 7 enters span 100 and is sampled inside it; the thread that created span 100
+    // (thread 8) sends its batch, with the creation record, only at the very end.
+    let entered = batch(
+        7,
+        vec![
+            SpanEvent::Enter {
+                time: 100,
+                span: 100,
+            },
+            SpanEvent::Exit {
+                time: 9_000,
+                span: 100,
+            },
+        ],
+    );
+    let created = batch(
+        8,
+        vec![SpanEvent::NewSpan {
+            time: 50,
+            span: 100,
+            parent: None,
+            callsite: 2,
+            fields: vec![],
+        }],
+    );
+    let items = run(
+        &mut fold,
+        &[
+            defs(),
+            sample(1_000, 7, None),
+            entered,
+            batch(0, vec![request_callsite()]),
+            created,
+        ],
+    );
+    assert_eq!(items.len(), 1);
+    let c = fold.contexts.get(items[0].context).expect("a context");
+    let names: Vec<&str> = c.spans.iter().map(|&s| fold.strings.get(s)).collect();
+    assert_eq!(names, vec!["request"]);
+}

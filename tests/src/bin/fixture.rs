@@ -3,7 +3,9 @@
 //! `fixture MODE ARGS…`:
 //! - `sleep MS COUNT`      sleep MS milliseconds COUNT times
 //! - `writes N`            N one-byte write(2) calls to /dev/null
-//! - `spin MS`             burn CPU for MS milliseconds
+//! - `spin MS`             burn CPU for MS milliseconds in `burn_cpu`, whose leaves `leaf_a` …
+//!   `leaf_e` do work in the ratio 16:8:4:2:1 (a known on-CPU profile)
+//! - `nap MS COUNT`        like `sleep`, but from the function `nap` (a known off-CPU path)
 //! - `spinners N MS`       N processes that each burn CPU for MS milliseconds, concurrently
 //! - `threads N`           N named threads that each sleep 20 ms, then join
 //! - `fork`                spawn a grandchild process (`fixture sleep 20 2`) and wait for it
@@ -17,16 +19,65 @@ fn arg(args: &[String], i: usize, default: u64) -> u64 {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
 
+/// `$n` xorshift steps: plain shifts and xors, so that even a debug build calls nothing.
+macro_rules! xorshift {
+    ($x:expr, $n:expr) => {{
+        let mut x: u64 = $x;
+        let mut i = 0;
+        while i < $n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            i += 1;
+        }
+        x
+    }};
+}
+
+#[inline(never)]
+fn leaf_a(x: u64) -> u64 {
+    xorshift!(x, 1600)
+}
+
+#[inline(never)]
+fn leaf_b(x: u64) -> u64 {
+    xorshift!(x, 800)
+}
+
+#[inline(never)]
+fn leaf_c(x: u64) -> u64 {
+    xorshift!(x, 400)
+}
+
+#[inline(never)]
+fn leaf_d(x: u64) -> u64 {
+    xorshift!(x, 200)
+}
+
+#[inline(never)]
+fn leaf_e(x: u64) -> u64 {
+    xorshift!(x, 100)
+}
+
+/// Burns CPU for `ms` milliseconds, all of it in the leaves above (16:8:4:2:1).
 #[inline(never)]
 fn burn_cpu(ms: u64) -> u64 {
     let end = Instant::now() + Duration::from_millis(ms);
-    let mut x = 0u64;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     while Instant::now() < end {
-        for i in 0..1000u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        for _ in 0..20 {
+            x = leaf_e(leaf_d(leaf_c(leaf_b(leaf_a(x)))));
         }
     }
     x
+}
+
+/// Sleeps `ms` milliseconds `count` times: the off-CPU path goes through here.
+#[inline(never)]
+fn nap(ms: u64, count: u64) {
+    for _ in 0..count {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
 
 fn main() {
@@ -38,6 +89,7 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(arg(&args, 1, 1)));
             }
         }
+        "nap" => nap(arg(&args, 1, 10), arg(&args, 2, 1)),
         "writes" => {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -119,7 +171,9 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: fixture sleep|writes|spin|spinners|threads|fork|span-garbage ARGS");
+            eprintln!(
+                "usage: fixture sleep|nap|writes|spin|spinners|threads|fork|span-garbage ARGS"
+            );
             std::process::exit(2);
         }
     }

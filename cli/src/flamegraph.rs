@@ -1,0 +1,294 @@
+//! `iotrace flamegraph`: arguments in, `iotrace_collector::flamegraph` options out, and the
+//! SVG or folded stacks written where asked.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use iotrace_collector::flamegraph::{self as fg, GroupBy, Kind};
+
+pub const EXAMPLES: &str = "\
+EXAMPLES:
+    Where the CPU time goes, and where threads wait (µs blocked, by kernel function and syscall):
+        iotrace flamegraph t.data -o cpu.svg
+        iotrace flamegraph t.data --kind offcpu -o off.svg
+    Samples under the tokio task and spans active on their thread:
+        iotrace flamegraph t.data --kind async -o async.svg
+    Folded stacks for flamegraph.pl, inferno or speedscope:
+        iotrace flamegraph t.data --folded > cpu.folded
+    Only one thread, one task, or a time window (since the start of the recording):
+        iotrace flamegraph t.data --tid 4242 --task conn --from 2s --to 5s
+    What changed between two runs (red: more, blue: less):
+        iotrace flamegraph --diff before.data after.data -o diff.svg
+";
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum KindArg {
+    /// On-CPU samples (cpu-clock), counted in samples.
+    Oncpu,
+    /// Voluntary switch-outs, weighted by µs blocked; the leaf is the kernel function the
+    /// thread slept in, with the syscall.
+    Offcpu,
+    /// On- and off-CPU in µs, under `on-CPU` and `off-CPU` root frames (off-CPU in blue).
+    Wall,
+    /// On- and off-CPU in µs, under the task and span stack active on the thread.
+    Async,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum GroupByArg {
+    /// Thread name, then task, then spans.
+    Thread,
+    /// Task, then spans.
+    Task,
+    /// The innermost span only.
+    Span,
+}
+
+#[derive(clap::Args)]
+pub struct FlamegraphArgs {
+    /// Trace file to read.
+    #[arg(default_value = "iotrace.data", conflicts_with = "diff")]
+    file: PathBuf,
+    /// What to weigh.
+    #[arg(short, long, value_enum, default_value = "oncpu")]
+    kind: KindArg,
+    /// Where to write: an SVG, or folded stacks with --folded; `-` is stdout. Default:
+    /// flamegraph.svg, or stdout with --folded.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Write folded stacks (`frame;frame;frame weight` lines) instead of an SVG.
+    #[arg(long)]
+    folded: bool,
+    /// Only these threads (kernel tids), comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "TID")]
+    tid: Vec<u32>,
+    /// Only samples whose task label contains TEXT (e.g. `conn`, `tokio.rs:70`).
+    #[arg(long, value_name = "TEXT")]
+    task: Option<String>,
+    /// Only what happened from this time on, since the start of the recording (e.g. 1.5s,
+    /// 200ms).
+    #[arg(long, value_parser = parse_offset, value_name = "TIME")]
+    from: Option<u64>,
+    /// Only what happened before this time, since the start of the recording.
+    #[arg(long, value_parser = parse_offset, value_name = "TIME")]
+    to: Option<u64>,
+    /// Root frames of the async graph.
+    #[arg(long, value_enum, default_value = "task")]
+    group_by: GroupByArg,
+    /// Title of the SVG.
+    #[arg(long)]
+    title: Option<String>,
+    /// A differential flamegraph of two traces (or two folded files): the shape of AFTER,
+    /// red where it grew and blue where it shrank compared with BEFORE.
+    #[arg(long, num_args = 2, value_names = ["BEFORE", "AFTER"])]
+    diff: Option<Vec<PathBuf>>,
+}
+
+/// `1.5s`, `200ms`, `2m`, `0`, or a bare number of seconds, as nanoseconds.
+fn parse_offset(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, "s"), |i| t.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a time like 1.5s, 200ms or 2m"))?;
+    let scale = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" | "" => 1e9,
+        "m" | "min" => 60e9,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    let ns = value * scale;
+    if !(ns.is_finite() && (0.0..1e18).contains(&ns)) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(ns as u64)
+}
+
+impl FlamegraphArgs {
+    fn options(&self) -> fg::Options {
+        let mut o = fg::Options::new(match self.kind {
+            KindArg::Oncpu => Kind::OnCpu,
+            KindArg::Offcpu => Kind::OffCpu,
+            KindArg::Wall => Kind::Wall,
+            KindArg::Async => Kind::Async,
+        });
+        o.group_by = match self.group_by {
+            GroupByArg::Thread => GroupBy::Thread,
+            GroupByArg::Task => GroupBy::Task,
+            GroupByArg::Span => GroupBy::Span,
+        };
+        o.tids = self.tid.clone();
+        o.task = self.task.clone();
+        o.from_ns = self.from;
+        o.to_ns = self.to;
+        o.title = self.title.clone();
+        o
+    }
+}
+
+/// Where output goes: a file, or stdout.
+fn open_output(path: &Path) -> anyhow::Result<Box<dyn Write>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdout().lock()));
+    }
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
+/// Write, treating a closed stdout pipe (`| head`) as a quiet end.
+fn finish_write(result: std::io::Result<()>, path: &Path) -> anyhow::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.with_context(|| format!("writing {}", path.display())),
+    }
+}
+
+pub fn run(args: FlamegraphArgs) -> anyhow::Result<ExitCode> {
+    let opts = args.options();
+    if let Some(pair) = &args.diff {
+        return run_diff(&args, &opts, &pair[0], &pair[1]);
+    }
+    let folded = fg::fold_file(&args.file, &opts)?;
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if args.folded { "-" } else { "flamegraph.svg" }));
+    let mut out = open_output(&output)?;
+    let result = if args.folded {
+        fg::write_folded(&folded, &mut out)
+    } else {
+        fg::write_svg(&folded, &opts, &mut out)
+    };
+    finish_write(result.and_then(|_| out.flush()), &output)?;
+    report(&args.file, &output, &opts, &folded);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line on stderr: what was drawn, from how much, and the frames that have no name.
+fn report(trace: &Path, output: &Path, opts: &fg::Options, folded: &fg::Folded) {
+    let s = &folded.fold;
+    let target = if output == Path::new("-") {
+        "stdout".to_owned()
+    } else {
+        output.display().to_string()
+    };
+    eprintln!(
+        "iotrace: {}: {} flamegraph, {} {} in {} stacks (trace: {} on-CPU samples, {} off-CPU stacks, {:.0} bytes each); {}",
+        target,
+        opts.kind.name(),
+        folded.total(),
+        folded.unit,
+        folded.lines.len(),
+        s.on_cpu_samples,
+        s.off_cpu_samples,
+        folded.bytes_per_sample(),
+        folded.symbols.summary()
+    );
+    if let Some(t) = &folded.truncated {
+        eprintln!("iotrace: warning: {}: {t}", trace.display());
+    }
+    if s.contexts_forced > 0 {
+        eprintln!(
+            "iotrace: warning: {} samples were given a span context before all their thread's span events arrived",
+            s.contexts_forced
+        );
+    }
+}
+
+/// Folded lines of a trace (with the kind and filters) or of a folded file.
+fn folded_of(
+    path: &Path,
+    opts: &fg::Options,
+) -> anyhow::Result<(Vec<(String, u64)>, &'static str)> {
+    let mut magic = [0u8; 8];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if n == 8 && magic == iotrace_collector::format::MAGIC {
+        let folded = fg::fold_file(path, opts)?;
+        return Ok((folded.lines, folded.unit));
+    }
+    let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines = fg::read_folded(BufReader::new(file))
+        .with_context(|| format!("reading folded stacks from {}", path.display()))?;
+    if lines.is_empty() {
+        anyhow::bail!(
+            "{}: neither an iotrace trace nor folded stacks (`frame;frame weight` lines)",
+            path.display()
+        );
+    }
+    Ok((lines, "samples"))
+}
+
+fn run_diff(
+    args: &FlamegraphArgs,
+    opts: &fg::Options,
+    before: &Path,
+    after: &Path,
+) -> anyhow::Result<ExitCode> {
+    let (b, unit) = folded_of(before, opts)?;
+    let (a, _) = folded_of(after, opts)?;
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if args.folded { "-" } else { "diff.svg" }));
+    let mut out = open_output(&output)?;
+    let result = if args.folded {
+        // The differential input format: `stack before after`.
+        let mut both: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for (s, n) in &b {
+            both.entry(s).or_default().0 += n;
+        }
+        for (s, n) in &a {
+            both.entry(s).or_default().1 += n;
+        }
+        both.iter()
+            .try_for_each(|(s, (x, y))| writeln!(out, "{s} {x} {y}"))
+    } else {
+        let title = args.title.clone().unwrap_or_else(|| {
+            format!(
+                "{} difference: {} → {}",
+                opts.kind.name(),
+                before.display(),
+                after.display()
+            )
+        });
+        fg::write_diff_svg(&b, &a, &title, unit, &mut out)
+    };
+    finish_write(result.and_then(|_| out.flush()), &output)?;
+    eprintln!(
+        "iotrace: {}: differential {} flamegraph, {} stacks before, {} after",
+        output.display(),
+        opts.kind.name(),
+        b.len(),
+        a.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The on-CPU and off-CPU SVGs of one `compare` strategy, as `DIR/STRATEGY-oncpu.svg` and
+/// `DIR/STRATEGY-offcpu.svg`. A graph that cannot be drawn (no samples) is skipped with a
+/// warning; the table does not depend on it.
+pub fn write_compare_svgs(trace: &Path, dir: &Path, strategy: &str) {
+    for kind in [Kind::OnCpu, Kind::OffCpu] {
+        let opts = fg::Options::new(kind);
+        let path = dir.join(format!("{strategy}-{}.svg", kind.name()));
+        let result = fg::fold_file(trace, &opts)
+            .map_err(anyhow::Error::from)
+            .and_then(|folded| {
+                let file = File::create(&path)?;
+                fg::write_svg(&folded, &opts, std::io::BufWriter::new(file))?;
+                Ok(())
+            });
+        if let Err(e) = result {
+            eprintln!("iotrace: warning: {}: {e:#}", path.display());
+        }
+    }
+}

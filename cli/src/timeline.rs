@@ -1,0 +1,194 @@
+//! `iotrace timeline` and `iotrace export`: arguments in, the collector's timeline and export
+//! options out, and one line on stderr saying what was written.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use iotrace_collector::export::{self, ExportFormat};
+use iotrace_collector::tasks::TaskOptions;
+use iotrace_collector::timeline::{self, TimelineOptions};
+
+pub const TIMELINE_EXAMPLES: &str = "\
+EXAMPLES:
+    One page with every thread and task through time; open it in any browser:
+        iotrace timeline t.data -o timeline.html
+    Only two seconds of a long recording:
+        iotrace timeline t.data --from 10s --to 12s -o busy.html
+";
+
+pub const EXPORT_EXAMPLES: &str = "\
+EXAMPLES:
+    For ui.perfetto.dev or chrome://tracing (Open trace file):
+        iotrace export t.data --format perfetto -o trace.json
+    Half a second of it:
+        iotrace export t.data --from 3s --to 3.5s -o slice.json
+";
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum FormatArg {
+    /// Chrome trace event JSON: thread states as slices, tasks as async tracks, /proc counters.
+    Perfetto,
+}
+
+/// Options shared by `timeline` and `export`.
+#[derive(clap::Args)]
+pub struct WindowArgs {
+    /// Only from this time on, since the start of the recording (e.g. 1.5s, 200ms).
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    from: Option<u64>,
+    /// Only up to this time, since the start of the recording.
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    to: Option<u64>,
+    /// Shortest off-CPU stretch inside a poll that marks the poll as blocking its worker.
+    #[arg(long, value_parser = parse_time, default_value = "100us", value_name = "TIME")]
+    blocked_threshold: u64,
+    /// Warn about a task when such stretches add up to this share of its poll time.
+    #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
+    blocked_share: f64,
+}
+
+impl WindowArgs {
+    fn options(&self) -> TimelineOptions {
+        TimelineOptions {
+            tasks: TaskOptions {
+                blocked_threshold_ns: self.blocked_threshold,
+                warn_share: self.blocked_share,
+            },
+            from_ns: self.from,
+            to_ns: self.to,
+            max_intervals: timeline::DEFAULT_MAX_INTERVALS,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TimelineArgs {
+    /// Trace file to read.
+    #[arg(default_value = "iotrace.data")]
+    file: PathBuf,
+    /// The HTML file to write (self-contained: no network needed to view it).
+    #[arg(short, long, default_value = "timeline.html", value_name = "PATH")]
+    output: PathBuf,
+    /// Most stretches to put in the page; past it, runs of short ones are merged, each colored
+    /// by the state that filled most of it (0: no limit).
+    #[arg(long, default_value_t = timeline::DEFAULT_MAX_INTERVALS, value_name = "N")]
+    max_intervals: u64,
+    #[command(flatten)]
+    window: WindowArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Trace file to read.
+    #[arg(default_value = "iotrace.data")]
+    file: PathBuf,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "perfetto")]
+    format: FormatArg,
+    /// The file to write.
+    #[arg(short, long, default_value = "trace.json", value_name = "PATH")]
+    output: PathBuf,
+    #[command(flatten)]
+    window: WindowArgs,
+}
+
+/// `100us`, `1.5ms`, `2s`, `1m`, `250ns`, or a bare number of seconds, as nanoseconds.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, "s"), |i| t.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a time like 100us, 1.5ms or 2s"))?;
+    let scale = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" | "" => 1e9,
+        "m" | "min" => 60e9,
+        u => {
+            return Err(format!(
+                "`{text}`: unknown unit `{u}` (use ns, us, ms, s or m)"
+            ))
+        }
+    };
+    let ns = value * scale;
+    if !(ns.is_finite() && (0.0..1e18).contains(&ns)) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(ns as u64)
+}
+
+/// `5%`, `5` or `0.5%`, as a share between 0 and 1.
+pub fn parse_percent(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let value: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a percentage like 5%"))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("`{text}` is not between 0% and 100%"));
+    }
+    Ok(value / 100.0)
+}
+
+pub fn run_timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
+    let opts = TimelineOptions {
+        max_intervals: args.max_intervals,
+        ..args.window.options()
+    };
+    let out = timeline::write_timeline(&args.file, &args.output, &opts)
+        .with_context(|| format!("drawing the timeline of {}", args.file.display()))?;
+    eprintln!(
+        "iotrace: wrote {} ({}): {} threads, {} tasks, {} intervals",
+        args.output.display(),
+        iotrace_collector::report::bytes(out.bytes),
+        out.threads,
+        out.tasks,
+        out.intervals
+    );
+    if out.drawn < out.intervals {
+        eprintln!(
+            "iotrace: merged short stretches to draw {} of them (--max-intervals); use --from/--to to see every one",
+            out.drawn
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let format = match args.format {
+        FormatArg::Perfetto => ExportFormat::Perfetto,
+    };
+    let out = export::export(&args.file, &args.output, format, &args.window.options())
+        .with_context(|| format!("exporting {}", args.file.display()))?;
+    eprintln!(
+        "iotrace: wrote {} ({}): {} trace events; open it in ui.perfetto.dev",
+        args.output.display(),
+        iotrace_collector::report::bytes(out.bytes),
+        out.events
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_take_units() {
+        assert_eq!(parse_time("100us"), Ok(100_000));
+        assert_eq!(parse_time("100µs"), Ok(100_000));
+        assert_eq!(parse_time("1.5ms"), Ok(1_500_000));
+        assert_eq!(parse_time("2"), Ok(2_000_000_000));
+        assert!(parse_time("5x").is_err());
+        assert!(parse_time("-1s").is_err());
+        assert_eq!(parse_percent("5%"), Ok(0.05));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        assert!(parse_percent("101%").is_err());
+    }
+}

@@ -1,0 +1,572 @@
+//! Names for the frames of a trace's stack tree, resolved offline with `blazesym`: user
+//! addresses through the recorded mappings (file + file offset, so it works after the program
+//! has exited), kernel addresses through this machine's `/proc/kallsyms` when the trace comes
+//! from this boot.
+//!
+//! Return addresses point after their call; they are looked up one byte earlier so that a
+//! call at the end of a function is not named after the next one. The innermost frame of the
+//! kernel part and of the user part is a sampled address and is looked up as is.
+//!
+//! A frame without a name says why (`[unknown: libfoo.so]`, `[unknown: anon]`, …) and is
+//! counted by reason in [`SymbolStats`]; nothing is dropped. Lookups are batched per file
+//! and cached per (file, offset), so cost grows with distinct frames, not with samples.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+mod kallsyms;
+
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::{Input, Reason, Symbolized, Symbolizer};
+
+pub use kallsyms::KernelSymbols;
+
+use crate::stacks::{StackFold, Strings};
+
+/// Why a frame has no name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unknown {
+    /// The address is in no recorded mapping of its process.
+    NoMapping,
+    /// Anonymous executable memory: JIT-compiled code, or code the program wrote itself.
+    Jit,
+    /// The mapped file is gone.
+    MissingFile,
+    /// The mapped file was replaced after the recording (rebuilt?).
+    ChangedFile,
+    /// The file has no symbol table (stripped).
+    Stripped,
+    /// The file has symbols, but none covers the address.
+    NoSymbol,
+    /// The vDSO of another boot, or one that could not be read.
+    Vdso,
+    /// Kernel symbols are not readable here, or the trace is from another boot.
+    Kernel,
+}
+
+impl Unknown {
+    /// Short name of the reason, as reports print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unknown::NoMapping => "no mapping",
+            Unknown::Jit => "JIT or anonymous code",
+            Unknown::MissingFile => "file missing",
+            Unknown::ChangedFile => "file changed since recording",
+            Unknown::Stripped => "stripped (no symbols)",
+            Unknown::NoSymbol => "no symbol for address",
+            Unknown::Vdso => "vdso",
+            Unknown::Kernel => "kernel symbols unavailable",
+        }
+    }
+}
+
+/// How many distinct frames were named, and why the others were not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SymbolStats {
+    pub frames: u64,
+    pub unknown: BTreeMap<Unknown, u64>,
+    /// Files with unnamed frames, with their count.
+    pub unknown_files: BTreeMap<String, u64>,
+}
+
+impl SymbolStats {
+    pub fn unknown_total(&self) -> u64 {
+        self.unknown.values().sum()
+    }
+
+    /// One line for people: `1234 frames, 3 unknown (stripped (no symbols): 2, vdso: 1)`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} distinct frames, {} without a name",
+            self.frames,
+            self.unknown_total()
+        );
+        if !self.unknown.is_empty() {
+            let parts: Vec<String> = self
+                .unknown
+                .iter()
+                .map(|(r, n)| format!("{}: {n}", r.as_str()))
+                .collect();
+            s.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        s
+    }
+}
+
+/// A frame to name: a stack node and whether its address is a return address.
+pub type FrameKey = (u32, bool);
+
+/// Frame names by [`FrameKey`], as string ids in the fold's [`Strings`].
+#[derive(Debug, Default)]
+pub struct Symbols {
+    names: HashMap<FrameKey, u32>,
+}
+
+impl Symbols {
+    pub fn get(&self, key: FrameKey) -> Option<u32> {
+        self.names.get(&key).copied()
+    }
+}
+
+/// Kernel addresses are in the upper half on every 64-bit Linux architecture iotrace runs on.
+pub fn is_kernel(addr: u64) -> bool {
+    addr >= 0xffff_0000_0000_0000
+}
+
+/// What a user address resolves to before symbol lookup.
+enum Place {
+    File { file: usize, offset: u64 },
+    Unknown(Unknown, Option<String>),
+}
+
+struct FileEntry {
+    path: PathBuf,
+    /// Why it cannot be read, if so.
+    problem: Option<Unknown>,
+}
+
+/// Name every frame in `frames` (each once), adding names to `fold.strings`. Kernel frames
+/// are named from `kernel_symbols` ([`KernelSymbols::load`]); without it they are unknown.
+pub fn symbolize(
+    fold: &mut StackFold,
+    frames: impl IntoIterator<Item = FrameKey>,
+    kernel_symbols: Option<&KernelSymbols>,
+) -> (Symbols, SymbolStats) {
+    let mut stats = SymbolStats::default();
+    let mut files: Vec<FileEntry> = Vec::new();
+    let mut file_index: HashMap<(String, u64), usize> = HashMap::new();
+    let vdso = if same_boot(&fold.boot_id) {
+        OwnVdso::read()
+    } else {
+        None
+    };
+    // Frame → where its name comes from.
+    let mut kernel: Vec<(FrameKey, u64)> = Vec::new();
+    let mut user: Vec<(FrameKey, Place)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for key in frames {
+        if !seen.insert(key) {
+            continue;
+        }
+        let Some((addr, space)) = fold.stacks.frame(key.0) else {
+            continue;
+        };
+        let addr = if key.1 { addr.saturating_sub(1) } else { addr };
+        if is_kernel(addr) {
+            kernel.push((key, addr));
+            continue;
+        }
+        let place = match fold.spaces.lookup(space, addr) {
+            None => Place::Unknown(Unknown::NoMapping, None),
+            Some(m) => {
+                let offset = (addr - m.start).saturating_add(m.pgoff);
+                let name = m.filename.as_str();
+                if name == "[vdso]" {
+                    match &vdso {
+                        Some(v) => Place::File {
+                            file: file_slot(&mut files, &mut file_index, &v.path, 0, true),
+                            offset,
+                        },
+                        None => Place::Unknown(Unknown::Vdso, None),
+                    }
+                } else if !name.starts_with('/') || name.starts_with("//anon") {
+                    Place::Unknown(Unknown::Jit, None)
+                } else {
+                    Place::File {
+                        file: file_slot(&mut files, &mut file_index, name, m.ino, false),
+                        offset,
+                    }
+                }
+            }
+        };
+        user.push((key, place));
+    }
+
+    let symbolizer = Symbolizer::builder()
+        .enable_code_info(false)
+        .enable_inlined_fns(false)
+        .build();
+    let mut names = HashMap::new();
+    let strings = &mut fold.strings;
+
+    // User frames, one batch per file.
+    let mut per_file: HashMap<usize, Vec<u64>> = HashMap::new();
+    for (_, place) in &user {
+        if let Place::File { file, offset } = place {
+            per_file.entry(*file).or_default().push(*offset);
+        }
+    }
+    let mut resolved: HashMap<(usize, u64), Result<u32, Unknown>> = HashMap::new();
+    for (file, mut offsets) in per_file {
+        offsets.sort_unstable();
+        offsets.dedup();
+        let entry = &files[file];
+        let results = match entry.problem {
+            Some(p) => vec![Err(p); offsets.len()],
+            None => {
+                let src = Source::Elf(Elf {
+                    debug_syms: false,
+                    ..Elf::new(&entry.path)
+                });
+                let mut results: Vec<Result<u32, Unknown>> =
+                    match symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
+                        Ok(list) => list.iter().map(|s| named(s, strings)).collect(),
+                        Err(_) => vec![Err(Unknown::NoSymbol); offsets.len()],
+                    };
+                // A stripped file may have its symbols in a separate debug file: first the
+                // symbol table of /usr/lib/debug/.build-id/…, then (slow) debug information.
+                let stripped: Vec<usize> = (0..offsets.len())
+                    .filter(|&i| results[i] == Err(Unknown::Stripped))
+                    .collect();
+                if !stripped.is_empty() {
+                    let retry: Vec<u64> = stripped.iter().map(|&i| offsets[i]).collect();
+                    let found =
+                        from_debug_file(&symbolizer, &entry.path, &retry, strings).or_else(|| {
+                            let src = Source::Elf(Elf::new(&entry.path));
+                            let list =
+                                symbolizer.symbolize(&src, Input::FileOffset(&retry)).ok()?;
+                            Some(list.iter().map(|s| named(s, strings)).collect())
+                        });
+                    for (&i, r) in stripped.iter().zip(found.unwrap_or_default()) {
+                        if r.is_ok() {
+                            results[i] = r;
+                        }
+                    }
+                }
+                results
+            }
+        };
+        for (offset, r) in offsets.into_iter().zip(results) {
+            resolved.insert((file, offset), r);
+        }
+    }
+    for (key, place) in user {
+        let (result, file) = match place {
+            Place::File { file, offset } => (
+                resolved
+                    .get(&(file, offset))
+                    .copied()
+                    .unwrap_or(Err(Unknown::NoSymbol)),
+                Some(files[file].path.to_string_lossy().into_owned()),
+            ),
+            Place::Unknown(why, file) => (Err(why), file),
+        };
+        let id = match result {
+            Ok(id) => id,
+            Err(why) => unknown_name(why, file.as_deref(), &mut stats, strings),
+        };
+        stats.frames += 1;
+        names.insert(key, id);
+    }
+
+    // Kernel frames.
+    for (key, addr) in kernel {
+        let id = match kernel_symbols.and_then(|k| k.lookup(addr)) {
+            Some(name) => strings.intern(name),
+            None => unknown_name(Unknown::Kernel, None, &mut stats, strings),
+        };
+        stats.frames += 1;
+        names.insert(key, id);
+    }
+    drop(vdso);
+    (Symbols { names }, stats)
+}
+
+/// Names from the symbol table of the file's separate debug file, found by build id; `None`
+/// when there is no such file.
+fn from_debug_file(
+    symbolizer: &Symbolizer,
+    path: &Path,
+    offsets: &[u64],
+    strings: &mut Strings,
+) -> Option<Vec<Result<u32, Unknown>>> {
+    let id = blazesym::helper::read_elf_build_id(path).ok()??;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let debug = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        hex.get(..2)?,
+        hex.get(2..)?
+    ));
+    if !debug.exists() {
+        return None;
+    }
+    // The debug file has the same virtual addresses, not the same file layout.
+    let segments = load_segments(path)?;
+    let virt: Vec<u64> = offsets
+        .iter()
+        .map(|&off| {
+            segments
+                .iter()
+                .find(|s| s.0 <= off && off - s.0 < s.1)
+                .map_or(0, |s| (off - s.0).saturating_add(s.2))
+        })
+        .collect();
+    let src = Source::Elf(Elf {
+        debug_syms: false,
+        ..Elf::new(&debug)
+    });
+    let list = symbolizer.symbolize(&src, Input::VirtOffset(&virt)).ok()?;
+    Some(
+        list.iter()
+            .zip(&virt)
+            .map(|(s, &v)| {
+                if v == 0 {
+                    Err(Unknown::NoSymbol)
+                } else {
+                    named(s, strings)
+                }
+            })
+            .collect(),
+    )
+}
+
+/// `(file offset, file size, virtual address)` of each PT_LOAD segment of a 64-bit
+/// little-endian ELF file.
+fn load_segments(path: &Path) -> Option<Vec<(u64, u64, u64)>> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 64];
+    f.read_exact(&mut head).ok()?;
+    if head[..4] != *b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u64_at = |b: &[u8], at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(x)
+    };
+    let phoff = u64_at(&head, 32);
+    let entsize = usize::from(u16_at(&head, 54));
+    let count = usize::from(u16_at(&head, 56));
+    if !(56..=256).contains(&entsize) || count == 0 || count > 4096 {
+        return None;
+    }
+    let mut table = vec![0u8; entsize * count];
+    f.seek(SeekFrom::Start(phoff)).ok()?;
+    f.read_exact(&mut table).ok()?;
+    Some(
+        table
+            .chunks_exact(entsize)
+            .filter(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) == 1)
+            .map(|p| (u64_at(p, 8), u64_at(p, 32), u64_at(p, 16)))
+            .collect(),
+    )
+}
+
+fn file_slot(
+    files: &mut Vec<FileEntry>,
+    index: &mut HashMap<(String, u64), usize>,
+    name: impl AsRef<Path>,
+    ino: u64,
+    trusted: bool,
+) -> usize {
+    let path = name.as_ref();
+    let key = (path.to_string_lossy().into_owned(), ino);
+    if let Some(&i) = index.get(&key) {
+        return i;
+    }
+    let problem = if trusted {
+        None
+    } else {
+        match std::fs::metadata(path) {
+            Err(_) => Some(Unknown::MissingFile),
+            Ok(m) if ino != 0 && m.ino() != ino => Some(Unknown::ChangedFile),
+            Ok(_) => None,
+        }
+    };
+    files.push(FileEntry {
+        path: path.to_owned(),
+        problem,
+    });
+    index.insert(key, files.len() - 1);
+    files.len() - 1
+}
+
+fn named(s: &Symbolized<'_>, strings: &mut Strings) -> Result<u32, Unknown> {
+    match s {
+        Symbolized::Sym(sym) => Ok(strings.intern(&sanitize(&sym.name))),
+        Symbolized::Unknown(Reason::MissingSyms) => Err(Unknown::Stripped),
+        Symbolized::Unknown(_) => Err(Unknown::NoSymbol),
+    }
+}
+
+/// Folded stacks separate frames with `;`: keep it out of names (Rust's `[u8; 8]`).
+fn sanitize(name: &str) -> String {
+    name.replace(';', ",")
+}
+
+fn unknown_name(
+    why: Unknown,
+    file: Option<&str>,
+    stats: &mut SymbolStats,
+    strings: &mut Strings,
+) -> u32 {
+    *stats.unknown.entry(why).or_insert(0) += 1;
+    let label = match why {
+        Unknown::Jit => "[unknown: anon]".to_owned(),
+        Unknown::Vdso => "[unknown: vdso]".to_owned(),
+        Unknown::Kernel => "[unknown: kernel]".to_owned(),
+        Unknown::NoMapping => "[unknown]".to_owned(),
+        _ => {
+            let file = file.unwrap_or("?");
+            *stats.unknown_files.entry(file.to_owned()).or_insert(0) += 1;
+            let base = file.rsplit('/').next().unwrap_or(file);
+            format!("[unknown: {base}]")
+        }
+    };
+    strings.intern(&label)
+}
+
+/// Whether a trace recorded on boot `boot_id` can be symbolized with this machine's kernel
+/// symbols (an empty id is taken as this boot).
+pub fn same_boot(boot_id: &str) -> bool {
+    boot_id.is_empty() || boot_id == current_boot_id()
+}
+
+fn current_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A copy of this process's vDSO in a temporary file: the same kernel maps the same vDSO
+/// into every process, so it names the traced program's vDSO frames.
+struct OwnVdso {
+    path: PathBuf,
+}
+
+impl OwnVdso {
+    fn read() -> Option<Self> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+        let range = line.split_whitespace().next()?;
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        let len = usize::try_from(end.checked_sub(start)?).ok()?;
+        if len > (1 << 20) {
+            return None;
+        }
+        let mut mem = std::fs::File::open("/proc/self/mem").ok()?;
+        mem.seek(SeekFrom::Start(start)).ok()?;
+        let mut image = vec![0u8; len];
+        mem.read_exact(&mut image).ok()?;
+        let path = std::env::temp_dir().join(format!(
+            "iotrace-vdso-{}-{}.so",
+            std::process::id(),
+            crate::sys::monotonic_ns()
+        ));
+        std::fs::write(&path, image).ok()?;
+        Some(OwnVdso { path })
+    }
+}
+
+impl Drop for OwnVdso {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Mmap, Record, StackDefs, StackNode};
+
+    #[inline(never)]
+    fn a_function_to_find() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    fn mmap(addr: u64, len: u64, pgoff: u64, filename: &str) -> Record {
+        Record::Mmap(Mmap {
+            pid: 1,
+            tid: 1,
+            time_ns: 0,
+            addr,
+            len,
+            pgoff,
+            ino: 0,
+            build_id: vec![],
+            filename: filename.into(),
+        })
+    }
+
+    /// This test binary's executable mapping holding `addr`, from /proc/self/maps.
+    fn own_mapping(addr: u64) -> Record {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (start, end) = f[0].split_once('-').unwrap();
+            let (start, end) = (
+                u64::from_str_radix(start, 16).unwrap(),
+                u64::from_str_radix(end, 16).unwrap(),
+            );
+            if start <= addr && addr < end {
+                let pgoff = u64::from_str_radix(f[2], 16).unwrap();
+                return mmap(start, end - start, pgoff, f[5]);
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn names_come_from_files_and_unknown_frames_say_why() {
+        let addr = a_function_to_find as *const () as usize as u64;
+        let mut fold = StackFold::new(false);
+        let records = [
+            own_mapping(addr),
+            mmap(0x1000_0000, 0x1000, 0, "/nonexistent/libfoo.so"),
+            mmap(0x2000_0000, 0x1000, 0, "//anon"),
+            Record::StackDefs(StackDefs {
+                nodes: vec![
+                    StackNode { parent: 0, addr: 1 },
+                    StackNode { parent: 1, addr },
+                    StackNode {
+                        parent: 1,
+                        addr: 0x1000_0010,
+                    },
+                    StackNode {
+                        parent: 1,
+                        addr: 0x2000_0010,
+                    },
+                    StackNode {
+                        parent: 1,
+                        addr: 0x3000_0010,
+                    },
+                    StackNode {
+                        parent: 1,
+                        addr: 0xffff_ffff_8100_0000,
+                    },
+                ],
+            }),
+        ];
+        for r in &records {
+            fold.add(r, &mut |_, _| {});
+        }
+        let keys: Vec<FrameKey> = (2..=6).map(|n| (n, false)).collect();
+        let (symbols, stats) = symbolize(&mut fold, keys.clone(), None);
+        let name = |n: u32| {
+            fold.strings
+                .get(symbols.get((n, false)).unwrap())
+                .to_owned()
+        };
+        assert!(name(2).ends_with("a_function_to_find"), "{}", name(2));
+        assert_eq!(name(3), "[unknown: libfoo.so]");
+        assert_eq!(name(4), "[unknown: anon]");
+        assert_eq!(name(5), "[unknown]");
+        assert_eq!(name(6), "[unknown: kernel]");
+        assert_eq!(stats.frames, 5);
+        assert_eq!(stats.unknown_total(), 4);
+        assert_eq!(stats.unknown.get(&Unknown::MissingFile), Some(&1));
+        assert_eq!(stats.unknown.get(&Unknown::Jit), Some(&1));
+        assert_eq!(stats.unknown.get(&Unknown::NoMapping), Some(&1));
+        assert_eq!(stats.unknown.get(&Unknown::Kernel), Some(&1));
+        assert!(
+            stats.summary().contains("file missing: 1"),
+            "{}",
+            stats.summary()
+        );
+    }
+}

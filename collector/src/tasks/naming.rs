@@ -1,0 +1,113 @@
+//! Names for the off-CPU stacks that warnings point at. The analysis keeps only stack ids (a
+//! node of the trace's stack tree); when a warning has one, a second pass over the trace builds
+//! the tree and the processes' mappings ([`crate::stacks::StackFold`]) and
+//! [`crate::symbolize`] names the frames of just those stacks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use super::{StackId, Warning};
+use crate::format::{FormatError, Record, TraceReader};
+use crate::stacks::{Need, StackFold, StackTable};
+use crate::symbolize::{self, is_kernel, FrameKey, KernelSymbols};
+
+/// User frames shown in a warning's one-line message.
+const MESSAGE_FRAMES: usize = 3;
+
+/// Frames of a stack from the innermost out: key, and whether it is a kernel frame. Return
+/// addresses (every frame but the innermost of the kernel part and of the user part) are
+/// looked up one byte earlier.
+fn frame_keys(stacks: &StackTable, leaf: u32) -> Vec<(FrameKey, bool)> {
+    let mut previous_kernel: Option<bool> = None;
+    stacks
+        .walk(leaf)
+        .map(|node| {
+            let kernel = stacks.frame(node).is_some_and(|(a, _)| is_kernel(a));
+            let sampled = match previous_kernel {
+                None => true,
+                Some(pk) => pk && !kernel,
+            };
+            previous_kernel = Some(kernel);
+            ((node, !sampled), kernel)
+        })
+        .collect()
+}
+
+/// Frame names of `ids`, innermost first, each with whether it is a kernel frame.
+pub fn stack_names(
+    trace: &Path,
+    ids: &[StackId],
+) -> Result<HashMap<StackId, Vec<(String, bool)>>, FormatError> {
+    let mut reader = TraceReader::open(trace)?;
+    let mut fold = StackFold::with(Need {
+        on_cpu: false,
+        off_cpu: false,
+        contexts: false,
+    });
+    let mut kernel = None;
+    for record in reader.by_ref() {
+        if let Record::Sampling(s) = &record {
+            if s.kernel_stacks && kernel.is_none() && symbolize::same_boot(&s.boot_id) {
+                kernel = Some(KernelSymbols::spawn());
+            }
+        }
+        fold.add(&record, &mut |_, _| {});
+    }
+    fold.finish(&mut |_, _| {});
+    let kernel = kernel.and_then(|k| k.join().ok().flatten());
+    let keys: HashMap<StackId, Vec<(FrameKey, bool)>> = ids
+        .iter()
+        .map(|&id| (id, frame_keys(&fold.stacks, id)))
+        .collect();
+    let need: HashSet<FrameKey> = keys.values().flatten().map(|k| k.0).collect();
+    let (symbols, _) = symbolize::symbolize(&mut fold, need, kernel.as_ref());
+    Ok(keys
+        .into_iter()
+        .map(|(id, frames)| {
+            let names = frames
+                .into_iter()
+                .map(|(key, kernel)| {
+                    let name = symbols
+                        .get(key)
+                        .map_or("[unknown]", |s| fold.strings.get(s))
+                        .to_owned();
+                    (name, kernel)
+                })
+                .collect();
+            (id, names)
+        })
+        .collect())
+}
+
+/// Fills in the stacks of `warnings` that have one, and adds their first user frames to the
+/// messages. A trace without stacks (or a failure to read them) leaves the warnings as they are.
+pub fn name_warning_stacks(trace: &Path, warnings: &mut [Warning]) {
+    let ids: Vec<StackId> = warnings.iter().filter_map(|w| w.stack_id).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(names) = stack_names(trace, &ids) else {
+        return;
+    };
+    for w in warnings.iter_mut() {
+        let Some(frames) = w.stack_id.and_then(|id| names.get(&id)) else {
+            continue;
+        };
+        if frames.is_empty() {
+            continue;
+        }
+        // The libc wrapper of the syscall the message already names adds nothing.
+        let user: Vec<&str> = frames
+            .iter()
+            .filter(|(_, kernel)| !kernel)
+            .map(|(name, _)| name.as_str())
+            .skip_while(|name| name.ends_with(w.syscall.as_str()))
+            .take(MESSAGE_FRAMES)
+            .collect();
+        for f in &user {
+            w.message.push_str(" ← ");
+            w.message.push_str(f);
+        }
+        w.stack = Some(frames.iter().map(|(name, _)| name.clone()).collect());
+    }
+}

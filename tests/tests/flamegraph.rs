@@ -1,0 +1,490 @@
+//! `iotrace flamegraph` end to end: stack samples of real children, checked against facts
+//! their code makes certain (a hot function, a known sleep, a handler inside its task) and
+//! against `perf record -g` folded by inferno's own perf collapser.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use iotrace_tests::*;
+
+/// The tests of this file run one at a time: the off-CPU durations they check include the
+/// wait for a CPU after each wakeup, which two tests loading both cores would stretch.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fx() -> String {
+    fixture().to_str().expect("utf-8").to_owned()
+}
+
+/// `iotrace flamegraph TRACE ARGS… --folded`, parsed into (stack, weight) lines.
+fn folded(trace: &Path, args: &[&str]) -> Vec<(String, u64)> {
+    let mut all = vec!["flamegraph", trace.to_str().unwrap(), "--folded"];
+    all.extend_from_slice(args);
+    let out = run_iotrace(&all);
+    assert!(
+        out.status.success(),
+        "flamegraph {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_folded(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, n) = l.trim_end().rsplit_once(' ')?;
+            Some((stack.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn total(lines: &[(String, u64)]) -> u64 {
+    lines.iter().map(|l| l.1).sum()
+}
+
+/// The `n` heaviest leaf functions.
+fn top_leaves(lines: &[(String, u64)], n: usize) -> Vec<(String, u64)> {
+    let mut by_leaf: BTreeMap<String, u64> = BTreeMap::new();
+    for (stack, w) in lines {
+        let leaf = stack.rsplit(';').next().unwrap_or("");
+        *by_leaf.entry(leaf.to_owned()).or_default() += w;
+    }
+    let mut v: Vec<(String, u64)> = by_leaf.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+fn perf_installed() -> bool {
+    Command::new("perf").arg("--version").output().is_ok()
+}
+
+#[test]
+fn burn_cpu_holds_the_on_cpu_samples_and_leaves_agree_with_perf() {
+    if !perf_available("burn_cpu_holds_the_on_cpu_samples_and_leaves_agree_with_perf") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-oncpu");
+    let trace = dir.join("t.data");
+    let fx = fx();
+    let out = record(&trace, &[], &[&fx, "spin", "1500"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = folded(&trace, &[]);
+    let all = total(&ours);
+    assert!(all >= 300, "only {all} on-CPU samples in 1.5 s of spinning");
+    let in_burn: u64 = ours
+        .iter()
+        .filter(|(s, _)| s.split(';').any(|f| f == "fixture::burn_cpu"))
+        .map(|l| l.1)
+        .sum();
+    assert!(
+        in_burn * 100 >= all * 80,
+        "burn_cpu holds {in_burn} of {all} samples"
+    );
+    let top: BTreeSet<String> = top_leaves(&ours, 5).into_iter().map(|l| l.0).collect();
+    let expected: BTreeSet<String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|l| format!("fixture::leaf_{l}"))
+        .collect();
+    assert_eq!(top, expected, "{:?}", top_leaves(&ours, 8));
+
+    // The same program under perf record -g, folded by inferno's perf collapser.
+    assert!(
+        perf_installed(),
+        "perf is not installed (apt-get install linux-perf)"
+    );
+    let data = dir.join("perf.data");
+    let status = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+        .arg(&data)
+        .args(["--", &fx, "spin", "1500"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("perf record");
+    assert!(status.success());
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .output()
+        .expect("perf script");
+    let mut collapsed = Vec::new();
+    inferno::collapse::Collapse::collapse(
+        &mut inferno::collapse::perf::Folder::default(),
+        &script.stdout[..],
+        &mut collapsed,
+    )
+    .expect("inferno collapses perf script output");
+    let theirs = parse_folded(&String::from_utf8_lossy(&collapsed));
+    let their_top: BTreeSet<String> = top_leaves(&theirs, 5).into_iter().map(|l| l.0).collect();
+    assert_eq!(
+        top,
+        their_top,
+        "top five leaves differ: iotrace {:?} vs perf {:?}",
+        top_leaves(&ours, 5),
+        top_leaves(&theirs, 5)
+    );
+}
+
+#[test]
+fn a_hundred_ten_ms_naps_are_one_second_off_cpu_in_the_kernel_sleep() {
+    if !perf_available("a_hundred_ten_ms_naps_are_one_second_off_cpu_in_the_kernel_sleep") {
+        return;
+    }
+    let _serial = serial();
+    let trace = temp_dir("fg-offcpu").join("t.data");
+    let fx = fx();
+    let out = record(&trace, &[], &[&fx, "nap", "10", "100"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = folded(&trace, &["--kind", "offcpu"]);
+    let nap: Vec<&(String, u64)> = lines
+        .iter()
+        .filter(|(s, _)| s.split(';').any(|f| f == "fixture::nap"))
+        .collect();
+    let us: u64 = nap.iter().map(|l| l.1).sum();
+    eprintln!("fixture nap 10 100: {us} µs off-CPU through fixture::nap");
+    assert!(
+        (900_000..=1_100_000).contains(&us),
+        "off-CPU through fixture::nap: {us} µs, expected 1 s ± 10%\n{lines:#?}"
+    );
+    // The path ends in the kernel's sleep, and says which syscall it slept in.
+    let (heaviest, _) = nap.iter().max_by_key(|l| l.1).unwrap();
+    let leaf = heaviest.rsplit(';').next().unwrap();
+    assert!(
+        leaf.contains("nanosleep") && leaf.ends_with("[clock_nanosleep]"),
+        "leaf {leaf:?} in {heaviest}"
+    );
+    let frames: Vec<&str> = heaviest.split(';').collect();
+    let nap_at = frames.iter().position(|f| *f == "fixture::nap").unwrap();
+    assert!(
+        frames[nap_at..]
+            .iter()
+            .any(|f| f.contains("sys_clock_nanosleep")),
+        "the kernel part lies under fixture::nap: {heaviest}"
+    );
+
+    // The wall graph holds the same time under its off-CPU root.
+    let wall = folded(&trace, &["--kind", "wall"]);
+    let off: u64 = wall
+        .iter()
+        .filter(|(s, _)| s.starts_with("off-CPU;") && s.contains("fixture::nap_[i]"))
+        .map(|l| l.1)
+        .sum();
+    assert_eq!(off, us);
+}
+
+#[test]
+fn filters_narrow_by_thread_and_time() {
+    if !perf_available("filters_narrow_by_thread_and_time") {
+        return;
+    }
+    let _serial = serial();
+    let trace = temp_dir("fg-filters").join("t.data");
+    let fx = fx();
+    assert!(record(&trace, &[], &[&fx, "nap", "10", "100"])
+        .status
+        .success());
+    let all = total(&folded(&trace, &["--kind", "offcpu"]));
+    // A window of 0.5 s holds about half of the second of naps.
+    let half = total(&folded(
+        &trace,
+        &["--kind", "offcpu", "--from", "0s", "--to", "500ms"],
+    ));
+    assert!(
+        half > all / 4 && half < all * 3 / 4,
+        "window 0–500 ms holds {half} of {all} µs"
+    );
+    let out = run_iotrace(&[
+        "flamegraph",
+        trace.to_str().unwrap(),
+        "--folded",
+        "--kind",
+        "offcpu",
+        "--tid",
+        "1",
+    ]);
+    assert!(!out.status.success(), "no samples for tid 1 is an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("match the filters"), "{err}");
+}
+
+fn chromium() -> Option<PathBuf> {
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+#[test]
+fn svg_opens_in_headless_chromium_with_its_frames() {
+    if !perf_available("svg_opens_in_headless_chromium_with_its_frames") {
+        return;
+    }
+    let _serial = serial();
+    let Some(browser) = chromium() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromium is not installed (apt-get install chromium)");
+        }
+        eprintln!("\n*** SKIPPED svg_opens_in_headless_chromium_with_its_frames: no chromium (apt-get install chromium) ***\n");
+        return;
+    };
+    let dir = temp_dir("fg-chromium");
+    let trace = dir.join("t.data");
+    let fx = fx();
+    assert!(record(&trace, &[], &[&fx, "spin", "300"]).status.success());
+    let svg = dir.join("cpu.svg");
+    let out = run_iotrace(&[
+        "flamegraph",
+        trace.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let profile = dir.join("chromium-profile");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", svg.display()))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed: {log}");
+    let console_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONSOLE") && (l.contains("Uncaught") || l.contains("Error")))
+        .collect();
+    assert!(
+        console_errors.is_empty(),
+        "console errors: {console_errors:#?}"
+    );
+    for frame in ["fixture::burn_cpu", "fixture::leaf_a", "fixture::main"] {
+        assert!(
+            dom.contains(&format!("<title>{frame} (")),
+            "{frame} is not a frame of the rendered SVG"
+        );
+    }
+}
+
+/// A demo server recorded by `iotrace record`, with its address.
+struct Recorded {
+    child: Child,
+    addr: String,
+    trace: PathBuf,
+}
+
+fn demo_binary(name: &str) -> PathBuf {
+    let path = iotrace().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the suite with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn record_demo(name: &str, dir: &Path) -> Recorded {
+    let trace = dir.join(format!("{name}.data"));
+    let mut child = Command::new(iotrace())
+        .args(["record", "-q", "-o", trace.to_str().unwrap(), "--"])
+        .arg(demo_binary(name))
+        .args(["--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn iotrace record");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+                break;
+            }
+        }
+        for _ in lines {}
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the demo printed `listening on ADDR`");
+    Recorded { child, addr, trace }
+}
+
+impl Recorded {
+    /// `iotrace load` on the demo; returns the number of requests served.
+    fn load(&self, query: &str, connections: &str, duration: &str) -> u64 {
+        let url = format!("http://{}/work?{query}", self.addr);
+        let out = run_iotrace(&["load", &url, "-c", connections, "-d", duration, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["errors"], 0, "{report}");
+        report["requests"].as_u64().unwrap()
+    }
+
+    fn stop(mut self) -> PathBuf {
+        // SAFETY: signalling our own child (iotrace forwards it to the demo).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for iotrace record");
+        assert!(status.success(), "record ended with {status}");
+        self.trace
+    }
+}
+
+#[test]
+fn tokio_handler_frames_sit_under_their_task_and_request_span() {
+    if !perf_available("tokio_handler_frames_sit_under_their_task_and_request_span") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-tokio");
+    let server = record_demo("tokio", &dir);
+    let requests = server.load("io_ms=1&cpu_us=300", "16", "2s");
+    assert!(requests > 100, "{requests} requests");
+    let trace = server.stop();
+    let lines = folded(&trace, &["--kind", "async"]);
+    let burn = |s: &str| s.contains("iotrace_demos::work::burn_cpu");
+    let all_burn: u64 = lines.iter().filter(|(s, _)| burn(s)).map(|l| l.1).sum();
+    // task (the connection's tokio::spawn) → request span → native frames down to burn_cpu.
+    let under_task: u64 = lines
+        .iter()
+        .filter(|(s, _)| {
+            let f: Vec<&str> = s.splitn(3, ';').collect();
+            f.len() == 3
+                && f[0].starts_with("task ")
+                && f[0].contains("tokio.rs:")
+                && f[1] == "request"
+                && burn(f[2])
+        })
+        .map(|l| l.1)
+        .sum();
+    assert!(all_burn > 0, "no burn_cpu samples:\n{lines:#?}");
+    assert!(
+        under_task * 10 >= all_burn * 9,
+        "{under_task} of {all_burn} µs of burn_cpu sit under task → request"
+    );
+    // The other groupings keep the same total.
+    let by_thread = folded(&trace, &["--kind", "async", "--group-by", "thread"]);
+    assert_eq!(total(&by_thread), total(&lines));
+    assert!(
+        by_thread
+            .iter()
+            .any(|(s, _)| s.starts_with("tokio-r") && s.contains(";task ")),
+        "worker threads (tokio-rt-worker or tokio-runtime-w) hold the tasks"
+    );
+}
+
+#[test]
+fn tokio_blocking_handler_task_is_off_cpu_for_every_blocking_wait() {
+    if !perf_available("tokio_blocking_handler_task_is_off_cpu_for_every_blocking_wait") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-tokio-blocking");
+    let server = record_demo("tokio-blocking", &dir);
+    let io_ms = 5;
+    let requests = server.load(&format!("io_ms={io_ms}&cpu_us=20"), "8", "2s");
+    assert!(requests > 50, "{requests} requests");
+    let trace = server.stop();
+    let lines = folded(&trace, &["--kind", "offcpu", "--task", "strategy/tokio.rs"]);
+    let blocked_us: u64 = lines
+        .iter()
+        .filter(|(s, _)| s.ends_with("[clock_nanosleep]"))
+        .map(|l| l.1)
+        .sum();
+    let expected = requests * io_ms * 1000;
+    eprintln!("tokio-blocking: {blocked_us} µs off-CPU in clock_nanosleep under the handler task; {requests} requests × {io_ms} ms = {expected} µs");
+    assert!(
+        blocked_us * 10 >= expected * 9,
+        "off-CPU in clock_nanosleep under the handler task: {blocked_us} µs; {requests} requests × {io_ms} ms = {expected} µs"
+    );
+    // And it is the handler's own sleep: under `request`, in std::thread::sleep's syscall.
+    let async_lines = folded(&trace, &["--kind", "async", "--task", "strategy/tokio.rs"]);
+    assert!(async_lines
+        .iter()
+        .any(|(s, _)| s.contains(";request;") && s.ends_with("[clock_nanosleep]")));
+}
+
+#[test]
+fn diff_of_two_traces_is_an_svg() {
+    if !perf_available("diff_of_two_traces_is_an_svg") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-diff");
+    let fx = fx();
+    let (a, b) = (dir.join("a.data"), dir.join("b.data"));
+    assert!(record(&a, &[], &[&fx, "spin", "200"]).status.success());
+    assert!(record(&b, &[], &[&fx, "spin", "400"]).status.success());
+    let svg = dir.join("diff.svg");
+    let out = run_iotrace(&[
+        "flamegraph",
+        "--diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<?xml") && text.contains("fixture::burn_cpu"));
+}
+
+#[test]
+fn no_samples_records_no_stacks_and_says_so() {
+    let _serial = serial();
+    let trace = temp_dir("fg-nosamples").join("t.data");
+    let fx = fx();
+    assert!(record(&trace, &["--no-samples"], &[&fx, "spin", "100"])
+        .status
+        .success());
+    let out = run_iotrace(&["flamegraph", trace.to_str().unwrap(), "-o", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-samples"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -1,0 +1,502 @@
+//! Thread states, task states and blocked-worker warnings end to end: each demo server runs
+//! under `iotrace record` with a bounded load, and the report must show what its code makes
+//! certain (a handler that sleeps in its poll blocks its worker for the whole sleep; an epoll
+//! loop blocks only in epoll_wait). Then the timeline page in headless Chromium and the
+//! Perfetto export.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use iotrace_tests::*;
+use serde_json::Value;
+
+/// One scenario at a time: the blocked-time bounds assume the two cores are not shared with
+/// another scenario's load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The load every strategy gets: bounded requests, so the trace holds a known number.
+const REQUESTS: u64 = 300;
+const CONNECTIONS: &str = "8";
+const IO_MS: u64 = 10;
+
+/// A demo recorded under a bounded load, stopped, and reported.
+struct Scenario {
+    trace: PathBuf,
+    report: Value,
+    /// Requests the load generator completed.
+    requests: u64,
+}
+
+fn demo_binary(name: &str) -> PathBuf {
+    let path = iotrace().parent().expect("bin dir").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the suite with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Waits for `listening on ADDR` on the recorded demo's stdout (and drains the rest).
+fn listening(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+                break;
+            }
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the demo printed `listening on ADDR`")
+}
+
+/// Records `strategy` under [`REQUESTS`] requests of `io_ms` waiting each, then SIGTERMs
+/// iotrace (which forwards it to the demo) and reads the report.
+fn scenario(strategy: &str, dir: &Path) -> Scenario {
+    let trace = dir.join(format!("{strategy}.data"));
+    let mut child = Command::new(iotrace())
+        .args(["record", "-q", "-o", trace.to_str().unwrap(), "--"])
+        .arg(demo_binary(strategy))
+        .args(["--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn iotrace record");
+    let addr = listening(&mut child);
+    let url = format!("http://{addr}/work?io_ms={IO_MS}&cpu_us=50");
+    let n = REQUESTS.to_string();
+    let out = run_iotrace(&["load", &url, "-c", CONNECTIONS, "-n", &n, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let load: Value = serde_json::from_slice(&out.stdout).expect("load --json");
+    assert_eq!(load["errors"], 0, "{load}");
+    // SAFETY: signalling our own child; iotrace forwards SIGTERM to the demo.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait for iotrace record");
+    assert!(status.success(), "{strategy}: record ended with {status}");
+    let report = report_json(&trace);
+    assert_eq!(report["lost_events"], 0, "{strategy}: events were lost");
+    Scenario {
+        trace,
+        report,
+        requests: load["requests"].as_u64().unwrap(),
+    }
+}
+
+/// Blocked time of a thread by syscall name, in ns (and switch-outs).
+fn blocked_by(thread: &Value) -> BTreeMap<String, (u64, u64)> {
+    thread["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["syscall"].as_str().unwrap().to_owned(),
+                (b["ns"].as_u64().unwrap(), b["count"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The demo's serving thread: its main thread (epoll, green).
+fn main_thread(report: &Value) -> &Value {
+    let pid = report["pid"].as_u64().unwrap();
+    report["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"].as_u64() == Some(pid))
+        .expect("the main thread is in the report")
+}
+
+/// The thread blocked only in epoll_wait while serving: at most one other switch-out, the
+/// iotrace layer handing its last records to its writer thread at exit (a futex).
+fn assert_blocks_only_in_epoll_wait(thread: &Value) {
+    let by = blocked_by(thread);
+    let total: u64 = by.values().map(|v| v.0).sum();
+    let epoll = by.get("epoll_wait").map_or(0, |v| v.0);
+    let others: u64 = by
+        .iter()
+        .filter(|(k, _)| *k != "epoll_wait")
+        .map(|(_, v)| v.1)
+        .sum();
+    assert!(
+        epoll * 100 >= total * 99 && others <= 1,
+        "blocked in {by:?}"
+    );
+}
+
+fn non_blocking_tasks(report: &Value) -> Vec<&Value> {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] != "blocking")
+        .collect()
+}
+
+#[test]
+fn tokio_blocking_handler_is_warned_and_blocks_for_every_sleep() {
+    if !perf_available("tokio_blocking_handler_is_warned_and_blocks_for_every_sleep") {
+        return;
+    }
+    let _serial = serial();
+    let s = scenario("tokio-blocking", &temp_dir("tl-tokio-blocking"));
+    let r = &s.report;
+    assert_eq!(r["spans"]["dropped"], 0);
+    // Each request's handler sleeps IO_MS inside one poll of its connection's task.
+    let requests = r["spans"]["requests"].as_u64().unwrap();
+    assert!(requests >= s.requests, "{requests} < {}", s.requests);
+    let warnings = r["warnings"].as_array().unwrap();
+    assert!(!warnings.is_empty(), "no warning: {:#}", r["tasks"]);
+    for w in warnings {
+        assert_eq!(w["kind"], "blocked_in_poll");
+        let loc = w["location"].as_str().unwrap_or("");
+        assert!(loc.contains("strategy/tokio.rs"), "{w}");
+        assert!(w["syscall"].as_str().unwrap().contains("nanosleep"), "{w}");
+        assert!(w["polls"].as_u64().unwrap() >= 1);
+        assert!(w["message"].as_str().unwrap().contains("blocked worker"));
+    }
+    let tasks = non_blocking_tasks(r);
+    assert!(
+        tasks.iter().all(|t| t["unmeasured_polls"] == 0),
+        "{tasks:#?}"
+    );
+    let blocked: u64 = tasks
+        .iter()
+        .map(|t| t["blocked_in_poll_ns"].as_u64().unwrap())
+        .sum();
+    let expected = requests * IO_MS * 1_000_000;
+    let ratio = blocked as f64 / expected as f64;
+    assert!(
+        (1.0..=1.3).contains(&ratio),
+        "blocked in polls {blocked} ns for {requests} sleeps of {IO_MS} ms: ratio {ratio:.3}"
+    );
+    // Every task that blocked is warned about, and the warnings add up to the same time.
+    let warned: u64 = warnings
+        .iter()
+        .map(|w| w["blocked_ns"].as_u64().unwrap())
+        .sum();
+    assert_eq!(warned, blocked);
+    let text = run_iotrace(&["report", s.trace.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("WARNING:") && text.contains("in clock_nanosleep"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tokio_under_the_same_load_is_not_warned_about() {
+    if !perf_available("tokio_under_the_same_load_is_not_warned_about") {
+        return;
+    }
+    let _serial = serial();
+    let s = scenario("tokio", &temp_dir("tl-tokio"));
+    let r = &s.report;
+    assert_eq!(
+        r["warnings"].as_array().unwrap().len(),
+        0,
+        "{:#}",
+        r["warnings"]
+    );
+    let tasks = non_blocking_tasks(r);
+    let conns: usize = CONNECTIONS.parse().unwrap();
+    assert!(tasks.len() > conns, "{tasks:#?}");
+    let polls: u64 = tasks.iter().map(|t| t["polls"].as_u64().unwrap()).sum();
+    assert!(
+        polls >= s.requests,
+        "{polls} polls for {} requests",
+        s.requests
+    );
+    // The handler waits with tokio::time::sleep: its tasks are woken, not blocked.
+    let wakes: u64 = tasks.iter().map(|t| t["wakes"].as_u64().unwrap()).sum();
+    assert!(wakes >= s.requests, "{wakes} wakes");
+    let idle: u64 = tasks.iter().map(|t| t["idle_ns"].as_u64().unwrap()).sum();
+    assert!(idle >= s.requests * IO_MS * 1_000_000, "idle {idle}");
+}
+
+#[test]
+fn threads_block_in_recv_and_in_nanosleep() {
+    if !perf_available("threads_block_in_recv_and_in_nanosleep") {
+        return;
+    }
+    let _serial = serial();
+    let s = scenario("threads", &temp_dir("tl-threads"));
+    let conns: Vec<&Value> = s.report["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "conn")
+        .collect();
+    assert_eq!(
+        conns.len(),
+        CONNECTIONS.parse::<usize>().unwrap(),
+        "{:#}",
+        s.report["threads"]
+    );
+    let mut slept = 0;
+    for t in conns {
+        let by = blocked_by(t);
+        let recv = ["read", "recvfrom", "recv", "recvmsg"]
+            .iter()
+            .any(|k| by.contains_key(*k));
+        let nap = by.get("clock_nanosleep").or(by.get("nanosleep"));
+        assert!(
+            recv && nap.is_some(),
+            "conn thread {} blocked in {by:?}",
+            t["tid"]
+        );
+        slept += nap.map_or(0, |v| v.1);
+    }
+    assert!(
+        slept >= s.requests,
+        "{slept} sleeps for {} requests",
+        s.requests
+    );
+}
+
+#[test]
+fn epoll_loop_blocks_only_in_epoll_wait() {
+    if !perf_available("epoll_loop_blocks_only_in_epoll_wait") {
+        return;
+    }
+    let _serial = serial();
+    let s = scenario("epoll", &temp_dir("tl-epoll"));
+    assert_blocks_only_in_epoll_wait(main_thread(&s.report));
+}
+
+#[test]
+fn green_threads_are_idle_between_slices_and_the_scheduler_waits_in_epoll() {
+    if !perf_available("green_threads_are_idle_between_slices_and_the_scheduler_waits_in_epoll") {
+        return;
+    }
+    let _serial = serial();
+    let s = scenario("green", &temp_dir("tl-green"));
+    let r = &s.report;
+    assert_blocks_only_in_epoll_wait(main_thread(r));
+    let tasks = r["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks.len(),
+        CONNECTIONS.parse::<usize>().unwrap(),
+        "{tasks:#?}"
+    );
+    for t in tasks {
+        assert!(t["name"].as_str().unwrap().starts_with("conn "), "{t}");
+        // A coroutine runs in slices and between them waits, suspended, for its socket or
+        // timer: no wakes (the scheduler has no wakers), idle time well above running time.
+        let polls = t["polls"].as_u64().unwrap();
+        assert!(polls >= 2, "{t}");
+        assert_eq!(t["wakes"], 0);
+        assert!(
+            t["idle_ns"].as_u64().unwrap() > t["busy_ns"].as_u64().unwrap(),
+            "{t}"
+        );
+        assert_eq!(
+            t["blocked_polls"], 0,
+            "a coroutine blocked the scheduler: {t}"
+        );
+    }
+    assert!(r["warnings"].as_array().unwrap().is_empty());
+}
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("IOTRACE_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Headless Chromium on a local page: the DOM after scripts ran, and the console log.
+fn open_in_chromium(browser: &Path, page: &Path, profile: &Path) -> (String, String) {
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--window-size=1400,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "chromium failed: {log}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), log)
+}
+
+/// `data-NAME="VALUE"` of the page's `#tracks` element.
+fn track_attr(dom: &str, name: &str) -> u64 {
+    let at = dom.find("id=\"tracks\"").expect("the #tracks element");
+    let tag = &dom[at..at + dom[at..].find('>').unwrap()];
+    let key = format!("data-{name}=\"");
+    let start = tag
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {key} in {tag}"))
+        + key.len();
+    tag[start..start + tag[start..].find('"').unwrap()]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task() {
+    if !perf_available("timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task") {
+        return;
+    }
+    let Some(browser) = chromium() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromium is not installed (apt-get install chromium)");
+        }
+        eprintln!("\n*** SKIPPED timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task: no chromium (apt-get install chromium) ***\n");
+        return;
+    };
+    let _serial = serial();
+    let dir = temp_dir("tl-chromium");
+    let s = scenario("tokio-blocking", &dir);
+    let page = dir.join("timeline.html");
+    let out = run_iotrace(&[
+        "timeline",
+        s.trace.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    for remote in ["http://", "https://", "//cdn", "<link", "src=\""] {
+        assert!(
+            !html.contains(remote),
+            "the page must not load anything ({remote})"
+        );
+    }
+    let (dom, log) = open_in_chromium(&browser, &page, &dir.join("profile"));
+    let console_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(console_errors.is_empty(), "console: {console_errors:#?}");
+    assert_eq!(track_attr(&dom, "errors"), 0, "script errors");
+    assert_eq!(track_attr(&dom, "rendered"), 1, "the canvas was not drawn");
+    let threads = s.report["threads"].as_array().unwrap().len() as u64;
+    let tasks = s.report["tasks"].as_array().unwrap().len() as u64;
+    assert!(
+        threads >= 3 && tasks >= 3,
+        "{threads} threads, {tasks} tasks"
+    );
+    assert_eq!(track_attr(&dom, "threads"), threads);
+    assert_eq!(track_attr(&dom, "tasks"), tasks);
+    assert_eq!(track_attr(&dom, "count"), threads + tasks);
+    assert!(track_attr(&dom, "intervals") > s.requests);
+}
+
+/// A track of the Chrome trace event format: thread slices by (pid, tid), async slices by
+/// (pid, name, id), counters by (pid, name).
+fn track_of(e: &Value) -> String {
+    match e["ph"].as_str().unwrap() {
+        "X" => format!("X {} {}", e["pid"], e["tid"]),
+        "b" | "e" => format!("A {} {} {}", e["pid"], e["name"], e["id2"]),
+        "C" => format!("C {} {}", e["pid"], e["name"]),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn perfetto_export_parses_and_every_track_runs_forward() {
+    if !perf_available("perfetto_export_parses_and_every_track_runs_forward") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("tl-perfetto");
+    let s = scenario("tokio-blocking", &dir);
+    let json = dir.join("trace.json");
+    let out = run_iotrace(&[
+        "export",
+        s.trace.to_str().unwrap(),
+        "--format",
+        "perfetto",
+        "-o",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("valid JSON");
+    let events = doc["traceEvents"].as_array().expect("traceEvents");
+    // Times are µs with three decimals: compare them as integer nanoseconds.
+    let ns = |v: &Value| (v.as_f64().expect("a number") * 1000.0).round() as i64;
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut open: HashMap<String, i64> = HashMap::new();
+    let (mut slices, mut tasks, mut counters) = (0, 0, 0);
+    for e in events {
+        let ph = e["ph"].as_str().unwrap();
+        if ph == "M" {
+            continue;
+        }
+        let ts = ns(&e["ts"]);
+        let track = track_of(e);
+        let prev = last.insert(track.clone(), ts).unwrap_or(i64::MIN);
+        assert!(ts >= prev, "{track}: {ts} after {prev}");
+        match ph {
+            "X" => {
+                let dur = ns(&e["dur"]);
+                assert!(dur > 0, "{e}");
+                last.insert(track, ts + dur);
+                slices += 1;
+            }
+            "b" => {
+                assert!(open.insert(track, ts).is_none(), "nested begin: {e}");
+                tasks += 1;
+            }
+            "e" => {
+                let begin = open.remove(&track).expect("end without begin");
+                assert!(ts > begin, "{e}");
+            }
+            "C" => counters += 1,
+            other => panic!("unexpected phase {other}"),
+        }
+    }
+    assert!(open.is_empty(), "unfinished slices: {open:?}");
+    assert!(slices > 0 && tasks as u64 > s.requests && counters > 0);
+    let names: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("blocked: clock_nanosleep")));
+}
