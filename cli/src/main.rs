@@ -327,7 +327,7 @@ fn cmd_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         print_stdout(&table::table(&rows))?;
         if args.traces.is_empty() {
             print_stdout(&format!(
-                "\nwrote {}/{{table.txt, compare.json}} and per strategy STRATEGY.iotrace, STRATEGY.iotrace.load.json, STRATEGY.log\n",
+                "\nwrote {}/: table.txt, compare.json, and per strategy STRATEGY.iotrace (trace), STRATEGY.iotrace.load.json, STRATEGY-oncpu.svg, STRATEGY-offcpu.svg, STRATEGY.log\n",
                 args.out.display()
             ))?;
         }

@@ -60,6 +60,8 @@ fn report_of_missing_file_names_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/trace.data"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Regression: the OS error was printed twice (once in the message, once as its source).
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
 #[test]

@@ -32,12 +32,10 @@ const FRAME_HEADER_LEN: usize = 8;
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The OS error is part of the message and deliberately not a source (a field named
+    // `source` would be one): error chains (anyhow's `{:#}`) would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error(
         "{0}: not an iotrace trace file (bad magic; expected a file written by `iotrace record`)"
     )]
@@ -86,9 +84,9 @@ pub struct TraceWriter {
 
 impl TraceWriter {
     pub fn create(path: &Path) -> Result<Self, FormatError> {
-        let io_err = |source| FormatError::Io {
+        let io_err = |error| FormatError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = File::create(path).map_err(io_err)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -234,9 +232,9 @@ pub struct TraceReader<R: Read = BufReader<File>> {
 
 impl TraceReader<BufReader<File>> {
     pub fn open(path: &Path) -> Result<Self, FormatError> {
-        let file = File::open(path).map_err(|source| FormatError::Io {
+        let file = File::open(path).map_err(|error| FormatError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         TraceReader::new(BufReader::with_capacity(1 << 20, file), path)
     }
@@ -246,9 +244,9 @@ impl<R: Read> TraceReader<R> {
     /// `name` is used in error messages only.
     pub fn new(mut input: R, name: &Path) -> Result<Self, FormatError> {
         let mut header = [0u8; FILE_HEADER_LEN];
-        let got = read_full(&mut input, &mut header).map_err(|source| FormatError::Io {
+        let got = read_full(&mut input, &mut header).map_err(|error| FormatError::Io {
             path: name.to_owned(),
-            source,
+            error,
         })?;
         if got >= 8 && header[..8] != MAGIC {
             return Err(FormatError::NotATrace(name.to_owned()));
@@ -277,9 +275,9 @@ impl<R: Read> TraceReader<R> {
             done: false,
             buf: Vec::new(),
             skip: 0,
-            decompressor: zstd::bulk::Decompressor::new().map_err(|source| FormatError::Io {
+            decompressor: zstd::bulk::Decompressor::new().map_err(|error| FormatError::Io {
                 path: name.to_owned(),
-                source,
+                error,
             })?,
         })
     }
