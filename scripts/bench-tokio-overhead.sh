@@ -5,7 +5,7 @@
 # Targets (issue "span layer/demos/compare"): req/s >= 0.97, CPU/request <= 1.5,
 # peak RSS + <= 20 MiB, <= 100 bytes per request. CPU per request is the figure to trust on 2
 # noisy cores; req/s moves +-15% run to run.
-#   usage: scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]    (default 3 rounds of 5 s)
+#   usage: [SAMPLES=1] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -17,7 +17,10 @@ trap 'rm -rf "$out"; kill $(jobs -p) 2>/dev/null || true' EXIT
 tick=$(getconf CLK_TCK)
 # Spans, switches and syscall counts on; stack sampling (a separate feature) off when available.
 record_flags=()
-if "$bin/iotrace" record --help | grep -q -- --no-samples; then record_flags+=(--no-samples); fi
+# SAMPLES=1 keeps stack sampling on too (the flamegraph feature), to see what it adds.
+if [ "${SAMPLES:-0}" != 1 ] && "$bin/iotrace" record --help | grep -q -- --no-samples; then
+  record_flags+=(--no-samples)
+fi
 
 # run MODE -> prints "requests req_per_s p99_us cpu_ns hwm_bytes trace_bytes recorder_cpu_ns"
 run() {
