@@ -136,6 +136,12 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
     Ok(value / 100.0)
 }
 
+fn warn_truncated(file: &std::path::Path, truncated: Option<&str>) {
+    if let Some(t) = truncated {
+        eprintln!("iotrace: warning: {}: {t}", file.display());
+    }
+}
+
 pub fn run_timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
     let opts = TimelineOptions {
         max_intervals: args.max_intervals,
@@ -151,6 +157,7 @@ pub fn run_timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
         out.tasks,
         out.intervals
     );
+    warn_truncated(&args.file, out.truncated.as_deref());
     if out.drawn < out.intervals {
         eprintln!(
             "iotrace: merged short stretches to draw {} of them (--max-intervals); use --from/--to to see every one",
@@ -172,6 +179,7 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         iotrace_collector::report::bytes(out.bytes),
         out.events
     );
+    warn_truncated(&args.file, out.truncated.as_deref());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -465,6 +465,15 @@ impl Summarizer {
         if s.peak_threads == 0 && !threads.is_empty() {
             s.peak_threads = 1;
         }
+        // The kernel writes a LOST record only once its ring has room again, so a loss at the
+        // very end goes unrecorded. Its counting events are exact: what the samples lack
+        // against them was lost too.
+        if let Some(t) = &s.perf_stat {
+            let switches = s.context_switches.voluntary + s.context_switches.involuntary;
+            let missing = t.syscalls.map_or(0, |n| n.saturating_sub(s.syscalls_total))
+                + t.context_switches.map_or(0, |n| n.saturating_sub(switches));
+            s.lost_events = s.lost_events.max(missing);
+        }
         s.lost_events += self.span_dropped;
         let spans = std::mem::take(&mut self.spans);
         if self.span_batches > 0 || self.span_clients > 0 {

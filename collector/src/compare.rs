@@ -141,7 +141,7 @@ pub fn table(rows: &[CompareRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7}  {}",
+        "{:<15} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7}  top syscalls per request",
         "strategy",
         "requests",
         "errors",
@@ -154,7 +154,6 @@ pub fn table(rows: &[CompareRow]) -> String {
         "CPU µs/r",
         "peak RSS",
         "threads",
-        "top syscalls per request"
     );
     for r in rows {
         let top = r

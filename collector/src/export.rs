@@ -29,6 +29,8 @@ pub enum ExportFormat {
 pub struct ExportOutcome {
     pub events: u64,
     pub bytes: u64,
+    /// Set when the trace is damaged or unfinished.
+    pub truncated: Option<String>,
 }
 
 /// Microseconds with nanosecond precision, as the format wants them.
@@ -81,6 +83,7 @@ pub fn export(
     Ok(ExportOutcome {
         events: o.events,
         bytes: o.bytes,
+        truncated: summary.truncated.clone(),
     })
 }
 

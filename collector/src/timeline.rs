@@ -320,6 +320,8 @@ pub struct TimelineOutcome {
     pub intervals: u64,
     pub drawn: u64,
     pub bytes: u64,
+    /// Set when the trace is damaged or unfinished (see [`Summary::truncated`]).
+    pub truncated: Option<String>,
 }
 
 /// Most distinct off-CPU stacks named for the page (those with the most blocked time).
@@ -372,6 +374,7 @@ pub fn write_timeline(
         intervals: collected,
         drawn,
         bytes: w.bytes(),
+        truncated: summary.truncated.clone(),
     })
 }
 

@@ -427,7 +427,9 @@ fn overflowing_ring_reports_lost_records() {
     let r = report_json(&trace);
     let lost = r["lost_events"].as_u64().unwrap();
     assert!(lost > 0, "nothing lost with a 4 KiB ring?");
-    // What was kept plus what was lost accounts for every write.
+    // What was kept plus what was lost accounts for every write. Regression: a loss at the
+    // very end has no LOST record (the kernel writes it only when the ring has room again);
+    // the kernel's exact counters catch it (this failed about one run in five).
     assert!(syscall_count(&r, "write") + lost >= 200_000);
     let text = run_iotrace(&["report", trace.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("were lost"));

@@ -126,19 +126,20 @@ fn main_thread(report: &Value) -> &Value {
         .expect("the main thread is in the report")
 }
 
-/// The thread blocked only in epoll_wait while serving: at most one other switch-out, the
-/// iotrace layer handing its last records to its writer thread at exit (a futex).
+/// The thread waited only in epoll_wait while serving. Other switch-outs must be rare and
+/// short: the iotrace layer handing its last records to its writer thread at exit (a futex),
+/// and, on a busy machine, a non-blocking socket call sleeping a moment on a kernel lock.
 fn assert_blocks_only_in_epoll_wait(thread: &Value) {
     let by = blocked_by(thread);
     let total: u64 = by.values().map(|v| v.0).sum();
-    let epoll = by.get("epoll_wait").map_or(0, |v| v.0);
+    let (epoll_ns, epoll_waits) = by.get("epoll_wait").copied().unwrap_or((0, 0));
     let others: u64 = by
         .iter()
         .filter(|(k, _)| *k != "epoll_wait")
         .map(|(_, v)| v.1)
         .sum();
     assert!(
-        epoll * 100 >= total * 99 && others <= 1,
+        epoll_ns * 100 >= total * 99 && others <= (epoll_waits / 100).max(2),
         "blocked in {by:?}"
     );
 }
@@ -185,6 +186,7 @@ fn tokio_blocking_handler_is_warned_and_blocks_for_every_sleep() {
         .sum();
     let expected = requests * IO_MS * 1_000_000;
     let ratio = blocked as f64 / expected as f64;
+    eprintln!("tokio-blocking: {requests} sleeps of {IO_MS} ms; blocked in polls {blocked} ns = {ratio:.3}×");
     assert!(
         (1.0..=1.3).contains(&ratio),
         "blocked in polls {blocked} ns for {requests} sleeps of {IO_MS} ms: ratio {ratio:.3}"
@@ -377,7 +379,9 @@ fn timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task() {
         return;
     }
     let Some(browser) = chromium() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if std::env::var("CI").as_deref() == Ok("true")
+            || std::env::var("IOTRACE_REQUIRE_CHROMIUM").as_deref() == Ok("1")
+        {
             panic!("chromium is not installed (apt-get install chromium)");
         }
         eprintln!("\n*** SKIPPED timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task: no chromium (apt-get install chromium) ***\n");

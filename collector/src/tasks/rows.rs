@@ -181,7 +181,9 @@ impl Results {
         t.tasks += 1;
         t.polls += row.polls;
         t.busy_ns = t.busy_ns.saturating_add(row.busy_ns);
-        t.blocked_in_poll_ns = t.blocked_in_poll_ns.saturating_add(row.blocked_in_poll_ns);
+        if row.kind != "blocking" {
+            t.blocked_in_poll_ns = t.blocked_in_poll_ns.saturating_add(row.blocked_in_poll_ns);
+        }
         t.unmeasured_polls += row.unmeasured_polls;
         let share = row.blocked_in_poll_ns as f64 / row.busy_ns.max(1) as f64;
         if row.blocked_polls > 0 && row.kind != "blocking" && share >= self.warn_share {

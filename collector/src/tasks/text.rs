@@ -144,10 +144,35 @@ pub fn tasks(s: &Summary) -> String {
             duration(tot.blocked_threshold_ns),
             tot.warn_share * 100.0
         );
-        for w in s.warnings.iter().take(WARNING_LINES) {
+        // Many tasks spawned at the same place (a handler per connection) are one finding.
+        let mut groups: Vec<(&str, u64, u64, u64, &str)> = Vec::new();
+        for w in &s.warnings {
+            let loc = w.location.as_deref().unwrap_or("?");
+            match groups.iter_mut().find(|g| g.0 == loc) {
+                Some(g) => {
+                    g.1 += 1;
+                    g.2 += w.polls;
+                    g.3 += w.blocked_ns;
+                }
+                None => groups.push((loc, 1, w.polls, w.blocked_ns, &w.syscall)),
+            }
+        }
+        for (loc, tasks, polls, ns, syscall) in groups.iter().filter(|g| g.1 > 1) {
+            let _ = writeln!(
+                out,
+                "   {tasks} tasks spawned at {loc} blocked their workers in {polls} polls, {} in all, mostly in {syscall}; the worst:",
+                duration(*ns)
+            );
+        }
+        let lines = if groups.iter().any(|g| g.1 > 1) {
+            WARNING_LINES / 2
+        } else {
+            WARNING_LINES
+        };
+        for w in s.warnings.iter().take(lines) {
             let _ = writeln!(out, "   {}", w.message);
         }
-        let more = s.warnings.len().saturating_sub(WARNING_LINES) as u64 + tot.warnings_omitted;
+        let more = s.warnings.len().saturating_sub(lines) as u64 + tot.warnings_omitted;
         if more > 0 {
             let _ = writeln!(out, "   … and {more} more (see --json)");
         }
