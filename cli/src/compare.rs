@@ -135,7 +135,27 @@ fn run_one(plan: &Plan, strategy: &str) -> anyhow::Result<CompareRow> {
     let summary =
         analysis::summarize_file(&trace).with_context(|| format!("reading {}", trace.display()))?;
     crate::flamegraph::write_compare_svgs(&trace, &plan.out_dir, strategy);
+    write_report_and_timeline(&trace, &plan.out_dir, strategy, &summary);
     Ok(compare::row(strategy, &summary, Some(&figures), &trace))
+}
+
+/// `STRATEGY-report.txt` (what `iotrace report` prints) and `STRATEGY-timeline.html`. A
+/// failure is a warning: the table and the trace are still worth having.
+fn write_report_and_timeline(
+    trace: &Path,
+    dir: &Path,
+    strategy: &str,
+    summary: &analysis::Summary,
+) {
+    let report = dir.join(format!("{strategy}-report.txt"));
+    if let Err(e) = std::fs::write(&report, iotrace_collector::report::text(summary)) {
+        eprintln!("iotrace: warning: {}: {e}", report.display());
+    }
+    let html = dir.join(format!("{strategy}-timeline.html"));
+    let opts = iotrace_collector::timeline::TimelineOptions::default();
+    if let Err(e) = iotrace_collector::timeline::write_timeline(trace, &html, &opts) {
+        eprintln!("iotrace: warning: {}: {e}", html.display());
+    }
 }
 
 /// Run the whole plan: one row per strategy, in order.

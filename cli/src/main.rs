@@ -72,7 +72,8 @@ enum Command {
     ///
     /// Per strategy: req/s, p50 and p99 latency, voluntary and involuntary context switches per
     /// request, syscalls per request with the top three, CPU time per request, peak RSS and
-    /// threads. Traces, logs, the table and its JSON go into --out.
+    /// threads. Into --out go each strategy's trace, report, on-CPU and off-CPU flamegraphs,
+    /// timeline and log, and the table with its JSON.
     #[command(
         after_help = "EXAMPLES:\n    iotrace compare\n    iotrace compare --strategies threads,tokio --connections 1000 --duration 5s\n    iotrace compare iotrace-compare/threads.iotrace iotrace-compare/tokio.iotrace --json\n"
     )]
@@ -327,7 +328,7 @@ fn cmd_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         print_stdout(&table::table(&rows))?;
         if args.traces.is_empty() {
             print_stdout(&format!(
-                "\nwrote {}/: table.txt, compare.json, and per strategy STRATEGY.iotrace (trace), STRATEGY.iotrace.load.json, STRATEGY-oncpu.svg, STRATEGY-offcpu.svg, STRATEGY.log\n",
+                "\nwrote {}/: table.txt, compare.json, and per strategy STRATEGY.iotrace (trace), STRATEGY.iotrace.load.json, STRATEGY-report.txt, STRATEGY-oncpu.svg, STRATEGY-offcpu.svg, STRATEGY-timeline.html, STRATEGY.log\n",
                 args.out.display()
             ))?;
         }
