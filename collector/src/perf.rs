@@ -9,7 +9,7 @@
 
 mod callchain;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -326,9 +326,9 @@ impl PerfSession {
             sampling,
             kernel,
             missing,
-            syscalls: HashMap::new(),
-            faults: HashMap::new(),
-            last_syscall: HashMap::new(),
+            syscalls: HashMap::default(),
+            faults: HashMap::default(),
+            last_syscall: HashMap::default(),
             lost_records: 0,
         })
     }

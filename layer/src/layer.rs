@@ -68,6 +68,13 @@ impl IotraceLayer {
         self
     }
 
+    /// Whether this layer leaves a callsite out (tokio's resource instrumentation, unless
+    /// asked for).
+    #[inline]
+    fn skips(&self, meta: &Metadata<'_>) -> bool {
+        self.on() && !self.resources && is_tokio_resource(meta)
+    }
+
     /// Also record tokio's `runtime::resource*` spans and events (timers, I/O resources).
     /// Off by default: iotrace does not use them and they cost a dozen records per request.
     /// While off, this layer disables those callsites for the whole subscriber it is part of.
@@ -136,13 +143,20 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if self.on() && !self.resources && is_tokio_resource(meta) {
+        if self.skips(meta) {
             return Interest::never();
         }
         if self.on() {
             sink::define_callsite(meta);
         }
         Interest::always()
+    }
+
+    /// The same decision as `register_callsite`, for callsites whose interest is "sometimes"
+    /// (another dispatcher registered them first): a skipped callsite is never recorded, and
+    /// so never used without having been defined.
+    fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        !self.skips(meta)
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {

@@ -5,7 +5,7 @@
 //! Kept cheap on purpose: one hash lookup per frame, no symbolization, no allocation per
 //! sample once the tree holds the program's usual stacks.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::format::{Samples, StackDefs, StackNode, StackSample};
 

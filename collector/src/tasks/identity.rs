@@ -191,7 +191,7 @@ pub(crate) fn woken_span(class: Option<&Class>, values: &[FieldValue]) -> Option
 }
 
 /// Callsite classes by (pid, callsite key).
-pub(crate) type Classes = super::fxhash::FxMap<(u32, u64), Class>;
+pub(crate) type Classes = rustc_hash::FxHashMap<(u32, u64), Class>;
 
 #[cfg(test)]
 mod tests {

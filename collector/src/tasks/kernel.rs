@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::fxhash::FxMap;
+use rustc_hash::FxHashMap as FxMap;
 
 use super::reorder::Reorder;
 use super::{Sink, StackId, ThreadInterval, ThreadState};

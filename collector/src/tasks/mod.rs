@@ -30,7 +30,6 @@
 //!
 //! Renderers (timeline, export) see every interval through a [`Sink`].
 
-mod fxhash;
 mod hist;
 pub mod identity;
 mod kernel;

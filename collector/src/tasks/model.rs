@@ -7,13 +7,13 @@
 //! arrive long after its polls (a thread holds its records while it sleeps), so spans whose
 //! creation is not known yet are followed as possible tasks and decided when it arrives.
 
-use super::fxhash::{FxMap, FxSet};
 use super::hist::LogHist;
 use super::identity::{self, TaskInfo};
 use super::kernel::{Cum, Kernel};
 use super::rows::Results;
 use super::{Poll, Sink, StackId, TaskInterval, TaskKey, TaskPhase};
 use crate::intake::FieldValue;
+use rustc_hash::{FxHashMap as FxMap, FxHashSet as FxSet};
 
 /// Most closed spans kept while their creation record is still to come.
 const MAX_ORPHANS: usize = 100_000;
