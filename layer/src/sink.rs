@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use std::{io, thread};
@@ -20,8 +20,10 @@ use crate::sys;
 pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
 /// Full buffers that may wait for the flusher; past this, buffers are dropped and counted.
 const QUEUE: usize = 1024;
-/// The flusher wakes at least this often to send callsites and loss counts.
+/// The flusher sends new callsites and loss counts at least this often.
 const TICK: Duration = Duration::from_millis(50);
+/// How often the flusher looks for handed-off buffers while the queue is empty.
+const POLL: Duration = Duration::from_millis(5);
 /// Callsite definitions are sent in frames of about this size.
 const CALLSITE_CHUNK: usize = 64 * 1024;
 
@@ -215,8 +217,14 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
     };
     let result = (|| -> io::Result<()> {
         sys::send_all(w.stream.as_raw_fd(), &encode::hello(pid))?;
+        // The flusher polls instead of blocking in `recv`: a receiver blocked in std's bounded
+        // channel makes every `try_send` take the channel's waker mutex, and then a program
+        // thread handing off a buffer can sleep on it (iotrace caught itself doing that: a
+        // tokio worker blocked 1.6 ms in a poll). With no receiver ever waiting, `try_send`
+        // takes no lock.
+        let mut last_tick = Instant::now();
         loop {
-            match rx.recv_timeout(TICK) {
+            match rx.try_recv() {
                 Ok(Msg::Frame(mut f)) => {
                     w.callsites()?;
                     w.write_frame(&mut f.bytes, f.tid)?;
@@ -228,11 +236,15 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
                     w.loss()?;
                     let _ = ack.try_send(());
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    w.callsites()?;
-                    w.loss()?;
+                Err(TryRecvError::Empty) => {
+                    if last_tick.elapsed() >= TICK {
+                        w.callsites()?;
+                        w.loss()?;
+                        last_tick = Instant::now();
+                    }
+                    thread::sleep(POLL);
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Ok(()),
             }
         }
     })();
