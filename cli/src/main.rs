@@ -216,7 +216,8 @@ struct ReportArgs {
     #[arg(long, value_parser = timeline::parse_time, default_value = "100us", value_name = "TIME")]
     blocked_threshold: u64,
     /// Warn about a task when such stretches add up to this share of its time in polls
-    /// (0% warns about every task with one).
+    /// (0% warns about every task with one) and it blocked in two polls or more, or once for
+    /// ten times the threshold.
     #[arg(long, value_parser = timeline::parse_percent, default_value = "5%", value_name = "PERCENT")]
     blocked_share: f64,
 }

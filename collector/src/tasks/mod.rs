@@ -229,6 +229,9 @@ impl Default for TaskAnalyzer {
 impl TaskAnalyzer {
     pub fn new(opts: TaskOptions) -> Self {
         let warn_share = opts.warn_share;
+        let lone_block_ns = opts
+            .blocked_threshold_ns
+            .saturating_mul(rows::LONE_BLOCK_FACTOR);
         TaskAnalyzer {
             kernel: kernel::Kernel::new(opts.blocked_threshold_ns),
             opts,
@@ -237,6 +240,7 @@ impl TaskAnalyzer {
             classes: identity::Classes::default(),
             results: rows::Results {
                 warn_share,
+                lone_block_ns,
                 ..rows::Results::default()
             },
             names: HashMap::new(),

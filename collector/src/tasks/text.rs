@@ -139,7 +139,7 @@ pub fn tasks(s: &Summary) -> String {
     if !s.warnings.is_empty() {
         let _ = writeln!(
             out,
-            " WARNING: {} task(s) blocked their worker thread inside polls (off-CPU ≥ {} at a time, ≥ {}% of the task's poll time):",
+            " WARNING: {} task(s) blocked their worker thread inside polls (off-CPU ≥ {} at a time, ≥ {}% of the task's poll time, in 2+ polls or once ≥ 10× that):",
             tot.warned_tasks,
             duration(tot.blocked_threshold_ns),
             tot.warn_share * 100.0
