@@ -44,6 +44,8 @@ enum Msg {
 pub(crate) struct Sink {
     tx: SyncSender<Msg>,
     pid: u32,
+    /// The flusher thread, to unpark when a flush is asked for (it otherwise polls).
+    flusher: thread::Thread,
 }
 
 struct Callsites {
@@ -116,13 +118,18 @@ fn open() -> Option<Sink> {
     let spawned = thread::Builder::new()
         .name("iotrace-flush".into())
         .spawn(move || flusher(stream, rx, pid));
-    if let Err(e) = spawned {
-        eprintln!("iotrace: cannot start the span flusher thread: {e}; spans will not be recorded");
-        return None;
-    }
+    let flusher = match spawned {
+        Ok(handle) => handle.thread().clone(),
+        Err(e) => {
+            eprintln!(
+                "iotrace: cannot start the span flusher thread: {e}; spans will not be recorded"
+            );
+            return None;
+        }
+    };
     ON.store(true, Ordering::Relaxed);
     sys::at_exit(exit_hook);
-    Some(Sink { tx, pid })
+    Some(Sink { tx, pid, flusher })
 }
 
 /// Queues the definition of `meta` once per process (cold path: runs once per callsite).
@@ -163,6 +170,8 @@ pub(crate) fn flush_for(timeout: Duration) {
             Err(_) => return,
         }
     }
+    // Wake the flusher now rather than at its next poll (unpark is an atomic futex wake).
+    sink.flusher.unpark();
     let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
@@ -242,7 +251,7 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
                         w.loss()?;
                         last_tick = Instant::now();
                     }
-                    thread::sleep(POLL);
+                    thread::park_timeout(POLL);
                 }
                 Err(TryRecvError::Disconnected) => return Ok(()),
             }
