@@ -103,3 +103,97 @@ pub fn syscall_count(report: &serde_json::Value, name: &str) -> u64 {
         .and_then(|s| s["count"].as_u64())
         .unwrap_or(0)
 }
+
+/// A demo server binary (`instrumented-demos/src/bin/NAME.rs`), built next to `iotrace`.
+pub fn demo_binary(name: &str) -> PathBuf {
+    let path = iotrace().parent().expect("bin dir").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the suite with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Waits for `listening on ADDR` on a child's piped stdout (a demo server, directly or under
+/// `iotrace record`) and returns ADDR; the rest of the output is drained so the child never
+/// blocks on a full pipe.
+pub fn listening(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+                break;
+            }
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the demo printed `listening on ADDR`")
+}
+
+/// Headless Chromium for the browser tests (`IOTRACE_CHROMIUM` overrides the path). Missing,
+/// the test is skipped loudly, except in CI (`CI=true` or `IOTRACE_REQUIRE_CHROMIUM=1`),
+/// where that is a failure: `.ci/run` installs it.
+pub fn chromium(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("IOTRACE_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            [
+                "/usr/bin/chromium",
+                "/usr/bin/chromium-browser",
+                "/usr/bin/google-chrome",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+        });
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true")
+            || std::env::var("IOTRACE_REQUIRE_CHROMIUM").as_deref() == Ok("1")
+        {
+            panic!("{test}: chromium is not installed (apt-get install chromium)");
+        }
+        eprintln!("\n*** SKIPPED {test}: no chromium (apt-get install chromium) ***\n");
+    }
+    found
+}
+
+/// Headless Chromium on a local page (no network): the DOM after its scripts ran, and the
+/// browser's log with console messages.
+pub fn open_in_chromium(browser: &Path, page: &Path, profile: &Path) -> (String, String) {
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--window-size=1400,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "chromium failed: {log}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), log)
+}
+
+/// The console messages and uncaught errors in a Chromium log.
+pub fn console_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .collect()
+}

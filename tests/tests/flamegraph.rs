@@ -3,10 +3,8 @@
 //! against `perf record -g` folded by inferno's own perf collapser.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use iotrace_tests::*;
 
@@ -223,28 +221,13 @@ fn filters_narrow_by_thread_and_time() {
     assert!(err.contains("match the filters"), "{err}");
 }
 
-fn chromium() -> Option<PathBuf> {
-    [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
 #[test]
 fn svg_opens_in_headless_chromium_with_its_frames() {
     if !perf_available("svg_opens_in_headless_chromium_with_its_frames") {
         return;
     }
     let _serial = serial();
-    let Some(browser) = chromium() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("chromium is not installed (apt-get install chromium)");
-        }
-        eprintln!("\n*** SKIPPED svg_opens_in_headless_chromium_with_its_frames: no chromium (apt-get install chromium) ***\n");
+    let Some(browser) = chromium("svg_opens_in_headless_chromium_with_its_frames") else {
         return;
     };
     let dir = temp_dir("fg-chromium");
@@ -263,35 +246,9 @@ fn svg_opens_in_headless_chromium_with_its_frames() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let profile = dir.join("chromium-profile");
-    let out = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", svg.display()))
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "chromium failed: {log}");
-    let console_errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("CONSOLE") && (l.contains("Uncaught") || l.contains("Error")))
-        .collect();
-    assert!(
-        console_errors.is_empty(),
-        "console errors: {console_errors:#?}"
-    );
+    let (dom, log) = open_in_chromium(&browser, &svg, &dir.join("chromium-profile"));
+    let errors = console_errors(&log);
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
     for frame in ["fixture::burn_cpu", "fixture::leaf_a", "fixture::main"] {
         assert!(
             dom.contains(&format!("<title>{frame} (")),
@@ -307,16 +264,6 @@ struct Recorded {
     trace: PathBuf,
 }
 
-fn demo_binary(name: &str) -> PathBuf {
-    let path = iotrace().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the suite with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
 fn record_demo(name: &str, dir: &Path) -> Recorded {
     let trace = dir.join(format!("{name}.data"));
     let mut child = Command::new(iotrace())
@@ -328,22 +275,7 @@ fn record_demo(name: &str, dir: &Path) -> Recorded {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn iotrace record");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_owned());
-                break;
-            }
-        }
-        for _ in lines {}
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the demo printed `listening on ADDR`");
+    let addr = listening(&mut child);
     Recorded { child, addr, trace }
 }
 

@@ -5,10 +5,8 @@
 //! Perfetto export.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use iotrace_tests::*;
 use serde_json::Value;
@@ -32,35 +30,6 @@ struct Scenario {
     report: Value,
     /// Requests the load generator completed.
     requests: u64,
-}
-
-fn demo_binary(name: &str) -> PathBuf {
-    let path = iotrace().parent().expect("bin dir").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the suite with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-/// Waits for `listening on ADDR` on the recorded demo's stdout (and drains the rest).
-fn listening(child: &mut Child) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_owned());
-                break;
-            }
-        }
-        for _ in lines {}
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("the demo printed `listening on ADDR`")
 }
 
 /// Records `strategy` under [`REQUESTS`] requests of `io_ms` waiting each, then SIGTERMs
@@ -319,46 +288,6 @@ fn green_threads_are_idle_between_slices_and_the_scheduler_waits_in_epoll() {
     assert!(r["warnings"].as_array().unwrap().is_empty());
 }
 
-fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("IOTRACE_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
-/// Headless Chromium on a local page: the DOM after scripts ran, and the console log.
-fn open_in_chromium(browser: &Path, page: &Path, profile: &Path) -> (String, String) {
-    let out = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            "--window-size=1400,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("run chromium");
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "chromium failed: {log}");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), log)
-}
-
 /// `data-NAME="VALUE"` of the page's `#tracks` element.
 fn track_attr(dom: &str, name: &str) -> u64 {
     let at = dom.find("id=\"tracks\"").expect("the #tracks element");
@@ -378,13 +307,9 @@ fn timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task() {
     if !perf_available("timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task") {
         return;
     }
-    let Some(browser) = chromium() else {
-        if std::env::var("CI").as_deref() == Ok("true")
-            || std::env::var("IOTRACE_REQUIRE_CHROMIUM").as_deref() == Ok("1")
-        {
-            panic!("chromium is not installed (apt-get install chromium)");
-        }
-        eprintln!("\n*** SKIPPED timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task: no chromium (apt-get install chromium) ***\n");
+    let Some(browser) =
+        chromium("timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task")
+    else {
         return;
     };
     let _serial = serial();
@@ -410,11 +335,8 @@ fn timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task() {
         );
     }
     let (dom, log) = open_in_chromium(&browser, &page, &dir.join("profile"));
-    let console_errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
-        .collect();
-    assert!(console_errors.is_empty(), "console: {console_errors:#?}");
+    let errors = console_errors(&log);
+    assert!(errors.is_empty(), "console: {errors:#?}");
     assert_eq!(track_attr(&dom, "errors"), 0, "script errors");
     assert_eq!(track_attr(&dom, "rendered"), 1, "the canvas was not drawn");
     let threads = s.report["threads"].as_array().unwrap().len() as u64;
