@@ -197,3 +197,26 @@ pub fn console_errors(log: &str) -> Vec<&str> {
         .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
         .collect()
 }
+
+/// Starts demo server `strategy` under `iotrace record -q -o TRACE` on an ephemeral port and
+/// waits until it listens. Returns the `iotrace` child (SIGTERM it to stop the demo and finish
+/// the trace) and the demo's address.
+pub fn record_demo(strategy: &str, trace: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(iotrace())
+        .args([
+            "record",
+            "-q",
+            "-o",
+            trace.to_str().expect("utf-8 path"),
+            "--",
+        ])
+        .arg(demo_binary(strategy))
+        .args(["--port", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn iotrace record");
+    let addr = listening(&mut child);
+    (child, addr)
+}

@@ -266,16 +266,7 @@ struct Recorded {
 
 fn record_demo(name: &str, dir: &Path) -> Recorded {
     let trace = dir.join(format!("{name}.data"));
-    let mut child = Command::new(iotrace())
-        .args(["record", "-q", "-o", trace.to_str().unwrap(), "--"])
-        .arg(demo_binary(name))
-        .args(["--port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn iotrace record");
-    let addr = listening(&mut child);
+    let (child, addr) = iotrace_tests::record_demo(name, &trace);
     Recorded { child, addr, trace }
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use iotrace_tests::*;
 use serde_json::Value;
@@ -36,16 +35,7 @@ struct Scenario {
 /// iotrace (which forwards it to the demo) and reads the report.
 fn scenario(strategy: &str, dir: &Path) -> Scenario {
     let trace = dir.join(format!("{strategy}.data"));
-    let mut child = Command::new(iotrace())
-        .args(["record", "-q", "-o", trace.to_str().unwrap(), "--"])
-        .arg(demo_binary(strategy))
-        .args(["--port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn iotrace record");
-    let addr = listening(&mut child);
+    let (mut child, addr) = record_demo(strategy, &trace);
     let url = format!("http://{addr}/work?io_ms={IO_MS}&cpu_us=50");
     let n = REQUESTS.to_string();
     let out = run_iotrace(&["load", &url, "-c", CONNECTIONS, "-n", &n, "--json"]);
