@@ -2,10 +2,8 @@
 //! load, stop it, and table the costs. Glue between the collector (traces, table) and the
 //! demos crate (load generator); the table itself is `iotrace_collector::compare`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -41,23 +39,10 @@ fn demo_binary(strategy: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Wait for the server's `listening on ADDR` line; keep draining its stdout afterwards.
+/// Wait for the server's `listening on ADDR` line (its stdout is drained afterwards).
 fn wait_listening(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("server stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_owned());
-                break;
-            }
-        }
-        // Drain the rest so the server never blocks on a full pipe.
-        for _ in lines {}
-    });
-    rx.recv_timeout(timeout).map_err(|_| {
+    iotrace_demos::ready::wait_for_address(stdout, timeout).ok_or_else(|| {
         anyhow::anyhow!("the server did not print `listening on ADDR` within {timeout:?}")
     })
 }

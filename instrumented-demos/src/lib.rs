@@ -27,6 +27,7 @@ pub mod args;
 pub mod conn;
 pub mod http;
 pub mod load;
+pub mod ready;
 pub mod shutdown;
 pub mod strategy;
 pub mod sys;
@@ -78,7 +79,7 @@ pub fn server_main(
                 .local_addr()
                 .map_err(|e| format!("reading the bound address: {e}"))?;
             let mut stdout = io::stdout().lock();
-            writeln!(stdout, "listening on {addr}")
+            writeln!(stdout, "{}{addr}", ready::PREFIX)
                 .and_then(|()| stdout.flush())
                 .map_err(|e| format!("writing to stdout: {e}"))?;
             drop(stdout);

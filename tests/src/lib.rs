@@ -116,24 +116,10 @@ pub fn demo_binary(name: &str) -> PathBuf {
 }
 
 /// Waits for `listening on ADDR` on a child's piped stdout (a demo server, directly or under
-/// `iotrace record`) and returns ADDR; the rest of the output is drained so the child never
-/// blocks on a full pipe.
+/// `iotrace record`) and returns ADDR; the rest of the output is drained.
 pub fn listening(child: &mut std::process::Child) -> String {
-    use std::io::{BufRead, BufReader};
     let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_owned());
-                break;
-            }
-        }
-        for _ in lines {}
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(20))
+    iotrace_demos::ready::wait_for_address(stdout, std::time::Duration::from_secs(20))
         .expect("the demo printed `listening on ADDR`")
 }
 
