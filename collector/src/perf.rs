@@ -8,6 +8,7 @@
 //! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
 
 mod callchain;
+mod merge;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::io;
@@ -86,7 +87,7 @@ impl PerfOptions {
 struct Ring {
     cpu: u32,
     sampler: Sampler,
-    samples: SampleBatch,
+    batches: CpuBatches,
     /// Events redirected into this ring; kept open for their lifetime.
     _followers: Vec<Counter>,
 }
@@ -103,6 +104,8 @@ struct Counters {
 /// The perf events of one recording.
 pub struct PerfSession {
     rings: Vec<Ring>,
+    /// Per ring: records read and not yet processed (see `merge`).
+    pending: Vec<merge::Pending>,
     counters: Counters,
     /// Sample identifiers of the per-CPU syscall and page-fault events (one per CPU each).
     syscall_ids: Vec<u64>,
@@ -228,7 +231,7 @@ impl PerfSession {
             .map(|(cpu, sampler)| Ring {
                 cpu,
                 sampler,
-                samples: SampleBatch::new(cpu),
+                batches: CpuBatches::new(cpu),
                 _followers: Vec::new(),
             })
             .collect();
@@ -315,6 +318,7 @@ impl PerfSession {
         };
 
         Ok(PerfSession {
+            pending: rings.iter().map(|_| merge::Pending::default()).collect(),
             rings,
             counters,
             syscall_ids,
@@ -348,100 +352,68 @@ impl PerfSession {
         self.rings.iter().map(|r| r.sampler.as_raw_fd()).collect()
     }
 
-    /// Read everything the rings hold and hand the resulting records to `out`.
+    /// Read what the rings hold and hand the resulting records to `out`, in time order
+    /// across CPUs up to a watermark (see `merge`); later records wait for the next call.
     pub fn drain(&mut self, out: &mut dyn FnMut(Record) -> io::Result<()>) -> io::Result<()> {
-        for ring in self.rings.iter_mut() {
-            let mut switches = Switches {
-                cpu: ring.cpu,
-                ..Switches::default()
-            };
-            let mut last_time = 0u64;
+        // Every record stamped before this instant is in its ring once every ring has been
+        // read; the slack covers a record being written while its ring is read.
+        let watermark = sys::monotonic_ns().saturating_sub(WATERMARK_SLACK_NS);
+        self.drain_until(watermark, out)
+    }
+
+    /// Read and process everything, however recent (the child has exited).
+    pub fn drain_all(&mut self, out: &mut dyn FnMut(Record) -> io::Result<()>) -> io::Result<()> {
+        self.drain_until(u64::MAX, out)
+    }
+
+    fn drain_until(
+        &mut self,
+        watermark: u64,
+        out: &mut dyn FnMut(Record) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for (ring, pending) in self.rings.iter_mut().zip(self.pending.iter_mut()) {
             while let Some(record) = ring.sampler.next_record() {
                 let ty = record.ty();
                 let misc = record.misc();
                 let data = record.to_contiguous();
-                let data: &[u8] = &data;
-                match ty {
-                    RECORD_SAMPLE => {
-                        let Some(s) = parse_sample(data) else {
-                            continue;
-                        };
-                        if self.syscall_ids.contains(&s.id) {
-                            let nr = parse_raw_syscall(data).unwrap_or(u16::MAX);
-                            *self.syscalls.entry((s.tid, nr)).or_insert(0) += 1;
-                            self.last_syscall.insert(s.tid, nr);
-                        } else if self.fault_ids.contains(&s.id) {
-                            *self.faults.entry(s.tid).or_insert(0) += 1;
-                        } else if self.clock_ids.contains(&s.id) {
-                            let chain = parse_callchain(data, &mut self.chain_buf);
-                            let stack = self.stacks.intern(s.pid, chain);
-                            ring.samples.push(s.time, s.tid, stack, None);
-                        } else if self.switch_ids.contains(&s.id) {
-                            let chain = parse_callchain(data, &mut self.chain_buf);
-                            ring.samples.hold(s.pid, s.tid, s.time, chain);
-                        }
+                pending.push(ty, misc, record_time(ty, &data), &data);
+            }
+        }
+        while let Some(i) = merge::earliest(self.pending.iter(), watermark) {
+            let Some((ty, misc, data)) = self.pending[i].pop() else {
+                break;
+            };
+            let mut st = RecordState {
+                syscall_ids: &self.syscall_ids,
+                fault_ids: &self.fault_ids,
+                clock_ids: &self.clock_ids,
+                switch_ids: &self.switch_ids,
+                stacks: &mut self.stacks,
+                chain_buf: &mut self.chain_buf,
+                syscalls: &mut self.syscalls,
+                faults: &mut self.faults,
+                last_syscall: &mut self.last_syscall,
+                lost: &mut self.lost_records,
+            };
+            match ty {
+                RECORD_SAMPLE => st.sample(&mut self.rings[i].batches, data),
+                RECORD_SWITCH => st.switch(&mut self.rings[i].batches, misc, data),
+                RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST | RECORD_MMAP2 => {
+                    // What every CPU produced before this record goes out before it.
+                    for ring in self.rings.iter_mut() {
+                        ring.batches.flush(st.stacks, out)?;
                     }
-                    RECORD_SWITCH => {
-                        let Some(id) = parse_sample_id(data) else {
-                            continue;
-                        };
-                        let out_flag = misc & MISC_SWITCH_OUT != 0;
-                        let mut flags = 0;
-                        let mut syscall = Switch::NO_SYSCALL;
-                        if out_flag {
-                            flags |= Switch::OUT;
-                            if misc & MISC_SWITCH_OUT_PREEMPT != 0 {
-                                flags |= Switch::PREEMPT;
-                            } else if let Some(&nr) = self.last_syscall.get(&id.tid) {
-                                syscall = nr;
-                            }
-                            ring.samples.switched_out(
-                                id.tid,
-                                flags & Switch::PREEMPT == 0,
-                                syscall,
-                                &mut self.stacks,
-                            );
-                        }
-                        if switches.switches.is_empty() {
-                            switches.base_ns = id.time;
-                            last_time = id.time;
-                        }
-                        switches.switches.push(Switch {
-                            delta_ns: id.time.wrapping_sub(last_time),
-                            pid: id.pid,
-                            tid: id.tid,
-                            flags,
-                            syscall,
-                        });
-                        last_time = id.time;
-                    }
-                    RECORD_COMM | RECORD_FORK | RECORD_EXIT | RECORD_LOST | RECORD_MMAP2 => {
-                        // Keep file order equal to ring order: what this CPU produced so far
-                        // goes out before this record.
-                        if !switches.switches.is_empty() {
-                            out(Record::Switches(std::mem::replace(
-                                &mut switches,
-                                Switches {
-                                    cpu: ring.cpu,
-                                    ..Switches::default()
-                                },
-                            )))?;
-                        }
-                        flush_samples(&mut ring.samples, &mut self.stacks, out)?;
-                        let mut state = OtherState {
-                            stacks: &mut self.stacks,
-                            last_syscall: &mut self.last_syscall,
-                            lost: &mut self.lost_records,
-                        };
-                        other_record(&mut state, ty, misc, data, ring.cpu, out)?;
-                    }
-                    _ => {}
+                    let cpu = self.rings[i].cpu;
+                    other_record(&mut st, ty, misc, data, cpu, out)?;
                 }
+                _ => {}
             }
-            if !switches.switches.is_empty() {
-                out(Record::Switches(switches))?;
-            }
-            flush_samples(&mut ring.samples, &mut self.stacks, out)?;
+        }
+        for ring in self.rings.iter_mut() {
+            ring.batches.flush(&mut self.stacks, out)?;
+        }
+        for pending in self.pending.iter_mut() {
+            pending.compact();
         }
         if !self.syscalls.is_empty() || !self.faults.is_empty() {
             let mut counts = ThreadCounts {
@@ -455,6 +427,126 @@ impl PerfSession {
             out(Record::ThreadCounts(counts))?;
         }
         Ok(())
+    }
+}
+
+/// How far behind "now" the drain's watermark stays.
+const WATERMARK_SLACK_NS: u64 = 2_000_000;
+
+/// The time stamp of a raw record: a sample's TIME field, or the sample_id trailer's.
+fn record_time(ty: u32, data: &[u8]) -> u64 {
+    if ty == RECORD_SAMPLE {
+        parse_sample(data).map_or(0, |s| s.time)
+    } else {
+        parse_sample_id(data).map_or(0, |s| s.time)
+    }
+}
+
+/// One CPU's switches and samples not yet written.
+struct CpuBatches {
+    cpu: u32,
+    switches: Switches,
+    last_switch: u64,
+    samples: SampleBatch,
+}
+
+impl CpuBatches {
+    fn new(cpu: u32) -> Self {
+        CpuBatches {
+            cpu,
+            switches: Switches {
+                cpu,
+                ..Switches::default()
+            },
+            last_switch: 0,
+            samples: SampleBatch::new(cpu),
+        }
+    }
+
+    /// Write the pending switches, then the pending stack nodes and samples.
+    fn flush(
+        &mut self,
+        stacks: &mut StackInterner,
+        out: &mut dyn FnMut(Record) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if !self.switches.switches.is_empty() {
+            let next = Switches {
+                cpu: self.cpu,
+                ..Switches::default()
+            };
+            out(Record::Switches(std::mem::replace(
+                &mut self.switches,
+                next,
+            )))?;
+        }
+        flush_samples(&mut self.samples, stacks, out)
+    }
+}
+
+/// What processing one record reads and updates.
+struct RecordState<'a> {
+    syscall_ids: &'a [u64],
+    fault_ids: &'a [u64],
+    clock_ids: &'a [u64],
+    switch_ids: &'a [u64],
+    stacks: &'a mut StackInterner,
+    chain_buf: &'a mut Vec<u64>,
+    syscalls: &'a mut HashMap<(u32, u16), u64>,
+    faults: &'a mut HashMap<u32, u64>,
+    last_syscall: &'a mut HashMap<u32, u16>,
+    lost: &'a mut u64,
+}
+
+impl RecordState<'_> {
+    fn sample(&mut self, cpu: &mut CpuBatches, data: &[u8]) {
+        let Some(s) = parse_sample(data) else {
+            return;
+        };
+        if self.syscall_ids.contains(&s.id) {
+            let nr = parse_raw_syscall(data).unwrap_or(u16::MAX);
+            *self.syscalls.entry((s.tid, nr)).or_insert(0) += 1;
+            self.last_syscall.insert(s.tid, nr);
+        } else if self.fault_ids.contains(&s.id) {
+            *self.faults.entry(s.tid).or_insert(0) += 1;
+        } else if self.clock_ids.contains(&s.id) {
+            let chain = parse_callchain(data, self.chain_buf);
+            let stack = self.stacks.intern(s.pid, chain);
+            cpu.samples.push(s.time, s.tid, stack, None);
+        } else if self.switch_ids.contains(&s.id) {
+            let chain = parse_callchain(data, self.chain_buf);
+            cpu.samples.hold(s.pid, s.tid, s.time, chain);
+        }
+    }
+
+    fn switch(&mut self, cpu: &mut CpuBatches, misc: u16, data: &[u8]) {
+        let Some(id) = parse_sample_id(data) else {
+            return;
+        };
+        let mut flags = 0;
+        let mut syscall = Switch::NO_SYSCALL;
+        if misc & MISC_SWITCH_OUT != 0 {
+            flags |= Switch::OUT;
+            if misc & MISC_SWITCH_OUT_PREEMPT != 0 {
+                flags |= Switch::PREEMPT;
+            } else if let Some(&nr) = self.last_syscall.get(&id.tid) {
+                syscall = nr;
+            }
+            cpu.samples
+                .switched_out(id.tid, flags & Switch::PREEMPT == 0, syscall, self.stacks);
+        }
+        let batch = &mut cpu.switches;
+        if batch.switches.is_empty() {
+            batch.base_ns = id.time;
+            cpu.last_switch = id.time;
+        }
+        batch.switches.push(Switch {
+            delta_ns: id.time.wrapping_sub(cpu.last_switch),
+            pid: id.pid,
+            tid: id.tid,
+            flags,
+            syscall,
+        });
+        cpu.last_switch = id.time;
     }
 }
 
@@ -552,16 +644,9 @@ fn open_stack_events(
     (clock_ids, switch_ids, Some(sampling))
 }
 
-/// What [`other_record`] updates.
-struct OtherState<'a> {
-    stacks: &'a mut StackInterner,
-    last_syscall: &'a mut HashMap<u32, u16>,
-    lost: &'a mut u64,
-}
-
 /// COMM, FORK, EXIT, LOST and MMAP2 records.
 fn other_record(
-    st: &mut OtherState<'_>,
+    st: &mut RecordState<'_>,
     ty: u32,
     misc: u16,
     data: &[u8],

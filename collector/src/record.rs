@@ -297,12 +297,14 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
                 match &r {
                     Record::Fork(f) => {
                         live_threads += 1;
-                        peak_threads = peak_threads.max(live_threads as u32);
+                        // Records come in time order (see perf/merge.rs), so an exit never precedes
+                        // its fork; the clamp only guards against a lost record.
+                        peak_threads = peak_threads.max(u32::try_from(live_threads).unwrap_or(0));
                         if f.pid == f.tid {
                             poller.add_pid(f.pid as i32);
                         }
                     }
-                    Record::Exit(_) => live_threads -= 1,
+                    Record::Exit(_) => live_threads = (live_threads - 1).max(0),
                     _ => {}
                 }
                 writer.write(&r)
@@ -345,7 +347,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut lost_records = 0;
     let mut missing = caps.missing.clone();
     if let Some(p) = perf.as_mut() {
-        p.drain(&mut |r| writer.write(&r)).map_err(write_err)?;
+        p.drain_all(&mut |r| writer.write(&r)).map_err(write_err)?;
         let totals = p.totals();
         writer.write(&Record::Totals(totals)).map_err(write_err)?;
         lost_records = p.lost_records;

@@ -9,6 +9,8 @@
 //! - `spinners N MS`       N processes that each burn CPU for MS milliseconds, concurrently
 //! - `threads N`           N named threads that each sleep 20 ms, then join
 //! - `fork`                spawn a grandchild process (`fixture sleep 20 2`) and wait for it
+//! - `fork-on-cpu CPU MS`  move to CPU (other than the one it exec'd on, under `taskset`), then
+//!   fork a child that burns CPU for MS milliseconds in `burn_cpu`, and wait for it
 //! - `span-garbage N`      misbehave on the span socket ($IOTRACE_SOCKET): random bytes, then
 //!   a good hello and half a frame, hanging up each time; then N one-byte writes to /dev/null
 
@@ -128,6 +130,31 @@ fn main() {
                 .collect();
             for h in handles {
                 h.join().expect("join");
+            }
+        }
+        "fork-on-cpu" => {
+            let cpu = arg(&args, 1, 0) as usize;
+            // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity
+            // reads it. fork in this single-threaded program; the child only burns CPU and
+            // calls _exit.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    eprintln!("fixture: sched_setaffinity({cpu}) failed");
+                    std::process::exit(2);
+                }
+                match libc::fork() {
+                    0 => {
+                        std::hint::black_box(burn_cpu(arg(&args, 2, 200)));
+                        libc::_exit(0);
+                    }
+                    -1 => std::process::exit(2),
+                    child => {
+                        let mut status = 0;
+                        libc::waitpid(child, &mut status, 0);
+                    }
+                }
             }
         }
         "fork" => {
