@@ -7,6 +7,10 @@
 //! [`write_svg`] draws with `inferno` and [`write_folded`] writes for flamegraph.pl, inferno
 //! and speedscope.
 //!
+//! iotrace's own threads in the program (the span layer's `iotrace-flush`) are left out unless
+//! [`Options::include_self`]; idle threads are left out with [`Options::no_idle`]. What was
+//! left out is counted in [`Folded::left_out`], never dropped silently.
+//!
 //! ```no_run
 //! use iotrace_collector::flamegraph::{self, Kind, Options};
 //! let opts = Options::new(Kind::OffCpu);
@@ -18,10 +22,11 @@
 mod render;
 mod svg;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::analysis::INSTRUMENTATION_THREAD;
 use crate::format::{kind, FormatError, Record, TraceReader};
 use crate::stacks::{FoldStats, Need, StackFold, StackItem};
 use crate::symbolize::{self, SymbolStats};
@@ -77,6 +82,31 @@ pub struct Options {
     pub to_ns: Option<u64>,
     /// Title of the SVG (default: from the kind and the command).
     pub title: Option<String>,
+    /// Keep iotrace's own threads in the program (`iotrace-flush`), left out by default
+    /// unless named in `tids`.
+    pub include_self: bool,
+    /// Leave out idle threads (see [`is_idle`]).
+    pub no_idle: bool,
+}
+
+/// Whether a thread with `on_cpu_us` on CPU and `off_cpu_us` off CPU (within the time window)
+/// counts as idle for [`Options::no_idle`]: on CPU for less than 1% of the time it was off
+/// CPU, like a main thread parked in `block_on` or a pool's spare workers. A thread that
+/// waits for slow I/O with almost no CPU work between waits counts as idle too.
+pub fn is_idle(on_cpu_us: u64, off_cpu_us: u64) -> bool {
+    on_cpu_us.saturating_mul(100) < off_cpu_us
+}
+
+/// Samples and threads a flamegraph left out, with their weight (in the graph's unit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeftOut {
+    /// Stack samples (on-CPU samples or off-CPU stretches) of iotrace's own threads.
+    pub own_samples: u64,
+    pub own_weight: u64,
+    /// Idle threads ([`Options::no_idle`]) and their samples.
+    pub idle_threads: u64,
+    pub idle_samples: u64,
+    pub idle_weight: u64,
 }
 
 impl Options {
@@ -89,6 +119,8 @@ impl Options {
             from_ns: None,
             to_ns: None,
             title: None,
+            include_self: false,
+            no_idle: false,
         }
     }
 
@@ -129,6 +161,8 @@ pub struct Folded {
     pub symbols: SymbolStats,
     /// Why reading stopped early, when the trace is damaged.
     pub truncated: Option<String>,
+    /// What the options left out.
+    pub left_out: LeftOut,
 }
 
 impl Folded {
@@ -149,9 +183,10 @@ type Key = (u32, u32, u32);
 /// Read a trace and fold its stack samples for `opts`.
 pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
     let mut reader = TraceReader::open(path)?;
+    // Deciding which threads are idle takes both their on- and off-CPU time.
     let need = Need {
-        on_cpu: opts.kind != Kind::OffCpu,
-        off_cpu: opts.kind != Kind::OnCpu,
+        on_cpu: opts.kind != Kind::OffCpu || opts.no_idle,
+        off_cpu: opts.kind != Kind::OnCpu || opts.no_idle,
         contexts: opts.needs_contexts(),
     };
     // Span batches are most of a traced program's file; only contexts need them.
@@ -191,9 +226,15 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
     fold.finish(&mut |fold, item| counts.add(fold, opts, item));
     let truncated = reader.stop().map(|s| s.to_string());
     let kernel = kernel.and_then(|k| k.join().ok().flatten());
+    if opts.no_idle {
+        counts.drop_idle();
+    }
+    let left_out = counts.left_out.clone();
     let (lines, symbols) = render::lines(&mut fold, opts, counts, kernel.as_ref());
     if lines.is_empty() {
-        return Err(FlamegraphError::Empty(empty_reason(&fold, opts, path)));
+        return Err(FlamegraphError::Empty(empty_reason(
+            &fold, opts, path, &left_out,
+        )));
     }
     Ok(Folded {
         lines,
@@ -207,10 +248,11 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
         fold: fold.stats.clone(),
         symbols,
         truncated,
+        left_out,
     })
 }
 
-fn empty_reason(fold: &StackFold, opts: &Options, path: &Path) -> String {
+fn empty_reason(fold: &StackFold, opts: &Options, path: &Path, left_out: &LeftOut) -> String {
     let s = &fold.stats;
     let what = match opts.kind {
         Kind::OnCpu => "on-CPU samples",
@@ -218,9 +260,22 @@ fn empty_reason(fold: &StackFold, opts: &Options, path: &Path) -> String {
         _ => "stack samples",
     };
     let hint = if s.on_cpu_samples + s.off_cpu_samples == 0 {
-        " (it was recorded with --no-samples, without perf, or by an older iotrace)"
+        " (it was recorded with --no-samples, without perf, or by an older iotrace)".to_owned()
     } else {
-        " match the filters (--tid, --task, --from/--to)"
+        let mut h = " match the filters (--tid, --task, --from/--to)".to_owned();
+        if left_out.own_samples > 0 {
+            h.push_str(&format!(
+                "; {} stacks of iotrace's own threads were left out (--include-self shows them)",
+                left_out.own_samples
+            ));
+        }
+        if left_out.idle_threads > 0 {
+            h.push_str(&format!(
+                "; {} idle threads were left out (--no-idle)",
+                left_out.idle_threads
+            ));
+        }
+        h
     };
     format!("{}: no {what}{hint}", path.display())
 }
@@ -230,6 +285,8 @@ fn empty_reason(fold: &StackFold, opts: &Options, path: &Path) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Origin {
     pub thread: u32,
+    /// The thread's tid with `no_idle` (which decides per thread), else 0.
+    pub tid: u32,
     pub context: u32,
     pub off_cpu: bool,
 }
@@ -240,6 +297,11 @@ pub(crate) struct Counts {
     weights: HashMap<Key, u64>,
     origins: HashMap<Origin, u32>,
     origin_list: Vec<Origin>,
+    /// With `no_idle`: µs on and off CPU per thread, within the time window.
+    busy: HashMap<u32, (u64, u64)>,
+    /// With `no_idle`: items counted per origin.
+    samples: HashMap<u32, u64>,
+    left_out: LeftOut,
 }
 
 impl Counts {
@@ -247,11 +309,30 @@ impl Counts {
         if !opts.tids.is_empty() && !opts.tids.contains(&item.tid) {
             return;
         }
-        let Some(weight) = weight(fold, opts, &item) else {
+        if opts.no_idle {
+            if let Some(us) = weight(fold, opts, Kind::Wall, &item) {
+                let busy = self.busy.entry(item.tid).or_default();
+                match item.off_cpu {
+                    None => busy.0 += us,
+                    Some(_) => busy.1 += us,
+                }
+            }
+        }
+        let Some(weight) = weight(fold, opts, opts.kind, &item) else {
             return;
         };
+        let thread = render::thread_name(fold, item.tid);
+        if !opts.include_self
+            && !opts.tids.contains(&item.tid)
+            && fold.strings.get(thread) == INSTRUMENTATION_THREAD
+        {
+            self.left_out.own_samples += 1;
+            self.left_out.own_weight += weight;
+            return;
+        }
         let origin = Origin {
-            thread: render::thread_name(fold, item.tid),
+            thread,
+            tid: if opts.no_idle { item.tid } else { 0 },
             context: item.context,
             off_cpu: item.off_cpu.is_some(),
         };
@@ -262,21 +343,56 @@ impl Counts {
         });
         let tag = item.off_cpu.map_or(0, |o| u32::from(o.syscall) + 1);
         *self.weights.entry((id, item.stack, tag)).or_insert(0) += weight;
+        if opts.no_idle {
+            *self.samples.entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Removes the weights of idle threads ([`is_idle`]), counting them in `left_out`.
+    fn drop_idle(&mut self) {
+        let idle: HashSet<u32> = self
+            .busy
+            .iter()
+            .filter(|(_, &(on, off))| is_idle(on, off))
+            .map(|(&tid, _)| tid)
+            .collect();
+        let origins = &self.origin_list;
+        let is_idle_origin = |id: u32| {
+            origins
+                .get(id as usize)
+                .is_some_and(|o| idle.contains(&o.tid))
+        };
+        let mut threads = HashSet::new();
+        let left = &mut self.left_out;
+        self.weights.retain(|&(id, _, _), w| {
+            if !is_idle_origin(id) {
+                return true;
+            }
+            left.idle_weight += *w;
+            threads.insert(origins[id as usize].tid);
+            false
+        });
+        for (id, n) in &self.samples {
+            if is_idle_origin(*id) {
+                left.idle_samples += n;
+            }
+        }
+        left.idle_threads = threads.len() as u64;
     }
 }
 
-/// The item's weight for this kind within `--from/--to`, or `None` to leave it out.
-fn weight(fold: &StackFold, opts: &Options, item: &StackItem) -> Option<u64> {
+/// The item's weight for `kind` within `--from/--to`, or `None` to leave it out.
+fn weight(fold: &StackFold, opts: &Options, kind: Kind, item: &StackItem) -> Option<u64> {
     let start = fold.start_ns;
     let from = opts.from_ns.map_or(0, |f| start.saturating_add(f));
     let to = opts.to_ns.map_or(u64::MAX, |t| start.saturating_add(t));
-    match (opts.kind, item.off_cpu) {
+    match (kind, item.off_cpu) {
         (Kind::OnCpu, Some(_)) | (Kind::OffCpu, None) => None,
         (_, None) => {
             if item.time_ns < from || item.time_ns >= to {
                 return None;
             }
-            Some(if opts.kind == Kind::OnCpu {
+            Some(if kind == Kind::OnCpu {
                 1
             } else {
                 1_000_000 / fold.frequency_hz.max(1)

@@ -7,16 +7,22 @@
 //! call at the end of a function is not named after the next one. The innermost frame of the
 //! kernel part and of the user part is a sampled address and is looked up as is.
 //!
+//! Code a JIT generated (anonymous memory, or no mapping at all) is named from the map the JIT
+//! wrote for perf, `/tmp/perf-PID.map` ([`perfmap`]), read here at analysis time for the pid
+//! of the frame's address space, when the trace comes from this boot. Frames in a file that
+//! names nothing there fall back to the map too (V8's embedded builtins).
+//!
 //! A frame without a name says why (`[unknown: libfoo.so]`, `[unknown: anon]`, …) and is
 //! counted by reason in [`SymbolStats`]; nothing is dropped. Lookups are batched per file
 //! and cached per (file, offset), so cost grows with distinct frames, not with samples.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 mod kallsyms;
+pub mod perfmap;
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Reason, Symbolized, Symbolizer};
@@ -69,6 +75,10 @@ pub struct SymbolStats {
     pub unknown: BTreeMap<Unknown, u64>,
     /// Files with unnamed frames, with their count.
     pub unknown_files: BTreeMap<String, u64>,
+    /// Frames named from a JIT's `/tmp/perf-PID.map`.
+    pub jit_named: u64,
+    /// Lines of those maps that were not `START SIZE name` (skipped).
+    pub jit_bad_lines: u64,
 }
 
 impl SymbolStats {
@@ -83,6 +93,9 @@ impl SymbolStats {
             self.frames,
             self.unknown_total()
         );
+        if self.jit_named > 0 {
+            s.push_str(&format!(", {} named from JIT maps", self.jit_named));
+        }
         if !self.unknown.is_empty() {
             let parts: Vec<String> = self
                 .unknown
@@ -102,11 +115,17 @@ pub type FrameKey = (u32, bool);
 #[derive(Debug, Default)]
 pub struct Symbols {
     names: HashMap<FrameKey, u32>,
+    jit: HashSet<FrameKey>,
 }
 
 impl Symbols {
     pub fn get(&self, key: FrameKey) -> Option<u32> {
         self.names.get(&key).copied()
+    }
+
+    /// Whether the frame was named from a JIT map (flamegraphs may mark it `_[j]`).
+    pub fn is_jit(&self, key: FrameKey) -> bool {
+        self.jit.contains(&key)
     }
 }
 
@@ -144,7 +163,8 @@ pub fn symbolize(
     };
     // Frame → where its name comes from.
     let mut kernel: Vec<(FrameKey, u64)> = Vec::new();
-    let mut user: Vec<(FrameKey, Place)> = Vec::new();
+    // (frame, where, pid of its address space, looked-up address)
+    let mut user: Vec<(FrameKey, Place, Option<u32>, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for key in frames {
         if !seen.insert(key) {
@@ -181,7 +201,7 @@ pub fn symbolize(
                 }
             }
         };
-        user.push((key, place));
+        user.push((key, place, fold.spaces.pid(space), addr));
     }
 
     let symbolizer = Symbolizer::builder()
@@ -193,7 +213,7 @@ pub fn symbolize(
 
     // User frames, one batch per file.
     let mut per_file: HashMap<usize, Vec<u64>> = HashMap::new();
-    for (_, place) in &user {
+    for (_, place, _, _) in &user {
         if let Place::File { file, offset } = place {
             per_file.entry(*file).or_default().push(*offset);
         }
@@ -242,7 +262,10 @@ pub fn symbolize(
             resolved.insert((file, offset), r);
         }
     }
-    for (key, place) in user {
+    // Unnamed frames a JIT map may name, by process.
+    let jit_maps = same_boot(&fold.boot_id);
+    let mut by_pid: BTreeMap<u32, Vec<JitCandidate>> = BTreeMap::new();
+    for (key, place, pid, addr) in user {
         let (result, file) = match place {
             Place::File { file, offset } => (
                 resolved
@@ -253,12 +276,41 @@ pub fn symbolize(
             ),
             Place::Unknown(why, file) => (Err(why), file),
         };
-        let id = match result {
-            Ok(id) => id,
-            Err(why) => unknown_name(why, file.as_deref(), &mut stats, strings),
+        let id = match (result, pid) {
+            (Ok(id), _) => id,
+            (Err(why), Some(pid)) if jit_maps && may_be_jit(why) => {
+                by_pid.entry(pid).or_default().push((key, addr, why, file));
+                continue;
+            }
+            (Err(why), _) => unknown_name(why, file.as_deref(), &mut stats, strings),
         };
         stats.frames += 1;
         names.insert(key, id);
+    }
+    let mut jit = HashSet::new();
+    for (pid, frames) in by_pid {
+        let mut addrs: Vec<u64> = frames.iter().map(|f| f.1).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let resolved = perfmap::resolve_pid(pid, &addrs).unwrap_or_default();
+        stats.jit_bad_lines += resolved.bad_lines;
+        for (key, addr, why, file) in frames {
+            let found = addrs
+                .binary_search(&addr)
+                .ok()
+                .and_then(|i| resolved.names.get(i))
+                .and_then(Option::as_deref);
+            let id = match found {
+                Some(name) => {
+                    stats.jit_named += 1;
+                    jit.insert(key);
+                    strings.intern(name)
+                }
+                None => unknown_name(why, file.as_deref(), &mut stats, strings),
+            };
+            stats.frames += 1;
+            names.insert(key, id);
+        }
     }
 
     // Kernel frames.
@@ -271,7 +323,20 @@ pub fn symbolize(
         names.insert(key, id);
     }
     drop(vdso);
-    (Symbols { names }, stats)
+    (Symbols { names, jit }, stats)
+}
+
+/// A frame a JIT map may name: frame, looked-up address, why it has no name otherwise, file.
+type JitCandidate = (FrameKey, u64, Unknown, Option<String>);
+
+/// Whether a frame unnamed for this reason may be named by its process's JIT map: perf reads
+/// the map for anonymous code and addresses in no mapping; a file without a symbol for the
+/// address is tried too (V8 lists its builtins, which live in the node binary).
+fn may_be_jit(why: Unknown) -> bool {
+    matches!(
+        why,
+        Unknown::Jit | Unknown::NoMapping | Unknown::NoSymbol | Unknown::Stripped
+    )
 }
 
 /// Names from the symbol table of the file's separate debug file, found by build id; `None`
@@ -568,5 +633,85 @@ mod tests {
             "{}",
             stats.summary()
         );
+    }
+
+    /// A fold of process `pid` with one anonymous executable mapping and stacks whose
+    /// frames are at `addrs` (in it, or in no mapping at all).
+    fn jit_fold(pid: u32, addrs: &[u64]) -> StackFold {
+        let mut fold = StackFold::new(false);
+        let mut anon = mmap(0x2000_0000, 0x1000, 0, "//anon");
+        if let Record::Mmap(m) = &mut anon {
+            m.pid = pid;
+            m.tid = pid;
+        }
+        let mut nodes = vec![StackNode {
+            parent: 0,
+            addr: u64::from(pid),
+        }];
+        nodes.extend(addrs.iter().map(|&addr| StackNode { parent: 1, addr }));
+        for r in [anon, Record::StackDefs(StackDefs { nodes })] {
+            fold.add(&r, &mut |_, _| {});
+        }
+        fold
+    }
+
+    /// A `/tmp/perf-PID.map` for a pid no process has (pids stay below 2^22), removed on drop.
+    struct FakeMap(u32);
+
+    impl FakeMap {
+        fn new(content: &str) -> Self {
+            let pid = 4_000_000_000 + std::process::id();
+            std::fs::write(perfmap::path(pid), content).unwrap();
+            FakeMap(pid)
+        }
+    }
+
+    impl Drop for FakeMap {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(perfmap::path(self.0));
+        }
+    }
+
+    #[test]
+    fn jit_frames_are_named_from_the_processes_perf_map() {
+        let map = FakeMap::new(
+            "20000000 100 JS:*burnCpu [eval]:1:17\nnot a line\n30000000 100 JS:~outside\n",
+        );
+        let mut fold = jit_fold(map.0, &[0x2000_0010, 0x3000_0010, 0x2000_0800]);
+        let keys: Vec<FrameKey> = (2..=4).map(|n| (n, false)).collect();
+        let (symbols, stats) = symbolize(&mut fold, keys, None);
+        let name = |n: u32| {
+            fold.strings
+                .get(symbols.get((n, false)).unwrap())
+                .to_owned()
+        };
+        assert_eq!(name(2), "JS:*burnCpu [eval]:1:17", "anonymous memory");
+        assert_eq!(name(3), "JS:~outside", "no mapping");
+        assert_eq!(name(4), "[unknown: anon]", "in no line of the map");
+        assert!(symbols.is_jit((2, false)) && !symbols.is_jit((4, false)));
+        assert_eq!(
+            (stats.frames, stats.jit_named, stats.jit_bad_lines),
+            (3, 2, 1)
+        );
+        assert_eq!(stats.unknown.get(&Unknown::Jit), Some(&1));
+        assert!(
+            stats.summary().contains("2 named from JIT maps"),
+            "{}",
+            stats.summary()
+        );
+    }
+
+    #[test]
+    fn a_trace_from_another_boot_does_not_read_todays_perf_maps() {
+        // The pid belonged to another process then.
+        let map = FakeMap::new("20000000 100 JS:*burnCpu\n");
+        let mut fold = jit_fold(map.0, &[0x2000_0010]);
+        fold.boot_id = "another-boot".into();
+        let (symbols, stats) = symbolize(&mut fold, [(2, false)], None);
+        assert_eq!(
+            fold.strings.get(symbols.get((2, false)).unwrap()),
+            "[unknown: anon]"
+        );
+        assert_eq!(stats.jit_named, 0);
     }
 }

@@ -1,11 +1,15 @@
 //! The process-wide sink: the connection to the recorder named by `IOTRACE_SOCKET`, the bounded
 //! queue of full thread buffers, the flusher thread that alone writes to the socket, the loss
 //! counter, and the once-per-callsite definitions.
+//!
+//! The flusher never blocks in the channel's `recv` (see [`flusher`]): it polls while buffers
+//! arrive and, once nothing has come for a few polls, parks with [`ASLEEP`] set; whoever then
+//! queues something unparks it (a futex wake, no lock). An idle program's flusher sleeps.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +28,11 @@ const QUEUE: usize = 1024;
 const TICK: Duration = Duration::from_millis(50);
 /// How often the flusher looks for handed-off buffers while the queue is empty.
 const POLL: Duration = Duration::from_millis(5);
+/// Empty polls in a row after which the flusher parks until woken: a program that keeps
+/// handing off buffers keeps it polling (its threads pay no wakeup), an idle one lets it sleep.
+const IDLE_POLLS: u32 = 4;
+/// Longest sleep of an idle flusher: a safety net, not the way it normally wakes.
+const NAP: Duration = Duration::from_secs(1);
 /// Callsite definitions are sent in frames of about this size.
 const CALLSITE_CHUNK: usize = 64 * 1024;
 
@@ -44,7 +53,7 @@ enum Msg {
 pub(crate) struct Sink {
     tx: SyncSender<Msg>,
     pid: u32,
-    /// The flusher thread, to unpark when a flush is asked for (it otherwise polls).
+    /// The flusher thread, to unpark when a flush is asked for or when it sleeps.
     flusher: thread::Thread,
 }
 
@@ -61,6 +70,8 @@ static CALLSITES: Mutex<Callsites> = Mutex::new(Callsites {
     chunks: Vec::new(),
 });
 static CALLSITES_PENDING: AtomicBool = AtomicBool::new(false);
+/// Set while the flusher is parked with nothing to do; see [`wake`].
+static ASLEEP: AtomicBool = AtomicBool::new(false);
 
 /// The sink, connecting on first use. `None` when `IOTRACE_SOCKET` is unset or unusable.
 pub(crate) fn get() -> Option<&'static Sink> {
@@ -80,6 +91,22 @@ pub(crate) fn is_on() -> bool {
 
 pub(crate) fn count_dropped(n: u64) {
     DROPPED.fetch_add(n, Ordering::Relaxed);
+    // The new count goes out with the next frame, or now if the flusher sleeps.
+    if let Some(sink) = get_if_open() {
+        wake(sink);
+    }
+}
+
+/// Unparks the flusher if it is asleep; called after queueing something for it. Costs a fence
+/// and a load when it is awake, one futex wake when it sleeps; takes no lock either way.
+#[inline]
+fn wake(sink: &Sink) {
+    // Pairs with the fence in `sleep`: either the flusher's last look at the queue sees what
+    // was queued before this, or this sees ASLEEP set.
+    fence(Ordering::SeqCst);
+    if ASLEEP.load(Ordering::Relaxed) && ASLEEP.swap(false, Ordering::Relaxed) {
+        sink.flusher.unpark();
+    }
 }
 
 pub(crate) fn dropped() -> u64 {
@@ -92,7 +119,10 @@ pub(crate) fn send(frame: Frame) -> Result<(), Frame> {
         return Err(frame);
     };
     match sink.tx.try_send(Msg::Frame(frame)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            wake(sink);
+            Ok(())
+        }
         Err(TrySendError::Full(Msg::Frame(f)) | TrySendError::Disconnected(Msg::Frame(f))) => {
             Err(f)
         }
@@ -147,6 +177,10 @@ pub(crate) fn define_callsite(meta: &'static Metadata<'static>) {
         encode::callsite(chunk, meta);
     }
     CALLSITES_PENDING.store(true, Ordering::Release);
+    drop(cs);
+    if let Some(sink) = get_if_open() {
+        wake(sink);
+    }
 }
 
 /// Hands this thread's buffer to the flusher and waits (at most `timeout`) until everything
@@ -170,7 +204,8 @@ pub(crate) fn flush_for(timeout: Duration) {
             Err(_) => return,
         }
     }
-    // Wake the flusher now rather than at its next poll (unpark is an atomic futex wake).
+    // Wake the flusher now rather than at its next poll or from its sleep (unpark is an
+    // atomic futex wake).
     sink.flusher.unpark();
     let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
@@ -217,6 +252,26 @@ impl Writer {
     }
 }
 
+/// Parks the flusher until a sender wakes it ([`wake`]) or [`NAP`] passes. A message that
+/// arrived just before ASLEEP was set is returned instead of sleeping; the error is a
+/// disconnected queue.
+fn sleep(rx: &Receiver<Msg>) -> Result<Option<Msg>, TryRecvError> {
+    ASLEEP.store(true, Ordering::Relaxed);
+    // Pairs with the fence in `wake` (see there).
+    fence(Ordering::SeqCst);
+    match rx.try_recv() {
+        Ok(m) => {
+            ASLEEP.store(false, Ordering::Relaxed);
+            return Ok(Some(m));
+        }
+        Err(TryRecvError::Empty) => {}
+        Err(e) => return Err(e),
+    }
+    thread::park_timeout(NAP);
+    ASLEEP.store(false, Ordering::Relaxed);
+    Ok(None)
+}
+
 fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
     sys::boost_this_thread(10);
     let mut w = Writer {
@@ -230,30 +285,48 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
         // channel makes every `try_send` take the channel's waker mutex, and then a program
         // thread handing off a buffer can sleep on it (iotrace caught itself doing that: a
         // tokio worker blocked 1.6 ms in a poll). With no receiver ever waiting, `try_send`
-        // takes no lock.
+        // takes no lock. When polls keep finding nothing it parks instead (`sleep`), and the
+        // next sender unparks it: an idle program's flusher does not wake 200 times a second.
         let mut last_tick = Instant::now();
+        let mut idle = 0u32;
         loop {
-            match rx.try_recv() {
-                Ok(Msg::Frame(mut f)) => {
-                    w.callsites()?;
-                    w.write_frame(&mut f.bytes, f.tid)?;
-                    f.bytes.truncate(FRAME_HEADER);
-                    let _ = f.home.try_send(f.bytes);
-                }
-                Ok(Msg::Flush(ack)) => {
-                    w.callsites()?;
-                    w.loss()?;
-                    let _ = ack.try_send(());
-                }
+            let msg = match rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Disconnected) => return Ok(()),
                 Err(TryRecvError::Empty) => {
                     if last_tick.elapsed() >= TICK {
                         w.callsites()?;
                         w.loss()?;
                         last_tick = Instant::now();
                     }
-                    thread::park_timeout(POLL);
+                    if idle < IDLE_POLLS {
+                        idle += 1;
+                        thread::park_timeout(POLL);
+                        continue;
+                    }
+                    // Nothing pending may wait for the wakeup: send it first.
+                    w.callsites()?;
+                    w.loss()?;
+                    match sleep(&rx) {
+                        Ok(Some(m)) => m,
+                        Ok(None) => continue,
+                        Err(_) => return Ok(()),
+                    }
                 }
-                Err(TryRecvError::Disconnected) => return Ok(()),
+            };
+            idle = 0;
+            match msg {
+                Msg::Frame(mut f) => {
+                    w.callsites()?;
+                    w.write_frame(&mut f.bytes, f.tid)?;
+                    f.bytes.truncate(FRAME_HEADER);
+                    let _ = f.home.try_send(f.bytes);
+                }
+                Msg::Flush(ack) => {
+                    w.callsites()?;
+                    w.loss()?;
+                    let _ = ack.try_send(());
+                }
             }
         }
     })();

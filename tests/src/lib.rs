@@ -123,6 +123,27 @@ pub fn listening(child: &mut std::process::Child) -> String {
         .expect("the demo printed `listening on ADDR`")
 }
 
+/// Whether the program `tool` (e.g. `node`) is on PATH for the test `test`. Missing, the test
+/// is skipped loudly, except in CI (`CI=true`), where that is a failure: `.ci/run` installs
+/// what the tests use.
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool)).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+    });
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: `{tool}` is not installed (CI installs it in .ci/run)");
+        }
+        eprintln!("\n*** SKIPPED {test}: `{tool}` is not installed ***\n");
+    }
+    found
+}
+
 /// Headless Chromium for the browser tests (`IOTRACE_CHROMIUM` overrides the path). Missing,
 /// the test is skipped loudly, except in CI (`CI=true` or `IOTRACE_REQUIRE_CHROMIUM=1`),
 /// where that is a failure: `.ci/run` installs it.

@@ -411,3 +411,80 @@ fn no_samples_records_no_stacks_and_says_so() {
     assert!(err.contains("--no-samples"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// `iotrace flamegraph TRACE ARGS… --folded`: the parsed lines and stderr.
+fn folded_with_stderr(trace: &Path, args: &[&str]) -> (Vec<(String, u64)>, String) {
+    let mut all = vec!["flamegraph", trace.to_str().unwrap(), "--folded"];
+    all.extend_from_slice(args);
+    let out = run_iotrace(&all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "flamegraph {args:?} failed: {err}");
+    (parse_folded(&String::from_utf8_lossy(&out.stdout)), err)
+}
+
+#[test]
+fn iotrace_flush_thread_is_left_out_unless_include_self() {
+    // The layer's flusher and the idle main thread used to fill half of an off-CPU graph.
+    if !perf_available("iotrace_flush_thread_is_left_out_unless_include_self") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-self");
+    let server = record_demo("tokio", &dir);
+    let requests = server.load("io_ms=1&cpu_us=50", "4", "1s");
+    assert!(requests > 10, "{requests} requests");
+    let trace = server.stop();
+    let own = |lines: &[(String, u64)]| -> u64 {
+        lines
+            .iter()
+            .filter(|(s, _)| s.starts_with("iotrace-flush;"))
+            .map(|l| l.1)
+            .sum()
+    };
+    // The flusher blocks at least once (it waits for buffers), so it has off-CPU stacks.
+    let (default, err) = folded_with_stderr(&trace, &["--kind", "offcpu"]);
+    assert_eq!(own(&default), 0, "iotrace-flush drawn by default");
+    assert!(
+        err.contains("of iotrace's own threads (iotrace-flush); --include-self shows them"),
+        "{err}"
+    );
+    let (with_self, _) = folded_with_stderr(&trace, &["--kind", "offcpu", "--include-self"]);
+    let own_us = own(&with_self);
+    assert!(own_us > 0, "no iotrace-flush stacks with --include-self");
+    assert_eq!(total(&with_self), total(&default) + own_us);
+}
+
+#[test]
+fn no_idle_leaves_out_a_thread_that_only_slept_and_keeps_a_busy_one() {
+    if !perf_available("no_idle_leaves_out_a_thread_that_only_slept_and_keeps_a_busy_one") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-idle");
+    let fx = fx();
+    // One thread asleep for 1 s, on CPU only to start (a few ms, under the 1% bound): idle.
+    let sleeper = dir.join("sleep.data");
+    assert!(record(&sleeper, &[], &[&fx, "sleep", "100", "10"])
+        .status
+        .success());
+    let (lines, _) = folded_with_stderr(&sleeper, &["--kind", "offcpu"]);
+    assert!(total(&lines) >= 900_000, "{lines:?}");
+    let s = sleeper.to_str().unwrap();
+    let out = run_iotrace(&["flamegraph", s, "--folded", "--kind", "offcpu", "--no-idle"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("1 idle threads were left out (--no-idle)"),
+        "{err}"
+    );
+    // One thread burning CPU for 300 ms: not idle, all of it stays.
+    let spinner = dir.join("spin.data");
+    assert!(record(&spinner, &[], &[&fx, "spin", "300"])
+        .status
+        .success());
+    let (all, _) = folded_with_stderr(&spinner, &[]);
+    let (busy, err) = folded_with_stderr(&spinner, &["--no-idle"]);
+    assert!(total(&all) > 0);
+    assert_eq!(total(&busy), total(&all), "{err}");
+    assert!(!err.contains("idle threads"), "{err}");
+}

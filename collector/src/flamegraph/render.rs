@@ -1,6 +1,7 @@
 //! From counted stacks to folded lines: the root frames each kind puts above the native
 //! frames, naming the native frames, and the off-CPU leaf (the kernel function the thread
-//! slept in, and the syscall).
+//! slept in, and the syscall). The wall graph marks kernel frames `_[k]` and JIT frames (named
+//! from `/tmp/perf-PID.map`) `_[j]`, as stackcollapse-perf does, for inferno's colours.
 
 use std::collections::{HashMap, HashSet};
 
@@ -104,7 +105,8 @@ pub(super) fn lines(
     let (symbols, stats) = symbolize::symbolize(fold, need, kernel);
     let strings = &fold.strings;
     let mut merged: HashMap<String, u64> = HashMap::new();
-    let mut native: Vec<(&str, bool)> = Vec::new();
+    // (name, kernel, JIT)
+    let mut native: Vec<(&str, bool, bool)> = Vec::new();
     let mut line = String::new();
     for ((origin, stack, tag), weight) in counts.weights {
         let Some(Some(roots)) = roots.get(origin as usize) else {
@@ -113,7 +115,7 @@ pub(super) fn lines(
         native.clear();
         native.extend(frame_keys(&fold.stacks, stack).map(|(key, kernel)| {
             let name = symbols.get(key).map_or("[unknown]", |id| strings.get(id));
-            (name, kernel)
+            (name, kernel, symbols.is_jit(key))
         }));
         native.reverse();
         let off_cpu = tag != 0;
@@ -137,7 +139,7 @@ pub(super) fn lines(
             line.push_str(strings.get(r));
         }
         let last = native.len().saturating_sub(1);
-        for (i, &(name, kernel)) in native.iter().enumerate() {
+        for (i, &(name, kernel, jit)) in native.iter().enumerate() {
             if !line.is_empty() {
                 line.push(';');
             }
@@ -154,6 +156,8 @@ pub(super) fn lines(
                     line.push_str("_[i]");
                 } else if kernel {
                     line.push_str("_[k]");
+                } else if jit {
+                    line.push_str("_[j]");
                 }
             }
         }
@@ -169,7 +173,7 @@ pub(super) fn lines(
 
 /// The syscall a stack slept in, unless its kernel frames show it was not in one (a page
 /// fault, say, where the last syscall entered is stale).
-fn syscall_note(native: &[(&str, bool)], syscall: u32) -> Option<String> {
+fn syscall_note(native: &[(&str, bool, bool)], syscall: u32) -> Option<String> {
     let nr = u16::try_from(syscall).ok()?;
     if nr == crate::format::Switch::NO_SYSCALL {
         return None;
