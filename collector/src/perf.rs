@@ -8,7 +8,9 @@
 //! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
 
 mod callchain;
+mod kallsyms;
 mod merge;
+mod syscount;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::io;
@@ -62,6 +64,10 @@ pub struct PerfOptions {
     pub frequency_hz: u64,
     /// Take a stack at every voluntary switch-out (off-CPU samples).
     pub off_cpu_stacks: bool,
+    /// Count syscalls with a perf sample per syscall, as before the in-kernel counter: costs
+    /// the program a ring write per syscall, but names each switch-out's syscall from the
+    /// last syscall entry rather than from its kernel stack.
+    pub syscall_samples: bool,
 }
 
 /// The default on-CPU sampling frequency: not a multiple of common timer rates, so samples
@@ -74,6 +80,7 @@ impl Default for PerfOptions {
             ring_bytes: 8 << 20,
             frequency_hz: DEFAULT_FREQUENCY_HZ,
             off_cpu_stacks: true,
+            syscall_samples: false,
         }
     }
 }
@@ -101,6 +108,41 @@ struct Counters {
     syscalls: Option<Counter>,
 }
 
+/// The in-kernel syscall counter and the tracepoint events its programs hang on.
+struct BpfSyscalls {
+    counter: syscount::SyscallCounter,
+    _events: [Counter; 3],
+}
+
+impl BpfSyscalls {
+    /// Load the counter for the held child `pid` and attach its programs to tracepoint
+    /// events of their own: disabled, and never inherited. (An inherited copy of an event
+    /// shares its program, and when the copy is freed at a thread's exit the kernel takes the
+    /// program off the tracepoint: counting stopped at the first thread exit.)
+    fn open(pid: libc::pid_t) -> io::Result<Self> {
+        let counter = syscount::SyscallCounter::new(pid as u32)?;
+        let event = |group: &str, name: &str| {
+            let mut b = Builder::new(Tracepoint::with_id(tracepoint_id(group, name)?));
+            b.observe_pid(pid)
+                .any_cpu()
+                .inherit(false)
+                .enabled(false)
+                .exclude_kernel(false);
+            b.build()
+        };
+        let events = [
+            event("raw_syscalls", "sys_enter")?,
+            event("sched", "sched_process_fork")?,
+            event("sched", "sched_process_exec")?,
+        ];
+        counter.attach([&events[0], &events[1], &events[2]])?;
+        Ok(BpfSyscalls {
+            counter,
+            _events: events,
+        })
+    }
+}
+
 /// The perf events of one recording.
 pub struct PerfSession {
     rings: Vec<Ring>,
@@ -109,6 +151,13 @@ pub struct PerfSession {
     counters: Counters,
     /// Sample identifiers of the per-CPU syscall and page-fault events (one per CPU each).
     syscall_ids: Vec<u64>,
+    /// The in-kernel syscall counter, when it replaces the per-syscall samples.
+    counted: Option<BpfSyscalls>,
+    /// Names the syscall of a switch-out from its kernel stack (with `counted`).
+    kallsyms: Option<kallsyms::SyscallSymbols>,
+    /// Whether switch-out stacks are wanted (the switch event may be open only to name
+    /// syscalls).
+    off_cpu_stacks: bool,
     fault_ids: Vec<u64>,
     /// Sample identifiers of the per-CPU cpu-clock and switch-out stack events.
     clock_ids: Vec<u64>,
@@ -120,6 +169,8 @@ pub struct PerfSession {
     pub kernel: bool,
     /// One sentence per capability that could not be had.
     pub missing: Vec<String>,
+    /// One sentence per capability had in a lesser way (it works, at a cost or partly).
+    pub notes: Vec<String>,
     /// Per-drain accumulation.
     syscalls: HashMap<(u32, u16), u64>,
     faults: HashMap<u32, u64>,
@@ -175,6 +226,7 @@ impl PerfSession {
     /// opened; partial failures are listed in [`PerfSession::missing`].
     pub fn open(pid: libc::pid_t, opts: &PerfOptions) -> Result<Self, PerfError> {
         let mut missing = Vec::new();
+        let mut notes = Vec::new();
         let cpus = sys::online_cpus();
         let mut kernel = true;
 
@@ -236,9 +288,11 @@ impl PerfSession {
             })
             .collect();
 
-        // One sample per syscall entry: exact counts, per thread, and the syscall a thread
-        // blocks in.
+        // Exact per-thread syscall counts: counted in the kernel by BPF (see `syscount`),
+        // or, where that cannot be had or is not wanted, one sample per syscall entry.
         let mut syscall_ids = Vec::new();
+        let mut counted: Option<BpfSyscalls> = None;
+        let mut syscall_counter: Option<Counter> = None;
         let tracepoint = if kernel {
             tracepoint_id("raw_syscalls", "sys_enter")
         } else {
@@ -247,26 +301,48 @@ impl PerfSession {
         match tracepoint {
             Err(_) if !kernel => {}
             Ok(tp) => {
-                let opened: io::Result<()> = (|| {
-                    for ring in rings.iter_mut() {
-                        let mut b = Builder::new(Tracepoint::with_id(tp));
-                        sampled_base(&mut b, pid, ring.cpu as usize, kernel);
-                        b.sample(SampleFlag::RAW).sample_period(1);
-                        let c = b.build()?;
-                        sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
-                        syscall_ids.push(c.id());
-                        ring._followers.push(c);
+                // The whole-run count (what `perf stat` prints).
+                syscall_counter = {
+                    let mut b = Builder::new(Tracepoint::with_id(tp));
+                    base(&mut b, pid, kernel);
+                    b.any_cpu().build().ok()
+                };
+                if !opts.syscall_samples {
+                    match BpfSyscalls::open(pid) {
+                        Ok(c) => counted = Some(c),
+                        Err(e) => notes.push(format!(
+                            "syscalls are counted by a sample per syscall (slower): the in-kernel BPF counter could not be loaded ({e})"
+                        )),
                     }
-                    Ok(())
-                })();
-                if let Err(e) = opened {
-                    syscall_ids.clear();
-                    missing.push(format!("syscall counts are missing: the raw_syscalls:sys_enter tracepoint could not be opened ({e}); run as root"));
+                }
+                if counted.is_none() {
+                    let opened: io::Result<()> = (|| {
+                        for ring in rings.iter_mut() {
+                            let mut b = Builder::new(Tracepoint::with_id(tp));
+                            sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+                            b.sample(SampleFlag::RAW).sample_period(1);
+                            let c = b.build()?;
+                            sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
+                            syscall_ids.push(c.id());
+                            ring._followers.push(c);
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = opened {
+                        syscall_ids.clear();
+                        syscall_counter = None;
+                        missing.push(format!("syscall counts are missing: the raw_syscalls:sys_enter tracepoint could not be opened ({e}); run as root"));
+                    }
                 }
             }
             Err(e) => missing.push(format!(
                 "syscall counts are missing: tracefs is not available ({e}); as root run `mount -t tracefs nodev {TRACEFS}`"
             )),
+        }
+        // Without a sample per syscall, a switch-out's syscall is read off its kernel stack.
+        let kallsyms = counted.as_ref().map(|_| kallsyms::SyscallSymbols::load());
+        if kallsyms.as_ref().is_some_and(|k| k.is_empty()) {
+            notes.push("the syscall each switch-out happened in is unknown: /proc/kallsyms shows no addresses (kernel.kptr_restrict)".to_owned());
         }
 
         // One sample per page fault, for per-thread counts.
@@ -291,30 +367,19 @@ impl PerfSession {
         }
 
         let (clock_ids, switch_ids, sampling) =
-            open_stack_events(&mut rings, pid, kernel, opts, &mut missing);
+            open_stack_events(&mut rings, pid, kernel, opts, counted.is_some(), &mut missing);
 
         let count = |ev: Software| {
             let mut b = Builder::new(ev);
             base(&mut b, pid, kernel);
             b.any_cpu().build().ok()
         };
-        let syscalls = if !syscall_ids.is_empty() {
-            tracepoint_id("raw_syscalls", "sys_enter")
-                .ok()
-                .and_then(|tp| {
-                    let mut b = Builder::new(Tracepoint::with_id(tp));
-                    base(&mut b, pid, kernel);
-                    b.any_cpu().build().ok()
-                })
-        } else {
-            None
-        };
         let counters = Counters {
             task_clock: count(Software::TASK_CLOCK),
             context_switches: count(Software::CONTEXT_SWITCHES),
             cpu_migrations: count(Software::CPU_MIGRATIONS),
             page_faults: count(Software::PAGE_FAULTS),
-            syscalls,
+            syscalls: syscall_counter,
         };
 
         Ok(PerfSession {
@@ -322,6 +387,9 @@ impl PerfSession {
             rings,
             counters,
             syscall_ids,
+            counted,
+            kallsyms,
+            off_cpu_stacks: opts.off_cpu_stacks,
             fault_ids,
             clock_ids,
             switch_ids,
@@ -330,6 +398,7 @@ impl PerfSession {
             sampling,
             kernel,
             missing,
+            notes,
             syscalls: HashMap::default(),
             faults: HashMap::default(),
             last_syscall: HashMap::default(),
@@ -339,7 +408,7 @@ impl PerfSession {
 
     /// Whether exact syscall counting is on.
     pub fn has_syscalls(&self) -> bool {
-        !self.syscall_ids.is_empty()
+        !self.syscall_ids.is_empty() || self.counted.is_some()
     }
 
     /// How stacks are sampled, when they are (the trace's `Sampling` record).
@@ -394,6 +463,9 @@ impl PerfSession {
                 faults: &mut self.faults,
                 last_syscall: &mut self.last_syscall,
                 lost: &mut self.lost_records,
+                counted: self.counted.as_ref(),
+                kallsyms: self.kallsyms.as_mut(),
+                off_cpu_stacks: self.off_cpu_stacks,
             };
             match ty {
                 RECORD_SAMPLE => st.sample(&mut self.rings[i].batches, data),
@@ -414,6 +486,13 @@ impl PerfSession {
         }
         for pending in self.pending.iter_mut() {
             pending.compact();
+        }
+        if watermark == u64::MAX {
+            if let Some(c) = &self.counted {
+                for (tid, nr, n) in c.counter.counts()? {
+                    *self.syscalls.entry((tid, nr)).or_insert(0) += n;
+                }
+            }
         }
         if !self.syscalls.is_empty() || !self.faults.is_empty() {
             let mut counts = ThreadCounts {
@@ -495,6 +574,9 @@ struct RecordState<'a> {
     faults: &'a mut HashMap<u32, u64>,
     last_syscall: &'a mut HashMap<u32, u16>,
     lost: &'a mut u64,
+    counted: Option<&'a BpfSyscalls>,
+    kallsyms: Option<&'a mut kallsyms::SyscallSymbols>,
+    off_cpu_stacks: bool,
 }
 
 impl RecordState<'_> {
@@ -528,11 +610,15 @@ impl RecordState<'_> {
             flags |= Switch::OUT;
             if misc & MISC_SWITCH_OUT_PREEMPT != 0 {
                 flags |= Switch::PREEMPT;
+            } else if let Some(k) = self.kallsyms.as_deref_mut() {
+                if let Some(p) = cpu.samples.pending.as_ref().filter(|p| p.tid == id.tid) {
+                    syscall = k.syscall_of(&p.chain).unwrap_or(Switch::NO_SYSCALL);
+                }
             } else if let Some(&nr) = self.last_syscall.get(&id.tid) {
                 syscall = nr;
             }
-            cpu.samples
-                .switched_out(id.tid, flags & Switch::PREEMPT == 0, syscall, self.stacks);
+            let keep = flags & Switch::PREEMPT == 0 && self.off_cpu_stacks;
+            cpu.samples.switched_out(id.tid, keep, syscall, self.stacks);
         }
         let batch = &mut cpu.switches;
         if batch.switches.is_empty() {
@@ -572,6 +658,7 @@ fn open_stack_events(
     pid: libc::pid_t,
     kernel: bool,
     opts: &PerfOptions,
+    name_syscalls: bool,
     missing: &mut Vec<String>,
 ) -> (Vec<u64>, Vec<u64>, Option<Sampling>) {
     let open = |ev: Software, ring: &Ring, configure: &dyn Fn(&mut Builder<'_>)| {
@@ -610,9 +697,12 @@ fn open_stack_events(
         }
     }
     let mut switch_ids = Vec::new();
-    if opts.off_cpu_stacks && kernel {
+    // With syscalls counted in the kernel, the switch-out stack also names the syscall, so
+    // it is taken (kernel half only) even when off-CPU stacks are not wanted.
+    if (opts.off_cpu_stacks || name_syscalls) && kernel {
+        let user = opts.off_cpu_stacks;
         match open_all(Software::CONTEXT_SWITCHES, &|b| {
-            b.sample_period(1);
+            b.sample_period(1).exclude_callchain_user(!user);
         }) {
             Ok(ids) => switch_ids = ids,
             Err(e) => missing.push(format!(
@@ -622,7 +712,8 @@ fn open_stack_events(
     } else if opts.off_cpu_stacks {
         missing.push("off-CPU stacks are missing: switch-outs happen in the kernel, which this user may not trace; run as root or `sysctl kernel.perf_event_paranoid=1`".to_owned());
     }
-    if clock_ids.is_empty() && switch_ids.is_empty() {
+    let off_cpu = opts.off_cpu_stacks && !switch_ids.is_empty();
+    if clock_ids.is_empty() && !off_cpu {
         return (clock_ids, switch_ids, None);
     }
     let read = |path: &str| {
@@ -636,7 +727,7 @@ fn open_stack_events(
         } else {
             opts.frequency_hz
         },
-        off_cpu: !switch_ids.is_empty(),
+        off_cpu,
         kernel_stacks: kernel,
         boot_id: read("/proc/sys/kernel/random/boot_id"),
         kernel_release: read("/proc/sys/kernel/osrelease"),
@@ -681,6 +772,9 @@ fn other_record(
                 }))?;
             } else {
                 st.last_syscall.remove(&tid);
+                if let Some(c) = st.counted {
+                    c.counter.exited(tid);
+                }
                 out(Record::Exit(Exit { pid, tid, time_ns }))?;
             }
         }

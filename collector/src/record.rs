@@ -203,6 +203,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
                 caps.kernel = session.kernel;
                 caps.syscalls = session.has_syscalls();
                 caps.missing.extend(session.missing.iter().cloned());
+                for note in &session.notes {
+                    eprintln!("iotrace: note: {note}");
+                }
                 perf = Some(session);
             }
             Err(e) => caps.missing.push(format!(

@@ -1,5 +1,6 @@
 //! Every raw syscall the recorder makes outside the perf crate: the held fork/exec of the
-//! child, pidfd, wait4, and redirecting a perf event into another event's ring buffer.
+//! child, pidfd, wait4, redirecting a perf event into another event's ring buffer, and the
+//! bpf(2) calls of the syscall counter (maps, program load, attach).
 //! All `unsafe` of the collector lives here.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -310,5 +311,140 @@ pub fn boost_this_thread(boost: i32) -> bool {
         let tid = libc::gettid();
         let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current - boost) == 0
+    }
+}
+
+/// Attach BPF program `prog` to the tracepoint of perf event `fd` (PERF_EVENT_IOC_SET_BPF).
+pub fn perf_set_bpf(fd: RawFd, prog: RawFd) -> io::Result<()> {
+    const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+    // SAFETY: the ioctl takes an event fd and a program fd by value; no memory of ours.
+    let r = unsafe { libc::ioctl(fd, PERF_EVENT_IOC_SET_BPF as _, prog) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The bpf(2) commands the syscall counter uses.
+mod bpf_cmd {
+    pub const MAP_CREATE: i32 = 0;
+    pub const MAP_LOOKUP_ELEM: i32 = 1;
+    pub const MAP_UPDATE_ELEM: i32 = 2;
+    pub const MAP_DELETE_ELEM: i32 = 3;
+    pub const MAP_GET_NEXT_KEY: i32 = 4;
+    pub const PROG_LOAD: i32 = 5;
+}
+
+/// `union bpf_attr` as the commands above read it: 16 words, unused ones zero.
+type BpfAttr = [u64; 16];
+
+fn bpf(cmd: i32, attr: &mut BpfAttr) -> io::Result<i64> {
+    // SAFETY: attr is a zeroed, 8-byte aligned buffer of the size we pass; the kernel reads
+    // (and for lookups writes through) only the pointers we put in it, which outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of::<BpfAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+/// BPF_MAP_CREATE of a hash map with `key_size`-byte keys and `value_size`-byte values.
+pub fn bpf_hash_map(key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    const BPF_MAP_TYPE_HASH: u64 = 1;
+    let mut attr: BpfAttr = [0; 16];
+    attr[0] = BPF_MAP_TYPE_HASH | u64::from(key_size) << 32;
+    attr[1] = u64::from(value_size) | u64::from(max_entries) << 32;
+    bpf(bpf_cmd::MAP_CREATE, &mut attr).map(owned)
+}
+
+/// BPF_PROG_LOAD of a tracepoint program. On failure the error carries the verifier's last
+/// word (the load is tried again with the log on, so a good program never pays for it).
+pub fn bpf_load_tracepoint_prog(insns: &[u64], name: &str) -> io::Result<OwnedFd> {
+    const BPF_PROG_TYPE_TRACEPOINT: u64 = 5;
+    let license = b"Dual MIT/GPL\0";
+    let mut prog_name = [0u8; 16];
+    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let load = |log: Option<&mut Vec<u8>>| {
+        let mut attr: BpfAttr = [0; 16];
+        attr[0] = BPF_PROG_TYPE_TRACEPOINT | (insns.len() as u64) << 32;
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = license.as_ptr() as u64;
+        if let Some(log) = log {
+            // log_level 1, log_size, log_buf
+            attr[3] = 1 | (log.len() as u64) << 32;
+            attr[4] = log.as_mut_ptr() as u64;
+        }
+        attr[6] = u64::from_le_bytes(prog_name[..8].try_into().expect("8 bytes"));
+        attr[7] = u64::from_le_bytes(prog_name[8..].try_into().expect("8 bytes"));
+        bpf(bpf_cmd::PROG_LOAD, &mut attr).map(owned)
+    };
+    load(None).or_else(|e| {
+        let mut log = vec![0u8; 256 << 10];
+        let again = load(Some(&mut log));
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        again.map_err(|_| io::Error::new(e.kind(), format!("{e}; verifier: {last}")))
+    })
+}
+
+fn map_attr(map: &OwnedFd, key: u64, value: u64, flags: u64) -> BpfAttr {
+    let mut attr: BpfAttr = [0; 16];
+    attr[0] = map.as_raw_fd() as u64;
+    attr[1] = key;
+    attr[2] = value;
+    attr[3] = flags;
+    attr
+}
+
+/// BPF_MAP_UPDATE_ELEM (any: insert or replace).
+pub fn bpf_map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = map_attr(map, key.as_ptr() as u64, value.as_ptr() as u64, 0);
+    bpf(bpf_cmd::MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// BPF_MAP_DELETE_ELEM; a key that is not there is not an error.
+pub fn bpf_map_delete(map: &OwnedFd, key: &[u8]) -> io::Result<()> {
+    let mut attr = map_attr(map, key.as_ptr() as u64, 0, 0);
+    match bpf(bpf_cmd::MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// Every `(key, value)` of a map with u64 keys and u64 values.
+pub fn bpf_map_u64_entries(map: &OwnedFd) -> io::Result<Vec<(u64, u64)>> {
+    let mut entries = Vec::new();
+    let mut key: Option<u64> = None;
+    loop {
+        let mut next = 0u64;
+        let prev = key.as_ref().map_or(0, |k| k as *const u64 as u64);
+        let mut attr = map_attr(map, prev, &mut next as *mut u64 as u64, 0);
+        match bpf(bpf_cmd::MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(e) => return Err(e),
+        }
+        let mut value = 0u64;
+        let mut attr = map_attr(map, &next as *const u64 as u64, &mut value as *mut u64 as u64, 0);
+        // A key deleted between the two calls is skipped.
+        if bpf(bpf_cmd::MAP_LOOKUP_ELEM, &mut attr).is_ok() {
+            entries.push((next, value));
+        }
+        key = Some(next);
     }
 }
