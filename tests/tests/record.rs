@@ -211,6 +211,65 @@ fn every_thread_and_process_is_reported() {
     );
 }
 
+/// Regression: `peak threads 4294967295` in 2 of 3 runs of a python launched through a
+/// shell-script shim: a thread's exit drained before its creation took the live-thread count
+/// below zero, and it was cast to u32. The fixture's 8 workers and its main thread are alive at
+/// once and nothing else runs, so the peak is 9, plus the shell when it stays (forks the
+/// program, then waits for it) instead of exec'ing it.
+#[test]
+fn peak_threads_through_a_shell_shim_are_the_threads_the_program_made() {
+    if !perf_available("peak_threads_through_a_shell_shim_are_the_threads_the_program_made") {
+        return;
+    }
+    const WORKERS: u64 = 8;
+    const RUNS: usize = 10;
+    let dir = temp_dir("shim");
+    let fx = fx();
+    let shim = dir.join("shim.sh");
+    std::fs::write(&shim, "#!/bin/sh\nexec \"$@\"\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let shim = shim.to_str().unwrap().to_owned();
+    let exec = format!("exec {fx} threads {WORKERS}");
+    let fork = format!("{fx} threads {WORKERS}; true");
+    let workers = WORKERS.to_string();
+    // (how it is launched, the shell processes alive beside the program)
+    let launches: [(Vec<&str>, u64); 3] = [
+        (vec!["sh", "-c", &exec], 0),
+        (vec![&shim, &fx, "threads", &workers], 0),
+        (vec!["sh", "-c", &fork], 1),
+    ];
+    let mut bad = Vec::new();
+    for (cmd, shells) in &launches {
+        let expected = WORKERS + 1 + shells;
+        for run in 0..RUNS {
+            let trace = dir.join(format!("t{run}.data"));
+            let out = record(&trace, &[], cmd);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let r = report_json(&trace);
+            let peak = r["peak_threads"].as_u64().unwrap();
+            if peak != expected {
+                bad.push(format!(
+                    "{cmd:?} run {run}: peak_threads {peak}, not {expected}"
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} runs:\n{}",
+        bad.len(),
+        RUNS * launches.len(),
+        bad.join("\n")
+    );
+}
+
 #[test]
 fn exit_code_is_the_childs() {
     let trace = temp_dir("exit3").join("t.data");
