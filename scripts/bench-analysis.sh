@@ -4,7 +4,7 @@
 # states, tasks, warnings) with /usr/bin/time -v, and also `timeline` and `export` for reference.
 # Targets (issue "timelines"): report <= 5 s and <= 500 MB peak RSS, with >= 1 million span events.
 #   usage: scripts/bench-analysis.sh [DURATION] [CONNECTIONS]   (default 60s 64)
-# Needs root (or perf_event_paranoid <= 1), /usr/bin/time (Debian package `time`).
+# Needs root (README.md: what less gets), /usr/bin/time (Debian package `time`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-60s}

@@ -5,7 +5,7 @@
 #   iotrace flamegraph TRACE -o iotrace.svg
 #   perf script | inferno-collapse-perf | inferno-flamegraph > perf.svg
 # and prints the ratio (target <= 0.5) and the bytes per sample of each file (target <= 200
-# for iotrace's stack records). Needs root (or perf_event_paranoid <= 1) and perf; installs
+# for iotrace's stack records). Needs root (README.md: what less gets) and perf; installs
 # inferno's binaries once into target/bench-tools (cargo install, for this bench only).
 #   usage: scripts/bench-flamegraph.sh [SECONDS]   (default 30)
 set -euo pipefail

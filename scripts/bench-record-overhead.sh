@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Times `dd if=/dev/zero of=/dev/null bs=1 count=20000` under `iotrace record` and under
 # `perf stat` with the same syscall events, alternating runs, and prints the ratio of means.
-# Target (issue "record"): ratio <= 1.10. Needs root (or perf_event_paranoid <= 1) and perf.
+# Target (issue "record"): ratio <= 1.10. Needs root (README.md: what less gets) and perf.
 #   usage: scripts/bench-record-overhead.sh [RUNS]   (default 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -70,7 +70,9 @@ fn stop(child: &mut Child, grace: Duration) -> anyhow::Result<()> {
 fn run_one(plan: &Plan, strategy: &str) -> anyhow::Result<CompareRow> {
     let demo = demo_binary(strategy)?;
     let trace = plan.out_dir.join(format!("{strategy}.iotrace"));
-    let log = std::fs::File::create(plan.out_dir.join(format!("{strategy}.log")))?;
+    let log_path = plan.out_dir.join(format!("{strategy}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     let mut child = Command::new(std::env::current_exe()?)
         .args(["record", "-q", "-o"])
         .arg(&trace)
@@ -86,10 +88,7 @@ fn run_one(plan: &Plan, strategy: &str) -> anyhow::Result<CompareRow> {
         Ok(a) => a,
         Err(e) => {
             let _ = stop(&mut child, Duration::from_secs(2));
-            return Err(e.context(format!(
-                "{strategy}: see {}",
-                plan.out_dir.join(format!("{strategy}.log")).display()
-            )));
+            return Err(e.context(format!("{strategy}: see {}", log_path.display())));
         }
     };
     let cfg = load::LoadConfig {
@@ -113,10 +112,9 @@ fn run_one(plan: &Plan, strategy: &str) -> anyhow::Result<CompareRow> {
         p99_us: report.latency_us.p99 as f64,
         connections: plan.connections,
     };
-    std::fs::write(
-        compare::sidecar_path(&trace),
-        serde_json::to_string_pretty(&figures)?,
-    )?;
+    let sidecar = compare::sidecar_path(&trace);
+    std::fs::write(&sidecar, serde_json::to_string_pretty(&figures)?)
+        .with_context(|| format!("writing {}", sidecar.display()))?;
     let summary =
         analysis::summarize_file(&trace).with_context(|| format!("reading {}", trace.display()))?;
     crate::flamegraph::write_compare_svgs(&trace, &plan.out_dir, strategy);

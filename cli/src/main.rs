@@ -323,8 +323,13 @@ fn cmd_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         };
         let rows = compare::run(&plan)?;
-        std::fs::write(args.out.join("table.txt"), table::table(&rows))?;
-        std::fs::write(args.out.join("compare.json"), table::json(&rows))?;
+        for (name, text) in [
+            ("table.txt", table::table(&rows)),
+            ("compare.json", table::json(&rows)),
+        ] {
+            let path = args.out.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
         rows
     } else {
         compare::from_traces(&args.traces)?

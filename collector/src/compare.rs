@@ -25,30 +25,37 @@ pub struct LoadFigures {
     pub connections: usize,
 }
 
-/// A syscall's count per request.
+/// A syscall's count in the trace (less iotrace's layer thread) and per request.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyscallShare {
     pub name: String,
-    pub per_request: f64,
+    pub count: u64,
+    /// `None` (JSON `null`) when the row has no requests to divide by.
+    pub per_request: Option<f64>,
 }
 
 /// One strategy's costs. The JSON keys are `iotrace compare --json`'s schema.
+///
+/// A figure that was not measured is `None` (JSON `null`, `n/a` in the table), never 0: a trace
+/// recorded without the load generator has no errors, rate or latency, and one with no
+/// requests at all (no load figures and no `request` spans) has no per-request figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareRow {
     pub strategy: String,
-    pub requests: u64,
-    pub errors: u64,
-    pub req_per_s: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub voluntary_per_request: f64,
-    pub involuntary_per_request: f64,
-    pub syscalls_per_request: f64,
+    /// From the load generator, or else the program's `request` spans.
+    pub requests: Option<u64>,
+    pub errors: Option<u64>,
+    pub req_per_s: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub voluntary_per_request: Option<f64>,
+    pub involuntary_per_request: Option<f64>,
+    pub syscalls_per_request: Option<f64>,
     pub top_syscalls: Vec<SyscallShare>,
     /// CPU per request of the program, less iotrace's layer thread (reported separately).
-    pub cpu_us_per_request: f64,
+    pub cpu_us_per_request: Option<f64>,
     /// CPU per request that iotrace's layer thread spent inside the program.
-    pub instrumentation_cpu_us_per_request: f64,
+    pub instrumentation_cpu_us_per_request: Option<f64>,
     pub peak_rss_bytes: u64,
     pub threads: u32,
     pub trace: String,
@@ -70,23 +77,24 @@ pub fn sidecar_path(trace: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// Build a row. Without load figures, requests are the program's `request` spans, if any.
+/// Build a row. Without load figures, requests are the program's `request` spans, if it made
+/// any; with neither, requests and every per-request figure are `None`.
 pub fn row(
     strategy: &str,
     summary: &Summary,
     load: Option<&LoadFigures>,
     trace: &Path,
 ) -> CompareRow {
-    let requests = load
-        .map(|l| l.requests)
-        .or_else(|| summary.spans.as_ref().map(|s| s.requests))
-        .unwrap_or(0);
-    let per = |n: f64| {
-        if requests > 0 {
-            n / requests as f64
-        } else {
-            0.0
-        }
+    let requests = load.map(|l| l.requests).or_else(|| {
+        summary
+            .spans
+            .as_ref()
+            .map(|s| s.requests)
+            .filter(|&n| n > 0)
+    });
+    let per = |n: f64| match requests {
+        Some(r) if r > 0 => Some(n / r as f64),
+        _ => None,
     };
     // The strategy's own costs: the totals less what iotrace's layer thread spent.
     let own = summary.instrumentation.clone().unwrap_or_default();
@@ -105,10 +113,10 @@ pub fn row(
     CompareRow {
         strategy: strategy.to_owned(),
         requests,
-        errors: load.map_or(0, |l| l.errors),
-        req_per_s: load.map_or(0.0, |l| l.req_per_s),
-        p50_us: load.map_or(0.0, |l| l.p50_us),
-        p99_us: load.map_or(0.0, |l| l.p99_us),
+        errors: load.map(|l| l.errors),
+        req_per_s: load.map(|l| l.req_per_s),
+        p50_us: load.map(|l| l.p50_us),
+        p99_us: load.map(|l| l.p99_us),
         voluntary_per_request: per(summary
             .context_switches
             .voluntary
@@ -123,6 +131,7 @@ pub fn row(
             .take(3)
             .map(|s| SyscallShare {
                 name: s.name.clone(),
+                count: s.count,
                 per_request: per(s.count as f64),
             })
             .collect(),
@@ -159,28 +168,46 @@ pub fn table(rows: &[CompareRow]) -> String {
         let top = r
             .top_syscalls
             .iter()
-            .map(|s| format!("{} {:.2}", s.name, s.per_request))
+            .map(|s| match s.per_request {
+                Some(per) => format!("{} {per:.2}", s.name),
+                None => format!("{} ({} in all)", s.name, s.count),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let _ = writeln!(
             out,
-            "{:<15} {:>8} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>8.3} {:>8.3} {:>7.2} {:>8.1} {:>9} {:>7}  {}",
+            "{:<15} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>7}  {}",
             r.strategy,
-            r.requests,
-            r.errors,
-            r.req_per_s,
-            r.p50_us,
-            r.p99_us,
-            r.voluntary_per_request,
-            r.involuntary_per_request,
-            r.syscalls_per_request,
-            r.cpu_us_per_request,
+            or_na(r.requests.map(|n| n.to_string())),
+            or_na(r.errors.map(|n| n.to_string())),
+            fixed(r.req_per_s, 0),
+            fixed(r.p50_us, 0),
+            fixed(r.p99_us, 0),
+            fixed(r.voluntary_per_request, 3),
+            fixed(r.involuntary_per_request, 3),
+            fixed(r.syscalls_per_request, 2),
+            fixed(r.cpu_us_per_request, 1),
             report::bytes(r.peak_rss_bytes),
             r.threads,
             top
         );
     }
     for r in rows {
+        if r.requests.is_none() {
+            let _ = writeln!(
+                out,
+                "note: {}: no load results ({}) and no request spans: per-request figures are n/a",
+                r.strategy,
+                sidecar_path(Path::new(&r.trace)).display()
+            );
+        } else if r.req_per_s.is_none() {
+            let _ = writeln!(
+                out,
+                "note: {}: requests are the program's request spans; no load results ({}), so errors, req/s and latency are n/a",
+                r.strategy,
+                sidecar_path(Path::new(&r.trace)).display()
+            );
+        }
         if let Some(p) = &r.problem {
             let _ = writeln!(out, "note: {}: {p}", r.strategy);
         }
@@ -193,6 +220,14 @@ pub fn table(rows: &[CompareRow]) -> String {
         }
     }
     out
+}
+
+fn or_na(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "n/a".to_owned())
+}
+
+fn fixed(v: Option<f64>, decimals: usize) -> String {
+    or_na(v.map(|x| format!("{x:.decimals$}")))
 }
 
 /// `{"rows": [...]}`.

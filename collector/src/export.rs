@@ -68,9 +68,9 @@ pub fn export(
 ) -> Result<ExportOutcome, TimelineError> {
     let ExportFormat::Perfetto = format;
     let (summary, col) = collect(trace, opts)?;
-    let write_err = |source| TimelineError::Write {
+    let write_err = |error| TimelineError::Write {
         path: out.to_owned(),
-        source,
+        error,
     };
     let file = std::fs::File::create(out).map_err(write_err)?;
     let mut o = Out {

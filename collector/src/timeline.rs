@@ -24,8 +24,10 @@ mod page;
 pub enum TimelineError {
     #[error(transparent)]
     Format(#[from] FormatError),
-    #[error("writing {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    // The OS error is part of the message and deliberately not a source (a field named
+    // `source` would be one): error chains (anyhow's `{:#}`) would print it twice.
+    #[error("writing {}: {error}", path.display())]
+    Write { path: PathBuf, error: io::Error },
     #[error("the window {from_ns} ns..{to_ns} ns is empty or outside the recording")]
     Window { from_ns: u64, to_ns: u64 },
 }
@@ -359,9 +361,9 @@ pub fn write_timeline(
     let (summary, mut col) = collect(trace, opts)?;
     let collected = col.intervals;
     let drawn = page::coarsen(&mut col, opts.max_intervals);
-    let write_err = |source| TimelineError::Write {
+    let write_err = |error| TimelineError::Write {
         path: out.to_owned(),
-        source,
+        error,
     };
     let names = name_blocked_stacks(trace, &col);
     let file = std::fs::File::create(out).map_err(write_err)?;

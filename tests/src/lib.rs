@@ -38,23 +38,72 @@ pub fn fixture() -> PathBuf {
     built("fixture", "IOTRACE_FIXTURE")
 }
 
-/// Whether perf-dependent tests can run here. Without perf they are skipped loudly, unless
-/// `IOTRACE_REQUIRE_PERF=1` (as in CI), where a missing perf fails the test.
+/// Says that `test` (or the part of it named) was skipped, and why, where `cargo test` shows
+/// it. The harness captures `print!`/`eprint!` and shows them only for failing tests, so a skip
+/// announced with `eprintln!` passed unseen; a write to the process's stderr is not captured.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("\n*** SKIPPED {test}: {why} ***\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Whether `var` is set to `1`: a missing prerequisite is then a failure, not a skip.
+fn required(var: &str) -> bool {
+    std::env::var(var).as_deref() == Ok("1")
+}
+
+/// Skips `test` loudly for want of `what`, or fails it when `require_var=1` (as in CI).
+fn skip_or_fail(test: &str, what: &str, require_var: &str) {
+    if required(require_var) {
+        panic!("{test}: {what} ({require_var}=1 makes this a failure)");
+    }
+    skip(
+        test,
+        &format!("{what}; set {require_var}=1 to make this a failure"),
+    );
+}
+
+/// Whether perf-dependent tests can run here: perf events with the kernel's side (switches,
+/// kernel stacks) and the syscall tracepoint. Root has them; another user needs
+/// `perf_event_paranoid` ≤ 1 *and* read access to the tracepoint's id in tracefs, which is
+/// root-only by default. Without them the tests are skipped loudly, unless
+/// `IOTRACE_REQUIRE_PERF=1` (as in CI), where that fails the test.
 pub fn perf_available(test: &str) -> bool {
     // SAFETY: geteuid has no side effects.
-    let root = unsafe { libc::geteuid() } == 0;
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4);
-    let ok = root || paranoid <= 1;
-    if !ok {
-        if std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1") {
-            panic!("{test}: perf is required (IOTRACE_REQUIRE_PERF=1) but not usable: not root and perf_event_paranoid={paranoid}");
-        }
-        eprintln!("\n*** SKIPPED {test}: perf is not usable here (not root, perf_event_paranoid={paranoid}). Set IOTRACE_REQUIRE_PERF=1 to make this a failure. ***\n");
-    }
-    ok
+    let tracepoint = "/sys/kernel/tracing/events/raw_syscalls/sys_enter/id";
+    let why = if paranoid > 1 {
+        format!("perf events are not usable here (not root, perf_event_paranoid={paranoid} > 1)")
+    } else if let Err(e) = std::fs::read_to_string(tracepoint) {
+        format!("syscall counts are not usable here (not root, and {tracepoint}: {e})")
+    } else {
+        return true;
+    };
+    skip_or_fail(test, &why, "IOTRACE_REQUIRE_PERF");
+    false
+}
+
+/// Whether the `perf` binary runs here, for the parts of tests that compare iotrace with
+/// `perf stat` or `perf record`. Missing, that part is skipped loudly, unless
+/// `IOTRACE_REQUIRE_PERF=1` (as in CI), where that fails the test.
+pub fn perf_binary(test: &str) -> bool {
+    let why = match Command::new("perf").arg("--version").output() {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!(
+            "`perf --version` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("no perf binary ({e}; apt-get install linux-perf)"),
+    };
+    skip_or_fail(test, &why, "IOTRACE_REQUIRE_PERF");
+    false
 }
 
 /// A fresh temporary directory for one test.
@@ -161,12 +210,11 @@ pub fn chromium(test: &str) -> Option<PathBuf> {
             .find(|p| p.exists())
         });
     if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true")
-            || std::env::var("IOTRACE_REQUIRE_CHROMIUM").as_deref() == Ok("1")
-        {
-            panic!("{test}: chromium is not installed (apt-get install chromium)");
+        let what = "no chromium (apt-get install chromium, or set IOTRACE_CHROMIUM)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: {what} (CI=true makes this a failure)");
         }
-        eprintln!("\n*** SKIPPED {test}: no chromium (apt-get install chromium) ***\n");
+        skip_or_fail(test, what, "IOTRACE_REQUIRE_CHROMIUM");
     }
     found
 }

@@ -139,3 +139,64 @@ fn a_thousand_connections_are_served_by_every_strategy() {
     assert!(row(&doc, "threads")["threads"].as_u64().unwrap() >= 1000);
     assert!(row(&doc, "epoll")["threads"].as_u64().unwrap() < 10);
 }
+
+/// Regression: `iotrace compare A B` of traces recorded without the load generator showed 0
+/// requests, 0 req/s, 0 µs latency and 0 per request, as if measured. What was not measured is
+/// `n/a` in the table and `null` in the JSON; what the traces measured is still there.
+#[test]
+fn traces_without_load_results_show_n_a_not_zero() {
+    let dir = temp_dir("compare-no-load");
+    let traces = [dir.join("a.iotrace"), dir.join("b.iotrace")];
+    for t in &traces {
+        let out = record(t, &[], &["sleep", "0.2"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let paths: Vec<&str> = traces.iter().map(|t| t.to_str().unwrap()).collect();
+
+    let out = run_iotrace(&[&["compare", "--json"], &paths[..]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("compare --json is JSON");
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for key in [
+            "requests",
+            "errors",
+            "req_per_s",
+            "p50_us",
+            "p99_us",
+            "voluntary_per_request",
+            "involuntary_per_request",
+            "syscalls_per_request",
+            "cpu_us_per_request",
+            "instrumentation_cpu_us_per_request",
+        ] {
+            assert!(r[key].is_null(), "{key} = {} in {r}", r[key]);
+        }
+        for s in r["top_syscalls"].as_array().unwrap() {
+            assert!(s["per_request"].is_null(), "{s}");
+        }
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["threads"].as_u64().unwrap() >= 1, "{r}");
+    }
+
+    let out = run_iotrace(&[&["compare"], &paths[..]].concat());
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let data: Vec<&str> = text.lines().filter(|l| l.starts_with("sleep ")).collect();
+    assert_eq!(data.len(), 2, "{text}");
+    for line in data {
+        // requests, errors, req/s, p50, p99, vol/req, invol/rq, sys/req, CPU µs/r.
+        let fields: Vec<&str> = line.split_whitespace().skip(1).take(9).collect();
+        assert_eq!(fields, ["n/a"; 9], "{text}");
+    }
+    assert!(text.contains("note: sleep: no load results"), "{text}");
+}

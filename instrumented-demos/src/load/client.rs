@@ -77,10 +77,10 @@ pub(super) async fn drive(plan: Plan) -> Result<LoadReport, LoadError> {
     // Probe first, so an unreachable server is one clear error, not a report full of errors.
     let probe = match tokio::time::timeout(plan.timeout, connect(addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => return Err(LoadError::Connect { addr, source }),
+        Ok(Err(error)) => return Err(LoadError::Connect { addr, error }),
         Err(_) => {
-            let source = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-            return Err(LoadError::Connect { addr, source });
+            let error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            return Err(LoadError::Connect { addr, error });
         }
     };
     let request = format!(

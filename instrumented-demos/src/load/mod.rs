@@ -75,14 +75,12 @@ pub enum LoadError {
     NotLoopback(String),
     #[error("invalid load settings: {0}")]
     InvalidConfig(String),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    // The OS errors below are part of their messages and deliberately not sources: error
+    // chains (anyhow's `{:#}`) would print them twice.
+    #[error("cannot connect to {addr}: {error}")]
+    Connect { addr: SocketAddr, error: io::Error },
     #[error("cannot start the load generator's runtime: {0}")]
-    Runtime(#[source] io::Error),
+    Runtime(io::Error),
 }
 
 /// Runs the load and reports what it measured. Blocks the calling thread; safe to call from

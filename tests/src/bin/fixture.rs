@@ -7,7 +7,8 @@
 //!   `leaf_e` do work in the ratio 16:8:4:2:1 (a known on-CPU profile)
 //! - `nap MS COUNT`        like `sleep`, but from the function `nap` (a known off-CPU path)
 //! - `spinners N MS`       N processes that each burn CPU for MS milliseconds, concurrently
-//! - `threads N`           N named threads that each sleep 20 ms, then join
+//! - `threads N`           N named threads, all alive at once with main, that each sleep
+//!   20 ms, then join
 //! - `fork`                spawn a grandchild process (`fixture sleep 20 2`) and wait for it
 //! - `fork-on-cpu CPU MS`  move to CPU (other than the one it exec'd on, under `taskset`), then
 //!   fork a child that burns CPU for MS milliseconds in `burn_cpu`, and wait for it
@@ -120,14 +121,22 @@ fn main() {
             }
         }
         "threads" => {
-            let handles: Vec<_> = (0..arg(&args, 1, 8))
+            // The workers and main are all alive at once: none sleeps before all have started.
+            let n = arg(&args, 1, 8) as usize;
+            let all_started = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+            let handles: Vec<_> = (0..n)
                 .map(|i| {
+                    let all_started = all_started.clone();
                     std::thread::Builder::new()
                         .name(format!("worker-{i}"))
-                        .spawn(|| std::thread::sleep(Duration::from_millis(20)))
+                        .spawn(move || {
+                            all_started.wait();
+                            std::thread::sleep(Duration::from_millis(20))
+                        })
                         .expect("spawn thread")
                 })
                 .collect();
+            all_started.wait();
             for h in handles {
                 h.join().expect("join");
             }
