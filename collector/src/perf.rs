@@ -274,7 +274,7 @@ impl PerfSession {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "?".into());
             missing.push(format!(
-                "syscall counts are missing: this user may not trace the kernel (perf_event_paranoid={paranoid}); run as root or `sysctl kernel.perf_event_paranoid=1` to get them"
+                "syscall counts are missing: this user may not trace the kernel (perf_event_paranoid={paranoid}); run as root (or `sysctl kernel.perf_event_paranoid=1` and make {TRACEFS} and its events/raw_syscalls/sys_enter/id readable to this user)"
             ));
         }
 
@@ -335,6 +335,9 @@ impl PerfSession {
                     }
                 }
             }
+            Err(e) if is_denied(&e) => missing.push(format!(
+                "syscall counts are missing: tracefs is readable only by root here ({e}); run as root, or make {TRACEFS} and its events/raw_syscalls/sys_enter/id readable to this user"
+            )),
             Err(e) => missing.push(format!(
                 "syscall counts are missing: tracefs is not available ({e}); as root run `mount -t tracefs nodev {TRACEFS}`"
             )),
@@ -366,8 +369,14 @@ impl PerfSession {
             }
         }
 
-        let (clock_ids, switch_ids, sampling) =
-            open_stack_events(&mut rings, pid, kernel, opts, counted.is_some(), &mut missing);
+        let (clock_ids, switch_ids, sampling) = open_stack_events(
+            &mut rings,
+            pid,
+            kernel,
+            opts,
+            counted.is_some(),
+            &mut missing,
+        );
 
         let count = |ev: Software| {
             let mut b = Builder::new(ev);

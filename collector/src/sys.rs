@@ -397,7 +397,11 @@ pub fn bpf_load_tracepoint_prog(insns: &[u64], name: &str) -> io::Result<OwnedFd
         let again = load(Some(&mut log));
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         again.map_err(|_| io::Error::new(e.kind(), format!("{e}; verifier: {last}")))
     })
 }
@@ -440,7 +444,12 @@ pub fn bpf_map_u64_entries(map: &OwnedFd) -> io::Result<Vec<(u64, u64)>> {
             Err(e) => return Err(e),
         }
         let mut value = 0u64;
-        let mut attr = map_attr(map, &next as *const u64 as u64, &mut value as *mut u64 as u64, 0);
+        let mut attr = map_attr(
+            map,
+            &next as *const u64 as u64,
+            &mut value as *mut u64 as u64,
+            0,
+        );
         // A key deleted between the two calls is skipped.
         if bpf(bpf_cmd::MAP_LOOKUP_ELEM, &mut attr).is_ok() {
             entries.push((next, value));

@@ -170,7 +170,14 @@ ffffffff81006000 T do_fancy_thing
         let mut s = SyscallSymbols::parse(KALLSYMS);
         let nanosleep = syscalls::Sysno::clock_nanosleep.id() as u16;
         // schedule ← common_nsleep ← __x64_sys_clock_nanosleep ← do_syscall_64
-        let chain = [KERNEL, 0xffff_ffff_8100_2150, 0xffff_ffff_8100_2050, 0xffff_ffff_8100_1010, USER, 0x4000];
+        let chain = [
+            KERNEL,
+            0xffff_ffff_8100_2150,
+            0xffff_ffff_8100_2050,
+            0xffff_ffff_8100_1010,
+            USER,
+            0x4000,
+        ];
         assert_eq!(s.syscall_of(&chain), Some(nanosleep));
     }
 
@@ -179,10 +186,24 @@ ffffffff81006000 T do_fancy_thing
         let mut s = SyscallSymbols::parse(KALLSYMS);
         let read = syscalls::Sysno::read.id() as u16;
         let epoll_wait = syscalls::Sysno::epoll_wait.id() as u16;
-        assert_eq!(s.syscall_of(&[KERNEL, 0xffff_ffff_8100_3250, 0xffff_ffff_8100_3010, 0xffff_ffff_8100_1010]), Some(read));
-        assert_eq!(s.syscall_of(&[KERNEL, 0xffff_ffff_8100_5010]), Some(epoll_wait));
+        assert_eq!(
+            s.syscall_of(&[
+                KERNEL,
+                0xffff_ffff_8100_3250,
+                0xffff_ffff_8100_3010,
+                0xffff_ffff_8100_1010
+            ]),
+            Some(read)
+        );
+        assert_eq!(
+            s.syscall_of(&[KERNEL, 0xffff_ffff_8100_5010]),
+            Some(epoll_wait)
+        );
         // A wrapper beats a helper wherever they are.
-        assert_eq!(s.syscall_of(&[KERNEL, 0xffff_ffff_8100_3010, 0xffff_ffff_8100_4010]), Some(read));
+        assert_eq!(
+            s.syscall_of(&[KERNEL, 0xffff_ffff_8100_3010, 0xffff_ffff_8100_4010]),
+            Some(read)
+        );
     }
 
     #[test]
@@ -190,7 +211,10 @@ ffffffff81006000 T do_fancy_thing
         let mut s = SyscallSymbols::parse(KALLSYMS);
         // do_fancy_thing is no syscall; next_fn ends __x64_sys_read's range; user addresses
         // are never looked up.
-        assert_eq!(s.syscall_of(&[KERNEL, 0xffff_ffff_8100_6010, 0xffff_ffff_8100_4090]), None);
+        assert_eq!(
+            s.syscall_of(&[KERNEL, 0xffff_ffff_8100_6010, 0xffff_ffff_8100_4090]),
+            None
+        );
         assert_eq!(s.syscall_of(&[USER, 0xffff_ffff_8100_4010]), None);
         assert!(SyscallSymbols::parse("0000000000000000 T __x64_sys_read\ngarbage\n").is_empty());
     }

@@ -77,7 +77,13 @@ impl SyscallCounter {
         let entries = sys::bpf_map_u64_entries(&self.counts)?;
         Ok(entries
             .into_iter()
-            .map(|(key, n)| ((key >> 32) as u32, u16::try_from(key & 0xffff_ffff).unwrap_or(u16::MAX), n))
+            .map(|(key, n)| {
+                (
+                    (key >> 32) as u32,
+                    u16::try_from(key & 0xffff_ffff).unwrap_or(u16::MAX),
+                    n,
+                )
+            })
             .collect())
     }
 }
@@ -87,8 +93,11 @@ const COUNTING: u32 = 1;
 const ARMED: u32 = 2;
 
 fn fork_child_pid_offset() -> Option<i16> {
-    let format =
-        std::fs::read_to_string(format!("{}/events/sched/sched_process_fork/format", super::TRACEFS)).ok()?;
+    let format = std::fs::read_to_string(format!(
+        "{}/events/sched/sched_process_fork/format",
+        super::TRACEFS
+    ))
+    .ok()?;
     let line = format.lines().find(|l| l.contains(" child_pid;"))?;
     let off = line.split("offset:").nth(1)?.split(';').next()?;
     off.trim().parse().ok()
@@ -256,7 +265,12 @@ fn sys_enter_prog(procs: &OwnedFd, counts: &OwnedFd) -> Vec<u64> {
     p.push(mov_imm(R4, 0));
     p.push(call(CALL_MAP_UPDATE));
     let out = epilogue(&mut p);
-    jumps.extend([(no_proc, out), (not_counting, out), (insert, insert_at), (done, out)]);
+    jumps.extend([
+        (no_proc, out),
+        (not_counting, out),
+        (insert, insert_at),
+        (done, out),
+    ]);
     patch(&mut p, &jumps);
     p
 }
@@ -308,7 +322,10 @@ mod tests {
         assert_eq!(mov_imm(R0, 1).to_le_bytes(), [0xb7, 0, 0, 0, 1, 0, 0, 0]);
         assert_eq!(exit().to_le_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
         // *(u32 *)(r10 - 4) = r1  ==  63 1a fc ff 00 00 00 00
-        assert_eq!(stx32(FP, -4, R1).to_le_bytes(), [0x63, 0x1a, 0xfc, 0xff, 0, 0, 0, 0]);
+        assert_eq!(
+            stx32(FP, -4, R1).to_le_bytes(),
+            [0x63, 0x1a, 0xfc, 0xff, 0, 0, 0, 0]
+        );
         let mut p = Vec::new();
         ld_map(&mut p, R1, 7);
         assert_eq!(p[0].to_le_bytes(), [0x18, 0x11, 0, 0, 7, 0, 0, 0]);
