@@ -111,7 +111,7 @@ struct Counters {
 /// The in-kernel syscall counter and the tracepoint events its programs hang on.
 struct BpfSyscalls {
     counter: syscount::SyscallCounter,
-    _events: [Counter; 3],
+    _events: [Counter; 2],
 }
 
 impl BpfSyscalls {
@@ -120,7 +120,7 @@ impl BpfSyscalls {
     /// shares its program, and when the copy is freed at a thread's exit the kernel takes the
     /// program off the tracepoint: counting stopped at the first thread exit.)
     fn open(pid: libc::pid_t) -> io::Result<Self> {
-        let counter = syscount::SyscallCounter::new(pid as u32)?;
+        let mut counter = syscount::SyscallCounter::new(pid as u32)?;
         let event = |group: &str, name: &str| {
             let mut b = Builder::new(Tracepoint::with_id(tracepoint_id(group, name)?));
             b.observe_pid(pid)
@@ -131,11 +131,10 @@ impl BpfSyscalls {
             b.build()
         };
         let events = [
-            event("raw_syscalls", "sys_enter")?,
             event("sched", "sched_process_fork")?,
             event("sched", "sched_process_exec")?,
         ];
-        counter.attach([&events[0], &events[1], &events[2]])?;
+        counter.attach([&events[0], &events[1]])?;
         Ok(BpfSyscalls {
             counter,
             _events: events,
@@ -176,6 +175,8 @@ pub struct PerfSession {
     faults: HashMap<u32, u64>,
     last_syscall: HashMap<u32, u16>,
     pub lost_records: u64,
+    /// Syscalls the in-kernel counter could not count (its map was full).
+    pub syscalls_dropped: u64,
 }
 
 /// Id of a tracepoint, read from tracefs (mounting it if absent and we may).
@@ -309,7 +310,12 @@ impl PerfSession {
                 };
                 if !opts.syscall_samples {
                     match BpfSyscalls::open(pid) {
-                        Ok(c) => counted = Some(c),
+                        // The counter would cost a perf trace record per syscall again; the
+                        // programs count every syscall, and what they cannot is counted.
+                        Ok(c) => {
+                            counted = Some(c);
+                            syscall_counter = None;
+                        }
                         Err(e) => notes.push(format!(
                             "syscalls are counted by a sample per syscall (slower): the in-kernel BPF counter could not be loaded ({e})"
                         )),
@@ -412,6 +418,7 @@ impl PerfSession {
             faults: HashMap::default(),
             last_syscall: HashMap::default(),
             lost_records: 0,
+            syscalls_dropped: 0,
         })
     }
 
@@ -500,6 +507,15 @@ impl PerfSession {
             if let Some(c) = &self.counted {
                 for (tid, nr, n) in c.counter.counts()? {
                     *self.syscalls.entry((tid, nr)).or_insert(0) += n;
+                }
+                let dropped = c.counter.dropped();
+                if dropped > 0 {
+                    self.syscalls_dropped += dropped;
+                    out(Record::Lost(Lost {
+                        cpu: u32::MAX,
+                        time_ns: sys::monotonic_ns(),
+                        records: dropped,
+                    }))?;
                 }
             }
         }

@@ -354,6 +354,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         let totals = p.totals();
         writer.write(&Record::Totals(totals)).map_err(write_err)?;
         lost_records = p.lost_records;
+        if p.syscalls_dropped > 0 {
+            missing.push(format!(
+                "{} syscalls went uncounted: the in-kernel counter's map was full",
+                p.syscalls_dropped
+            ));
+        }
     }
     let mut span_dropped = 0;
     if let Some((dir, intake)) = spans.take() {

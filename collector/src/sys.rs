@@ -333,6 +333,7 @@ mod bpf_cmd {
     pub const MAP_DELETE_ELEM: i32 = 3;
     pub const MAP_GET_NEXT_KEY: i32 = 4;
     pub const PROG_LOAD: i32 = 5;
+    pub const RAW_TRACEPOINT_OPEN: i32 = 17;
 }
 
 /// `union bpf_attr` as the commands above read it: 16 words, unused ones zero.
@@ -360,19 +361,54 @@ fn owned(fd: i64) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
 }
 
-/// BPF_MAP_CREATE of a hash map with `key_size`-byte keys and `value_size`-byte values.
-pub fn bpf_hash_map(key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
-    const BPF_MAP_TYPE_HASH: u64 = 1;
+/// The BPF map types the syscall counter uses.
+#[derive(Clone, Copy)]
+pub enum BpfMap {
+    /// A hash map whose entries are allocated as they are inserted (BPF_F_NO_PREALLOC).
+    Hash,
+    Array,
+}
+
+/// BPF_MAP_CREATE with `key_size`-byte keys and `value_size`-byte values.
+pub fn bpf_map(
+    kind: BpfMap,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<OwnedFd> {
+    let (ty, flags) = match kind {
+        BpfMap::Hash => (1u64, 1u64),
+        BpfMap::Array => (2, 0),
+    };
     let mut attr: BpfAttr = [0; 16];
-    attr[0] = BPF_MAP_TYPE_HASH | u64::from(key_size) << 32;
+    attr[0] = ty | u64::from(key_size) << 32;
     attr[1] = u64::from(value_size) | u64::from(max_entries) << 32;
+    attr[2] = flags;
     bpf(bpf_cmd::MAP_CREATE, &mut attr).map(owned)
 }
 
-/// BPF_PROG_LOAD of a tracepoint program. On failure the error carries the verifier's last
-/// word (the load is tried again with the log on, so a good program never pays for it).
-pub fn bpf_load_tracepoint_prog(insns: &[u64], name: &str) -> io::Result<OwnedFd> {
-    const BPF_PROG_TYPE_TRACEPOINT: u64 = 5;
+/// BPF_RAW_TRACEPOINT_OPEN: run `prog` at tracepoint `name`; closing the fd detaches it.
+pub fn bpf_raw_tracepoint_open(name: &str, prog: &OwnedFd) -> io::Result<OwnedFd> {
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr: BpfAttr = [0; 16];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = prog.as_raw_fd() as u64;
+    bpf(bpf_cmd::RAW_TRACEPOINT_OPEN, &mut attr).map(owned)
+}
+
+/// The BPF program types the syscall counter uses.
+#[derive(Clone, Copy)]
+pub enum BpfProg {
+    /// Attached to a perf tracepoint event; its context is the tracepoint's record.
+    Tracepoint = 5,
+    /// Attached with [`bpf_raw_tracepoint_open`]; its context is the tracepoint's arguments.
+    RawTracepoint = 17,
+}
+
+/// BPF_PROG_LOAD. On failure the error carries the verifier's last word (the load is tried
+/// again with the log on, so a good program never pays for it).
+pub fn bpf_load_prog(kind: BpfProg, insns: &[u64], name: &str) -> io::Result<OwnedFd> {
+    let prog_type = kind as u64;
     let license = b"Dual MIT/GPL\0";
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
@@ -380,7 +416,7 @@ pub fn bpf_load_tracepoint_prog(insns: &[u64], name: &str) -> io::Result<OwnedFd
     }
     let load = |log: Option<&mut Vec<u8>>| {
         let mut attr: BpfAttr = [0; 16];
-        attr[0] = BPF_PROG_TYPE_TRACEPOINT | (insns.len() as u64) << 32;
+        attr[0] = prog_type | (insns.len() as u64) << 32;
         attr[1] = insns.as_ptr() as u64;
         attr[2] = license.as_ptr() as u64;
         if let Some(log) = log {

@@ -485,8 +485,13 @@ fn overflowing_ring_reports_lost_records() {
     }
     let trace = temp_dir("lost").join("t.data");
     let fx = fx();
-    // A one-page ring cannot hold 200,000 syscall samples between drains.
-    let out = record(&trace, &["--ring-kib", "4"], &[&fx, "writes", "200000"]);
+    // A one-page ring cannot hold 200,000 syscall samples between drains (syscalls are
+    // counted in the kernel by default; --syscall-samples takes one sample per syscall).
+    let out = record(
+        &trace,
+        &["--ring-kib", "4", "--syscall-samples"],
+        &[&fx, "writes", "200000"],
+    );
     assert!(
         out.status.success(),
         "{}",

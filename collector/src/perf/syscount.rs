@@ -4,15 +4,19 @@
 //! per syscall and the recorder a record to parse: on nginx about 20% of its CPU. Counting in
 //! the kernel instead costs a hash-map update. Three tiny BPF programs do it:
 //!
-//! - on `raw_syscalls:sys_enter`: if the calling process is traced, `counts[tid << 32 | nr] += 1`;
+//! - on the raw tracepoint `sys_enter`: if the calling process is traced,
+//!   `counts[tid << 32 | nr] += 1` (a count that finds the map full goes to `drops`);
 //! - on `sched:sched_process_fork`: a child of a traced process is traced too (in the
 //!   parent's context, before the child can run, so nothing is missed);
 //! - on `sched:sched_process_exec`: the held child's entry is armed (2) until its exec, then
 //!   counts (1), so counting starts where perf's `enable_on_exec` starts.
 //!
-//! Tracepoint programs run for every task on the system (the program array belongs to the
-//! tracepoint), so each one first looks the process up in `procs`. Every program returns 1,
-//! so other perf events on these tracepoints (ours or another tool's) still see them.
+//! These programs run for every task on the system (a program belongs to the tracepoint, not
+//! to a task), so each one first looks the process up in `procs`. The syscall program is a raw
+//! tracepoint program: it gets the tracepoint's arguments directly, without perf building a
+//! trace record per syscall (that alone was ~4% of nginx's CPU). The fork and exec programs
+//! hang on perf tracepoint events (they are rare, and their records carry the child's pid),
+//! and return 1, so other tools' perf events on those tracepoints still see them.
 //!
 //! The programs are a few dozen instructions, assembled here: no BPF toolchain (clang,
 //! bpf-linker) is needed to build iotrace. See docs/DESIGN.md for why this is exact.
@@ -20,12 +24,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::sys;
+use crate::sys::{self, BpfMap, BpfProg};
 
 /// How many processes and threads can be traced at once (one `procs` entry each).
 const MAX_PROCS: u32 = 1 << 16;
-/// How many distinct (thread, syscall) pairs can be counted.
-const MAX_COUNTS: u32 = 1 << 16;
+/// How many distinct (thread, syscall) pairs can be counted (entries are allocated as
+/// they are first used).
+const MAX_COUNTS: u32 = 1 << 20;
 
 /// Offset of `child_pid` in `sched:sched_process_fork` (read from its tracefs format).
 const FORK_CHILD_PID_DEFAULT: i16 = 20;
@@ -35,35 +40,62 @@ const FORK_CHILD_PID_DEFAULT: i16 = 20;
 pub(crate) struct SyscallCounter {
     procs: OwnedFd,
     counts: OwnedFd,
+    drops: OwnedFd,
+    /// The syscall program and its raw tracepoint link; the fork and exec programs.
+    sys_enter: (OwnedFd, Option<OwnedFd>),
     progs: Vec<OwnedFd>,
 }
 
 impl SyscallCounter {
     /// Create the maps and load the programs; `child` counts from its next exec on.
     pub(crate) fn new(child: u32) -> io::Result<Self> {
-        let procs = sys::bpf_hash_map(4, 4, MAX_PROCS)?;
-        let counts = sys::bpf_hash_map(8, 8, MAX_COUNTS)?;
+        let procs = sys::bpf_map(BpfMap::Hash, 4, 4, MAX_PROCS)?;
+        let counts = sys::bpf_map(BpfMap::Hash, 8, 8, MAX_COUNTS)?;
+        let drops = sys::bpf_map(BpfMap::Array, 4, 8, 1)?;
         sys::bpf_map_update(&procs, &child.to_ne_bytes(), &ARMED.to_ne_bytes())?;
         let fork_off = fork_child_pid_offset().unwrap_or(FORK_CHILD_PID_DEFAULT);
+        let sys_enter = sys::bpf_load_prog(
+            BpfProg::RawTracepoint,
+            &sys_enter_prog(&procs, &counts, &drops),
+            "iotrace_sysent",
+        )?;
         let progs = vec![
-            sys::bpf_load_tracepoint_prog(&sys_enter_prog(&procs, &counts), "iotrace_sysent")?,
-            sys::bpf_load_tracepoint_prog(&fork_prog(&procs, fork_off), "iotrace_fork")?,
-            sys::bpf_load_tracepoint_prog(&exec_prog(&procs), "iotrace_exec")?,
+            sys::bpf_load_prog(
+                BpfProg::Tracepoint,
+                &fork_prog(&procs, fork_off),
+                "iotrace_fork",
+            )?,
+            sys::bpf_load_prog(BpfProg::Tracepoint, &exec_prog(&procs), "iotrace_exec")?,
         ];
         Ok(SyscallCounter {
             procs,
             counts,
+            drops,
+            sys_enter: (sys_enter, None),
             progs,
         })
     }
 
-    /// Attach the programs to perf events opened on `raw_syscalls:sys_enter`,
-    /// `sched:sched_process_fork` and `sched:sched_process_exec`, in that order.
-    pub(crate) fn attach(&self, events: [&impl AsRawFd; 3]) -> io::Result<()> {
+    /// Start counting: attach the fork and exec programs to perf events opened on
+    /// `sched:sched_process_fork` and `sched:sched_process_exec` (in that order), and the
+    /// syscall program to its raw tracepoint.
+    pub(crate) fn attach(&mut self, events: [&impl AsRawFd; 2]) -> io::Result<()> {
         for (event, prog) in events.iter().zip(&self.progs) {
             sys::perf_set_bpf(event.as_raw_fd(), prog.as_raw_fd())?;
         }
+        self.sys_enter.1 = Some(sys::bpf_raw_tracepoint_open(
+            "sys_enter",
+            &self.sys_enter.0,
+        )?);
         Ok(())
+    }
+
+    /// Counts that found the map full.
+    pub(crate) fn dropped(&self) -> u64 {
+        sys::bpf_map_u64_entries(&self.drops)
+            .ok()
+            .and_then(|e| e.first().map(|e| e.1))
+            .unwrap_or(0)
     }
 
     /// A thread or process of the child ended: stop tracing its id, so that an unrelated
@@ -228,8 +260,8 @@ fn epilogue(p: &mut Vec<u64>) -> usize {
     out
 }
 
-/// `raw_syscalls:sys_enter`: ctx + 8 is the syscall number.
-fn sys_enter_prog(procs: &OwnedFd, counts: &OwnedFd) -> Vec<u64> {
+/// Raw tracepoint `sys_enter(struct pt_regs *regs, long id)`: ctx + 8 is the syscall number.
+fn sys_enter_prog(procs: &OwnedFd, counts: &OwnedFd, drops: &OwnedFd) -> Vec<u64> {
     let mut p = vec![mov(R6, R1)];
     let mut jumps = Vec::new();
     lookup_current_process(&mut p, procs);
@@ -264,12 +296,26 @@ fn sys_enter_prog(procs: &OwnedFd, counts: &OwnedFd) -> Vec<u64> {
     p.push(add_imm(R3, -24));
     p.push(mov_imm(R4, 0));
     p.push(call(CALL_MAP_UPDATE));
+    let inserted = p.len();
+    p.push(jeq_imm(R0, 0, 0));
+    // The map is full: count the count that was lost.
+    p.push(st32(FP, -28, 0));
+    ld_map(&mut p, R1, drops.as_raw_fd());
+    p.push(mov(R2, FP));
+    p.push(add_imm(R2, -28));
+    p.push(call(CALL_MAP_LOOKUP));
+    let no_slot = p.len();
+    p.push(jeq_imm(R0, 0, 0));
+    p.push(mov_imm(R1, 1));
+    p.push(atomic_add64(R0, 0, R1));
     let out = epilogue(&mut p);
     jumps.extend([
         (no_proc, out),
         (not_counting, out),
         (insert, insert_at),
         (done, out),
+        (inserted, out),
+        (no_slot, out),
     ]);
     patch(&mut p, &jumps);
     p
