@@ -25,10 +25,10 @@ const QUIET: Duration = Duration::from_millis(20);
 const READS_PER_TURN: usize = 16;
 /// A client's incomplete hello or frame up to this size is always read (the layer's frames
 /// are at most 64 KiB)...
-const PARTIAL_FREE: usize = 256 << 10;
+const PARTIAL_FREE: usize = 128 << 10;
 /// ...while larger ones are read only while all clients' incomplete frames together hold
 /// less than this. Clients that announce large frames and then stall (or trickle) cannot
-/// make the recorder hold more than about this much, however many connect.
+/// make the recorder hold more than this plus `PARTIAL_FREE` per client.
 const PARTIAL_BUDGET: usize = 64 << 20;
 /// After accept(2) fails (EMFILE: out of descriptors), the listener rests this long instead
 /// of waking the loop at once with the same pending connection.
@@ -118,14 +118,22 @@ impl Client {
         }
     }
 
+    /// Reads and decodes what the client sent. With a `limit`, stops once this many bytes
+    /// of an incomplete frame are held (the budget for incomplete frames is spent).
     fn on_readable(
         &mut self,
         scratch: &mut [u8],
+        limit: Option<usize>,
         tx: &SyncSender<(SpanBatch, usize)>,
         shared: &Shared,
     ) -> Next {
         for _ in 0..READS_PER_TURN {
-            match self.stream.read(scratch) {
+            let room = match limit {
+                Some(limit) if self.buf.len() >= limit => return Next::Keep,
+                Some(limit) => (limit - self.buf.len()).min(scratch.len()),
+                None => scratch.len(),
+            };
+            match self.stream.read(&mut scratch[..room]) {
                 Ok(0) => return self.on_eof(shared),
                 Ok(n) => {
                     self.buf.extend_from_slice(scratch.get(..n).unwrap_or(&[]));
@@ -301,9 +309,10 @@ pub(super) fn run(
         }
         let first_client = fds.len();
         let buffered: usize = clients.iter().map(|c| c.buf.len()).sum();
+        let over_budget = buffered > PARTIAL_BUDGET;
         fds.extend(clients.iter().map(|c| {
             let mut fd = pollfd(c.stream.as_raw_fd());
-            if buffered > PARTIAL_BUDGET && c.buf.len() > PARTIAL_FREE {
+            if over_budget && c.buf.len() >= PARTIAL_FREE {
                 // Not read until the budget has room; a hang-up is still seen.
                 fd.events = 0;
             }
@@ -346,7 +355,11 @@ pub(super) fn run(
             i += 1;
             match fd {
                 Some(fd) if readable(fd) => {
-                    matches!(c.on_readable(&mut scratch, &tx, &shared), Next::Keep)
+                    // A client that hung up is read to its end (what is left is at most
+                    // its socket buffer), so its memory is freed.
+                    let hung_up = fd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+                    let limit = (over_budget && !hung_up).then_some(PARTIAL_FREE);
+                    matches!(c.on_readable(&mut scratch, limit, &tx, &shared), Next::Keep)
                 }
                 _ => true,
             }
