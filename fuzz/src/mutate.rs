@@ -224,7 +224,7 @@ fn inflate_anywhere(rng: &mut Rng, input: &mut Vec<u8>) {
 /// One generic edit.
 fn generic(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
     if input.is_empty() {
-        input.push(rng.next() as u8);
+        input.push(rng.next_u64() as u8);
         return;
     }
     let len = input.len();
@@ -240,7 +240,7 @@ fn generic(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
             input[at] = if rng.one_in(2) {
                 INTERESTING[rng.below(INTERESTING.len())]
             } else {
-                rng.next() as u8
+                rng.next_u64() as u8
             };
         }
         // Truncate.
@@ -271,7 +271,7 @@ fn generic(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
         _ => {
             let at = rng.below(len + 1);
             let n = 1 + rng.below(16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             input.splice(at..at, bytes);
         }
     }

@@ -343,10 +343,12 @@ pub(super) fn run(
             accept_pause = None;
         }
         if let Some(l) = &listener {
-            if listening && accept_pause.is_none() && fds.get(1).is_some_and(readable) {
-                if !accept_all(l, &mut clients, &mut accepted, &shared) {
-                    accept_pause = Some(Instant::now() + ACCEPT_PAUSE);
-                }
+            if listening
+                && accept_pause.is_none()
+                && fds.get(1).is_some_and(readable)
+                && !accept_all(l, &mut clients, &mut accepted, &shared)
+            {
+                accept_pause = Some(Instant::now() + ACCEPT_PAUSE);
             }
         }
         let mut i = 0;

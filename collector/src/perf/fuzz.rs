@@ -108,8 +108,10 @@ pub fn records(input: &[u8]) -> Vec<Record> {
     }
     let _ = flush_samples(&mut samples, &mut stacks, &mut out);
     if !syscalls.is_empty() {
-        let mut counts = ThreadCounts::default();
-        counts.syscalls = syscalls.drain().map(|((t, n), c)| (t, n, c)).collect();
+        let mut counts = ThreadCounts {
+            syscalls: syscalls.drain().map(|((t, n), c)| (t, n, c)).collect(),
+            ..ThreadCounts::default()
+        };
         counts.syscalls.sort_unstable();
         let _ = out(Record::ThreadCounts(counts));
     }
