@@ -51,6 +51,12 @@ enum Command {
     /// and every thread and child process it creates is followed. Ctrl-C and SIGTERM are
     /// forwarded to it (a third Ctrl-C sends SIGKILL). iotrace exits with the command's status
     /// (128+N when it died of signal N).
+    ///
+    /// The recording ends when the command exits; processes it started that live on (a
+    /// daemon) are named in the report and not recorded after. If iotrace itself is killed
+    /// (SIGKILL, OOM), the command gets SIGKILL too, and the file reads back as truncated. If
+    /// the trace cannot be written (disk full), iotrace prints one error line, stops
+    /// recording, lets the command run to its end and exits with its status.
     #[command(
         after_help = "EXAMPLES:\n    iotrace record -- sleep 1\n    iotrace record -o t.data -q -- ./server --port 8080\n"
     )]

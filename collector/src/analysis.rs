@@ -51,7 +51,18 @@ pub struct Summary {
     pub task_summary: Option<crate::tasks::TaskTotals>,
     /// Set when the trace is damaged: what happened and where.
     pub truncated: Option<String>,
+    /// Processes the command started that had not exited when it did (e.g. a daemon that
+    /// detached): the recording ends with the command, so what they did after is not
+    /// recorded. Empty for an unfinished trace.
+    pub still_running: Vec<ProcessRef>,
     pub records: u64,
+}
+
+/// A process, by pid and name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub name: String,
 }
 
 /// Name of the iotrace layer's flusher thread inside a recorded program.
@@ -163,6 +174,8 @@ pub struct Summarizer {
     span_batches: u64,
     span_clients: u64,
     tasks: crate::tasks::TaskAnalyzer,
+    /// Processes forked (after the command's own) and not yet seen to exit.
+    live_processes: BTreeMap<u32, ()>,
 }
 
 impl Summarizer {
@@ -218,6 +231,9 @@ impl Summarizer {
             }
             Record::Fork(f) => {
                 self.saw(f.time_ns);
+                if f.pid == f.tid && f.pid != f.ppid && self.live_processes.len() < 1 << 16 {
+                    self.live_processes.insert(f.pid, ());
+                }
                 let parent_name = self.threads.get(&f.ptid).map(|p| p.name.clone());
                 let t = self.thread(f.tid);
                 t.pid = f.pid;
@@ -228,6 +244,9 @@ impl Summarizer {
             }
             Record::Exit(e) => {
                 self.saw(e.time_ns);
+                if e.pid == e.tid {
+                    self.live_processes.remove(&e.pid);
+                }
                 let t = self.thread(e.tid);
                 if let Some((since, _)) = t.running_since.take() {
                     t.on_cpu_ns += e.time_ns.saturating_sub(since);
@@ -478,6 +497,21 @@ impl Summarizer {
         let spans = std::mem::take(&mut self.spans);
         if self.span_batches > 0 || self.span_clients > 0 {
             s.spans = Some(spans.finish(10));
+        }
+        if self.end_seen {
+            let command = s.pid;
+            s.still_running = std::mem::take(&mut self.live_processes)
+                .into_keys()
+                .filter(|&pid| pid != command)
+                .map(|pid| ProcessRef {
+                    pid,
+                    name: threads
+                        .iter()
+                        .find(|t| t.tid == pid)
+                        .map(|t| t.name.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
         }
         threads.sort_by_key(|t| (t.pid, t.tid));
         s.threads = threads;

@@ -52,6 +52,10 @@ pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
 pub const SOCKET_NAME: &str = "spans.sock";
 /// Decoded batches that may wait for the main loop before the intake stops reading.
 const QUEUE: usize = 4096;
+/// Wire bytes of the decoded batches that may wait for the main loop: past this the intake
+/// stops reading (and the programs drop and count events), so a flood of large frames cannot
+/// queue gigabytes while the main loop writes.
+pub const QUEUE_BYTES: usize = 16 << 20;
 
 /// Counters of what the intake received, and what went wrong.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +77,7 @@ pub struct IntakeStats {
 /// A running intake. Dropping it stops the thread without waiting; prefer [`Intake::shutdown`].
 pub struct Intake {
     path: PathBuf,
-    rx: Receiver<SpanBatch>,
+    rx: Receiver<(SpanBatch, usize)>,
     shared: Arc<server::Shared>,
     wake: UnixStream,
     ready: UnixStream,
@@ -149,12 +153,21 @@ impl Intake {
     /// The next decoded batch, if one is waiting. Call this regularly: while batches wait
     /// unread, the intake stops reading and the programs drop (and count) events.
     pub fn try_recv(&self) -> Option<SpanBatch> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().map(|item| self.taken(item))
+    }
+
+    /// Account for a batch leaving the queue.
+    fn taken(&self, (batch, bytes): (SpanBatch, usize)) -> SpanBatch {
+        self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        batch
     }
 
     /// The next decoded batch, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<SpanBatch> {
-        self.rx.recv_timeout(timeout).ok()
+        self.rx
+            .recv_timeout(timeout)
+            .ok()
+            .map(|item| self.taken(item))
     }
 
     /// Counters so far.
@@ -172,7 +185,7 @@ impl Intake {
         let give_up = Instant::now() + Duration::from_secs(2);
         let finished = loop {
             match self.rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(batch) => rest.push(batch),
+                Ok(item) => rest.push(self.taken(item)),
                 Err(RecvTimeoutError::Disconnected) => break true,
                 Err(RecvTimeoutError::Timeout) if Instant::now() >= give_up => break false,
                 Err(RecvTimeoutError::Timeout) => {}

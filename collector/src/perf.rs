@@ -8,6 +8,8 @@
 //! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
 
 mod callchain;
+#[doc(hidden)]
+pub mod fuzz;
 mod kallsyms;
 mod merge;
 mod syscount;

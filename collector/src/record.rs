@@ -60,6 +60,10 @@ pub struct RecordOutcome {
     pub forwarded_signal: Option<i32>,
     /// Sentences about what could not be measured.
     pub missing: Vec<String>,
+    /// Writing the trace failed (e.g. the disk is full): the file stops there and reads back
+    /// as truncated. The recording stopped, the program ran on to its end, and `exit` is its
+    /// status. The error line was printed when it happened.
+    pub write_error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +148,53 @@ impl Drop for SignalWatch {
     fn drop(&mut self) {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// The trace writer during the recording. The first write error (a full disk) is printed
+/// once and kept; from then on nothing more is written, but the recording loop goes on
+/// draining perf and the span socket (so neither the program nor the kernel waits on us)
+/// until the program exits, and iotrace then returns the program's status.
+struct Out {
+    writer: TraceWriter,
+    error: Option<io::Error>,
+}
+
+impl Out {
+    fn failed(&mut self, e: io::Error) {
+        if self.error.is_none() {
+            eprintln!(
+                "iotrace: error: writing the trace {}: {e}; recording stopped at {} bytes (the file reads back as truncated), waiting for the program to exit",
+                self.writer.path().display(),
+                self.writer.bytes()
+            );
+            self.error = Some(e);
+        }
+    }
+
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        if self.error.is_none() {
+            if let Err(e) = self.writer.write(record) {
+                self.failed(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_spans(&mut self, batch: &mut intake::SpanBatch) {
+        if self.error.is_none() {
+            if let Err(e) = self.writer.write_spans(batch) {
+                self.failed(e);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.writer.flush() {
+                self.failed(e);
+            }
         }
     }
 }
@@ -242,6 +293,10 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
             .map_err(write_err)?;
     }
     writer.flush().map_err(write_err)?;
+    let mut out = Out {
+        writer,
+        error: None,
+    };
 
     let pidfd = sys::pidfd_open(pid)?;
     if let Err(source) = child.release() {
@@ -310,15 +365,14 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
                     Record::Exit(_) => live_threads = (live_threads - 1).max(0),
                     _ => {}
                 }
-                writer.write(&r)
-            })
-            .map_err(write_err)?;
+                out.write(&r)
+            })?;
         }
 
         if let Some((_, intake)) = &spans {
             intake.take_ready();
             while let Some(mut batch) = intake.try_recv() {
-                writer.write_spans(&mut batch).map_err(write_err)?;
+                out.write_spans(&mut batch);
             }
         }
 
@@ -327,20 +381,18 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
             for p in &sample.processes {
                 peak_threads = peak_threads.max(p.threads);
             }
-            writer
-                .write(&Record::ProcSample(sample))
-                .map_err(write_err)?;
+            out.write(&Record::ProcSample(sample))?;
             next_poll += opts.proc_interval;
             if next_poll < std::time::Instant::now() {
                 next_poll = std::time::Instant::now() + opts.proc_interval;
             }
         }
-        writer.flush().map_err(write_err)?;
+        out.flush();
 
         if ready[0] {
             // The child is a zombie until reaped: one last look at its threads' counters.
             let last = poller.sample();
-            writer.write(&Record::ProcSample(last)).map_err(write_err)?;
+            out.write(&Record::ProcSample(last))?;
             if let Some(done) = sys::try_wait4(pid)? {
                 break done;
             }
@@ -350,9 +402,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut lost_records = 0;
     let mut missing = caps.missing.clone();
     if let Some(p) = perf.as_mut() {
-        p.drain_all(&mut |r| writer.write(&r)).map_err(write_err)?;
+        p.drain_all(&mut |r| out.write(&r))?;
         let totals = p.totals();
-        writer.write(&Record::Totals(totals)).map_err(write_err)?;
+        out.write(&Record::Totals(totals))?;
         lost_records = p.lost_records;
         if p.syscalls_dropped > 0 {
             missing.push(format!(
@@ -365,18 +417,16 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     if let Some((dir, intake)) = spans.take() {
         let (stats, rest) = intake.shutdown();
         for mut batch in rest {
-            writer.write_spans(&mut batch).map_err(write_err)?;
+            out.write_spans(&mut batch);
         }
         span_dropped = stats.dropped_by_programs;
-        writer
-            .write(&Record::SpanStats(SpanStats {
-                clients: stats.clients,
-                events: stats.events,
-                dropped: stats.dropped_by_programs,
-                bad_clients: stats.bad_clients,
-                warnings: stats.warnings.clone(),
-            }))
-            .map_err(write_err)?;
+        out.write(&Record::SpanStats(SpanStats {
+            clients: stats.clients,
+            events: stats.events,
+            dropped: stats.dropped_by_programs,
+            bad_clients: stats.bad_clients,
+            warnings: stats.warnings.clone(),
+        }))?;
         for w in &stats.warnings {
             eprintln!("iotrace: warning: span socket: {w}");
         }
@@ -397,8 +447,24 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         forwarded_signal: forwarded,
         peak_threads,
     };
-    writer.write(&Record::End(end)).map_err(write_err)?;
-    let bytes = writer.finish().map_err(write_err)?;
+    out.write(&Record::End(end))?;
+    let Out { writer, error } = out;
+    let bytes = writer.bytes();
+    let write_error = match error {
+        // What was buffered when the disk filled may be lost; the file on disk says how far
+        // it got by itself (it reads back as truncated).
+        Some(e) => Some(e.to_string()),
+        None => match writer.finish() {
+            Ok(_) => None,
+            Err(e) => {
+                eprintln!(
+                    "iotrace: error: writing the trace {}: {e}",
+                    opts.output.display()
+                );
+                Some(e.to_string())
+            }
+        },
+    };
     drop(signals);
     Ok(RecordOutcome {
         exit,
@@ -407,6 +473,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         lost_records,
         forwarded_signal: forwarded,
         missing,
+        write_error,
     })
 }
 

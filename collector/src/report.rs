@@ -98,6 +98,19 @@ pub fn text(s: &Summary) -> String {
     if s.lost_events > 0 {
         let _ = writeln!(out, "   WARNING:   {} events were lost", s.lost_events);
     }
+    if !s.still_running.is_empty() {
+        let list: Vec<String> = s
+            .still_running
+            .iter()
+            .map(|p| format!("pid {} ({})", p.pid, p.name))
+            .collect();
+        let _ = writeln!(
+            out,
+            "   WARNING:   {} process(es) the command started were still running when it exited, and were not recorded after: {}",
+            list.len(),
+            list.join(", ")
+        );
+    }
     let _ = writeln!(out);
     let row = |out: &mut String, value: String, what: &str| {
         let _ = writeln!(out, "{value:>18}      {what}");

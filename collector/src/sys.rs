@@ -99,8 +99,10 @@ pub fn spawn_held(
     let (go_read, go_write) = pipe_cloexec()?;
     let (err_read, err_write) = pipe_cloexec()?;
 
-    // SAFETY: fork is safe to call; in the child we only use async-signal-safe calls (read,
-    // write, sigprocmask, execve, _exit) on memory prepared before the fork.
+    // SAFETY: getpid has no side effects.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: fork is safe to call; in the child we only use async-signal-safe calls (prctl,
+    // getppid, read, write, sigprocmask, execve, _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -109,6 +111,14 @@ pub fn spawn_held(
         // Child: wait for the go byte, restore default signal handling, exec.
         // SAFETY: see above; all pointers stay valid because the parent's memory is copied.
         unsafe {
+            // The child dies with the recorder: if iotrace is killed (SIGKILL, OOM), the
+            // program it was recording gets SIGKILL rather than running on unrecorded. The
+            // setting survives exec (not for set-uid programs) and is not inherited by the
+            // child's own children. If the recorder is already gone, do not run at all.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != parent {
+                libc::_exit(127);
+            }
             let mut byte = 0u8;
             loop {
                 let n = libc::read(go_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);

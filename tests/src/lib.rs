@@ -106,6 +106,32 @@ pub fn perf_binary(test: &str) -> bool {
     false
 }
 
+/// Whether tests that need root (mounting a tmpfs, dropping to another user) can run here.
+/// Skipped loudly when not root, except with `IOTRACE_REQUIRE_PERF=1` (CI runs as root),
+/// where that is a failure.
+pub fn root_available(test: &str) -> bool {
+    // SAFETY: geteuid has no side effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1") {
+            panic!("{test}: needs root (IOTRACE_REQUIRE_PERF=1 is set, as in CI)");
+        }
+        eprintln!("\n*** SKIPPED {test}: needs root. Set IOTRACE_REQUIRE_PERF=1 to make this a failure. ***\n");
+    }
+    root
+}
+
+/// The recorder's peak RSS as the fixture printed it (`recorder VmHWM N kB`; the largest
+/// if printed more than once), in bytes.
+pub fn recorder_hwm_bytes(stdout: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("recorder VmHWM "))
+        .filter_map(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
+        .max()
+        .map(|kb| kb * 1024)
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("iotrace-test-{}-{name}", std::process::id()));

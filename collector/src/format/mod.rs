@@ -225,6 +225,9 @@ pub struct TraceReader<R: Read = BufReader<File>> {
     stop: Option<Stop>,
     done: bool,
     buf: Vec<u8>,
+    /// A compressed frame's payload, decompressed; reused so reading allocates per frame
+    /// only what the frame's content size needs.
+    unpacked: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
     /// Kinds (bit per kind) the caller does not need: checked, not decoded.
     skip: u128,
@@ -274,6 +277,7 @@ impl<R: Read> TraceReader<R> {
             stop: None,
             done: false,
             buf: Vec::new(),
+            unpacked: Vec::new(),
             skip: 0,
             decompressor: zstd::bulk::Decompressor::new().map_err(|error| FormatError::Io {
                 path: name.to_owned(),
@@ -341,8 +345,13 @@ impl<R: Read> TraceReader<R> {
                 reason: format!("frame length {len} out of range"),
             });
         }
-        self.buf.resize(len as usize, 0);
-        let got = match read_full(&mut self.input, &mut self.buf) {
+        // Read what is there, up to `len`: a length that claims more than the file holds
+        // allocates what the file holds, not what it claims.
+        self.buf.clear();
+        let got = match (&mut self.input)
+            .take(u64::from(len))
+            .read_to_end(&mut self.buf)
+        {
             Ok(n) => n,
             Err(e) => {
                 return self.fail(Stop::Corrupt {
@@ -366,11 +375,8 @@ impl<R: Read> TraceReader<R> {
             return Some(Record::Unknown(kind & !COMPRESSED));
         }
         let decoded = if kind & COMPRESSED != 0 {
-            match self
-                .decompressor
-                .decompress(&self.buf[1..], MAX_FRAME as usize)
-            {
-                Ok(payload) => decode(kind & !COMPRESSED, &payload),
+            match self.decompress() {
+                Ok(()) => decode(kind & !COMPRESSED, &self.unpacked),
                 Err(e) => {
                     return self.fail(Stop::Corrupt {
                         offset: start,
@@ -391,6 +397,40 @@ impl<R: Read> TraceReader<R> {
                 reason: format!("undecodable record of kind {}: {e}", kind & !COMPRESSED),
             }),
         }
+    }
+}
+
+impl<R: Read> TraceReader<R> {
+    /// Decompress the frame in `buf` into `unpacked`. The buffer is sized from the zstd
+    /// frame's declared content size (at most [`MAX_FRAME`]), not a fixed 16 MiB per frame;
+    /// a frame whose data is larger than it declares fails to decompress.
+    fn decompress(&mut self) -> io::Result<()> {
+        let packed = self.buf.get(1..).unwrap_or(&[]);
+        let size = match zstd::zstd_safe::get_frame_content_size(packed) {
+            Ok(Some(n)) if n <= u64::from(MAX_FRAME) => n as usize,
+            Ok(Some(n)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("it declares {n} bytes, over the {MAX_FRAME}-byte limit"),
+                ))
+            }
+            Ok(None) => MAX_FRAME as usize,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "not a zstd frame",
+                ))
+            }
+        };
+        self.unpacked.clear();
+        // Keep the buffer from growing for good after one large frame.
+        if self.unpacked.capacity() > (1 << 20) && size < (1 << 20) {
+            self.unpacked = Vec::new();
+        }
+        self.unpacked.reserve_exact(size);
+        self.decompressor
+            .decompress_to_buffer(packed, &mut self.unpacked)?;
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,6 +23,16 @@ const DRAIN_FOR: Duration = Duration::from_millis(200);
 const QUIET: Duration = Duration::from_millis(20);
 /// Reads per client per wake-up, so one busy client cannot starve the others.
 const READS_PER_TURN: usize = 16;
+/// A client's incomplete hello or frame up to this size is always read (the layer's frames
+/// are at most 64 KiB)...
+const PARTIAL_FREE: usize = 128 << 10;
+/// ...while larger ones are read only while all clients' incomplete frames together hold
+/// less than this. Clients that announce large frames and then stall (or trickle) cannot
+/// make the recorder hold more than this plus `PARTIAL_FREE` per client.
+const PARTIAL_BUDGET: usize = 64 << 20;
+/// After accept(2) fails (EMFILE: out of descriptors), the listener rests this long instead
+/// of waking the loop at once with the same pending connection.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// State shared between the thread and the `Intake` handle.
 #[derive(Default)]
@@ -33,6 +43,8 @@ pub(super) struct Shared {
     /// that also writes a byte to `ready` so a main loop in poll(2) wakes at once.
     pub(super) pending: AtomicBool,
     pub(super) ready: std::sync::OnceLock<UnixStream>,
+    /// Wire bytes of the batches queued for the main loop (see [`super::QUEUE_BYTES`]).
+    pub(super) queued: AtomicUsize,
 }
 
 impl Shared {
@@ -106,14 +118,22 @@ impl Client {
         }
     }
 
+    /// Reads and decodes what the client sent. With a `limit`, stops once this many bytes
+    /// of an incomplete frame are held (the budget for incomplete frames is spent).
     fn on_readable(
         &mut self,
         scratch: &mut [u8],
-        tx: &SyncSender<SpanBatch>,
+        limit: Option<usize>,
+        tx: &SyncSender<(SpanBatch, usize)>,
         shared: &Shared,
     ) -> Next {
         for _ in 0..READS_PER_TURN {
-            match self.stream.read(scratch) {
+            let room = match limit {
+                Some(limit) if self.buf.len() >= limit => return Next::Keep,
+                Some(limit) => (limit - self.buf.len()).min(scratch.len()),
+                None => scratch.len(),
+            };
+            match self.stream.read(&mut scratch[..room]) {
                 Ok(0) => return self.on_eof(shared),
                 Ok(n) => {
                     self.buf.extend_from_slice(scratch.get(..n).unwrap_or(&[]));
@@ -161,17 +181,26 @@ impl Client {
     }
 
     /// Decodes every complete hello/frame in `buf` and keeps the incomplete rest.
-    fn decode(&mut self, tx: &SyncSender<SpanBatch>, shared: &Shared) -> Result<(), WireError> {
+    fn decode(
+        &mut self,
+        tx: &SyncSender<(SpanBatch, usize)>,
+        shared: &Shared,
+    ) -> Result<(), WireError> {
         let mut pos = 0;
         let result = self.decode_from(&mut pos, tx, shared);
         self.buf.drain(..pos.min(self.buf.len()));
+        // A large frame's room is given back once it is decoded, so clients that each sent
+        // one large frame do not keep its memory for the rest of the recording.
+        if self.buf.capacity() > PARTIAL_FREE && self.buf.len() <= self.buf.capacity() / 4 {
+            self.buf.shrink_to(self.buf.len());
+        }
         result
     }
 
     fn decode_from(
         &mut self,
         pos: &mut usize,
-        tx: &SyncSender<SpanBatch>,
+        tx: &SyncSender<(SpanBatch, usize)>,
         shared: &Shared,
     ) -> Result<(), WireError> {
         let pid = match self.pid {
@@ -195,6 +224,13 @@ impl Client {
             let Some(payload) = rest.get(4..4 + len) else {
                 return Ok(());
             };
+            // Wait while the main loop is behind by more than QUEUE_BYTES: the programs' own
+            // queues then fill and they drop (and count) instead of waiting on us.
+            while shared.queued.load(Ordering::Acquire) > super::QUEUE_BYTES
+                && !shared.stop.load(Ordering::Acquire)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let batch = wire::decode_frame(payload)?;
             if batch.pid != pid {
                 return Err(WireError::Pid {
@@ -215,9 +251,11 @@ impl Client {
                     .saturating_add(batch.dropped_total);
             }
             self.dropped = batch.dropped_total;
-            // Blocks only while the recorder's main loop is behind; then the programs' own
-            // queues fill and they drop (and count) instead of waiting.
-            let _ = tx.send(batch);
+            // Blocks only while the recorder's main loop is behind (see above).
+            shared.queued.fetch_add(4 + len, Ordering::AcqRel);
+            if tx.send((batch, 4 + len)).is_err() {
+                shared.queued.fetch_sub(4 + len, Ordering::AcqRel);
+            }
             shared.notify();
         }
     }
@@ -228,7 +266,7 @@ pub(super) fn run(
     listener: UnixListener,
     socket: PathBuf,
     wake: UnixStream,
-    tx: SyncSender<SpanBatch>,
+    tx: SyncSender<(SpanBatch, usize)>,
     shared: Arc<Shared>,
 ) {
     crate::sys::boost_this_thread(crate::record::RECORDER_BOOST);
@@ -238,6 +276,7 @@ pub(super) fn run(
     let mut scratch = vec![0u8; 64 * 1024];
     let mut drain_until: Option<Instant> = None;
     let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut accept_pause: Option<Instant> = None;
     loop {
         if drain_until.is_none() && shared.stop.load(Ordering::Acquire) {
             drain_until = Some(Instant::now() + DRAIN_FOR);
@@ -260,11 +299,30 @@ pub(super) fn run(
 
         fds.clear();
         fds.push(pollfd(wake.as_raw_fd()));
+        let listening = listener.is_some();
         if let Some(l) = &listener {
-            fds.push(pollfd(l.as_raw_fd()));
+            let mut fd = pollfd(l.as_raw_fd());
+            if accept_pause.is_some_and(|until| Instant::now() < until) {
+                fd.events = 0;
+            }
+            fds.push(fd);
         }
         let first_client = fds.len();
-        fds.extend(clients.iter().map(|c| pollfd(c.stream.as_raw_fd())));
+        let buffered: usize = clients.iter().map(|c| c.buf.len()).sum();
+        let over_budget = buffered > PARTIAL_BUDGET;
+        fds.extend(clients.iter().map(|c| {
+            let mut fd = pollfd(c.stream.as_raw_fd());
+            if over_budget && c.buf.len() >= PARTIAL_FREE {
+                // Not read until the budget has room; a hang-up is still seen.
+                fd.events = 0;
+            }
+            fd
+        }));
+        let timeout = if accept_pause.is_some() {
+            timeout.min(ACCEPT_PAUSE)
+        } else {
+            timeout
+        };
 
         let ready = match poll(&mut fds, timeout) {
             Ok(n) => n,
@@ -281,9 +339,16 @@ pub(super) fn run(
             let mut sink = [0u8; 64];
             let _ = (&wake).read(&mut sink);
         }
+        if accept_pause.is_some_and(|until| Instant::now() >= until) {
+            accept_pause = None;
+        }
         if let Some(l) = &listener {
-            if fds.get(1).is_some_and(readable) {
-                accept_all(l, &mut clients, &mut accepted, &shared);
+            if listening
+                && accept_pause.is_none()
+                && fds.get(1).is_some_and(readable)
+                && !accept_all(l, &mut clients, &mut accepted, &shared)
+            {
+                accept_pause = Some(Instant::now() + ACCEPT_PAUSE);
             }
         }
         let mut i = 0;
@@ -292,7 +357,11 @@ pub(super) fn run(
             i += 1;
             match fd {
                 Some(fd) if readable(fd) => {
-                    matches!(c.on_readable(&mut scratch, &tx, &shared), Next::Keep)
+                    // A client that hung up is read to its end (what is left is at most
+                    // its socket buffer), so its memory is freed.
+                    let hung_up = fd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+                    let limit = (over_budget && !hung_up).then_some(PARTIAL_FREE);
+                    matches!(c.on_readable(&mut scratch, limit, &tx, &shared), Next::Keep)
                 }
                 _ => true,
             }
@@ -312,7 +381,14 @@ pub(super) fn run(
     }
 }
 
-fn accept_all(l: &UnixListener, clients: &mut Vec<Client>, accepted: &mut u64, shared: &Shared) {
+/// Accepts every pending connection. Returns false when accept(2) failed (e.g. EMFILE), so
+/// the caller rests the listener a moment instead of spinning on the same pending connection.
+fn accept_all(
+    l: &UnixListener,
+    clients: &mut Vec<Client>,
+    accepted: &mut u64,
+    shared: &Shared,
+) -> bool {
     loop {
         match l.accept() {
             Ok((stream, _)) => {
@@ -331,11 +407,11 @@ fn accept_all(l: &UnixListener, clients: &mut Vec<Client>, accepted: &mut u64, s
                     frames: 0,
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 shared.warn(format!("span intake: accept failed: {e}"));
-                return;
+                return false;
             }
         }
     }

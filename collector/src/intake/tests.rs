@@ -509,3 +509,93 @@ fn stale_socket_file_is_replaced() {
     let mut got = Vec::new();
     wait_for(&intake, &mut got, |s| s.frames == 1);
 }
+
+/// A frame of `n` Enter records (17 bytes each) from pid 1, thread 2.
+fn big_frame(n: usize) -> Vec<u8> {
+    let records: Vec<u8> = (0..n as u64).flat_map(|i| enter(i, 1)).collect();
+    frame(1, 2, 0, &records)
+}
+
+/// Writes `bytes` without blocking until the peer has taken nothing for ~1 s; returns how
+/// much it took.
+fn write_until_stalled(s: &mut UnixStream, bytes: &[u8]) -> usize {
+    s.set_nonblocking(true).unwrap();
+    let mut written = 0;
+    let mut idle = 0;
+    while written < bytes.len() && idle < 100 {
+        match s.write(&bytes[written..]) {
+            Ok(n) => {
+                written += n;
+                idle = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                idle += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    written
+}
+
+/// Regression: the queue to the main loop was bounded at 4096 batches whatever their size,
+/// so a client flooding 4 MiB frames while the main loop was busy made the intake hold
+/// gigabytes of decoded events. Now it stops reading at QUEUE_BYTES of queued frames.
+#[test]
+fn flood_of_large_frames_stops_at_the_queue_byte_bound() {
+    let dir = TempDir::new();
+    let intake = start(dir.path()).unwrap();
+    let mut s = connect(&intake);
+    s.write_all(&hello(1)).unwrap();
+    let one = big_frame((MAX_FRAME - 16) / 17);
+    let flood: Vec<u8> = one.iter().copied().cycle().take(one.len() * 16).collect();
+    // Nobody drains the intake: it must stop taking bytes soon after QUEUE_BYTES.
+    let taken = write_until_stalled(&mut s, &flood);
+    let bound = QUEUE_BYTES + 2 * one.len() + (4 << 20);
+    assert!(
+        taken < bound,
+        "took {taken} bytes with nobody draining (bound {bound})"
+    );
+    // Draining lets it go on: everything written arrives.
+    let mut got = Vec::new();
+    let frames_written = taken / one.len();
+    wait_for(&intake, &mut got, |st| st.frames as usize >= frames_written);
+    let (stats, rest) = intake.shutdown();
+    assert!(stats.frames as usize >= frames_written, "{stats:?}");
+    assert_eq!(stats.bad_clients, 0, "{stats:?}");
+    drop(rest);
+}
+
+/// Many clients that each announce a large frame and send most of it, then stall, are
+/// read only up to the intake's budget for incomplete frames; a small-frame client still
+/// gets through meanwhile.
+#[test]
+fn stalled_half_frames_are_held_within_the_budget() {
+    let dir = TempDir::new();
+    let intake = start(dir.path()).unwrap();
+    let one = big_frame((MAX_FRAME - 16) / 17);
+    let half = &one[..one.len() - 1000];
+    let mut taken = 0;
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut s = connect(&intake);
+        s.write_all(&hello(1)).unwrap();
+        taken += write_until_stalled(&mut s, half);
+        stalled.push(s);
+    }
+    // 40 × 4 MiB were offered; the intake holds about its budget (plus socket buffers).
+    let bound = (64 << 20) + 40 * (512 << 10) + 2 * MAX_FRAME;
+    assert!(taken < bound, "took {taken} bytes (bound {bound})");
+    let mut good = connect(&intake);
+    good.write_all(&hello(1)).unwrap();
+    good.write_all(&frame(1, 3, 0, &enter(5, 6))).unwrap();
+    let mut got = Vec::new();
+    wait_for(&intake, &mut got, |st| st.frames >= 1);
+    assert!(
+        got.iter().any(|b| b.tid == 3),
+        "the small client got through"
+    );
+    drop(stalled);
+    let (stats, _) = intake.shutdown();
+    assert_eq!(stats.frames, 1, "{stats:?}");
+}
