@@ -79,7 +79,8 @@ def col(name):
 bare, rec, perf = col("bare"), col("iotrace"), col("perf")
 b = statistics.median(bare)
 own = ("perf_trace_sys_enter", "perf_swevent_event", "perf_tp_event", "perf_output_",
-       "perf_event_output", "bpf_", "trace_call_bpf", "perf_trace_run_bpf_submit")
+       "perf_event_output", "bpf_prog_", "trace_call_bpf", "perf_trace_run_bpf_submit",
+       "__bpf_trace_sys_enter", "bpf_trace_run")
 total = mine = 0
 for line in open(f"{out}/oncpu.folded"):
     stack, _, n = line.rstrip().rpartition(" ")
