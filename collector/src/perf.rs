@@ -4,7 +4,7 @@
 //! what `perf stat` reports. Records are parsed here into trace records; callchains are
 //! interned into the trace's stack tree by the `callchain` submodule.
 //!
-//! The layout follows what the kernel allows (see DESIGN.md): sampling with `inherit` needs one
+//! The layout follows what the kernel allows (see docs/DESIGN.md): sampling with `inherit` needs one
 //! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
 
 mod callchain;

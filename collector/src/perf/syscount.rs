@@ -4,8 +4,9 @@
 //! per syscall and the recorder a record to parse: on nginx about 20% of its CPU. Counting in
 //! the kernel instead costs a hash-map update. Three tiny BPF programs do it:
 //!
-//! - on the raw tracepoint `sys_enter`: if the calling process is traced,
-//!   `counts[tid << 32 | nr] += 1` (a count that finds the map full goes to `drops`);
+//! - on the raw tracepoint `sys_enter`: `counts[tid << 32 | nr] += 1` if that entry exists, or
+//!   else if the calling process is recorded (a count that finds the map full goes to
+//!   `drops`);
 //! - on `sched:sched_process_fork`: a child of a traced process is traced too (in the
 //!   parent's context, before the child can run, so nothing is missed);
 //! - on `sched:sched_process_exec`: the held child's entry is armed (2) until its exec, then
@@ -99,7 +100,9 @@ impl SyscallCounter {
     }
 
     /// A thread or process of the child ended: stop tracing its id, so that an unrelated
-    /// process that gets the id later is not counted.
+    /// process that gets the id later is not counted. (Its `counts` entries stay until the
+    /// end; a thread that got a reused id would add to those: pid_max ids must be used
+    /// up first, and the report would name the old thread.)
     pub(crate) fn exited(&self, tid: u32) {
         let _ = sys::bpf_map_delete(&self.procs, &tid.to_ne_bytes());
     }
@@ -144,6 +147,7 @@ mod asm {
     pub const R4: u8 = 4;
     pub const R6: u8 = 6;
     pub const R7: u8 = 7;
+    pub const R8: u8 = 8;
     pub const FP: u8 = 10;
 
     pub const CALL_MAP_LOOKUP: i32 = 1;
@@ -261,33 +265,47 @@ fn epilogue(p: &mut Vec<u64>) -> usize {
 }
 
 /// Raw tracepoint `sys_enter(struct pt_regs *regs, long id)`: ctx + 8 is the syscall number.
+///
+/// The common case, a recorded thread making a syscall it made before, costs one hash
+/// lookup: `counts` is looked up first, and only a miss asks `procs` whether the process is
+/// recorded (every syscall of every other process on the machine takes that path and ends
+/// there).
 fn sys_enter_prog(procs: &OwnedFd, counts: &OwnedFd, drops: &OwnedFd) -> Vec<u64> {
     let mut p = vec![mov(R6, R1)];
-    let mut jumps = Vec::new();
-    lookup_current_process(&mut p, procs);
-    let no_proc = p.len();
-    p.push(jeq_imm(R0, 0, 0));
-    p.push(ldx32(R1, R0, 0));
-    let not_counting = p.len();
-    p.push(jne_imm(R1, COUNTING as i32, 0));
-    // key = tid << 32 | (u32) nr
+    p.push(call(CALL_GET_CURRENT_PID_TGID));
+    p.push(mov(R7, R0));
+    // key = tid << 32 | (u32) nr, at fp - 16
     p.push(ldx64(R1, R6, 8));
     p.push(lsh(R1, 32));
     p.push(rsh(R1, 32));
-    p.push(lsh(R7, 32));
-    p.push(or(R7, R1));
-    p.push(stx64(FP, -16, R7));
+    p.push(mov(R8, R7));
+    p.push(lsh(R8, 32));
+    p.push(or(R8, R1));
+    p.push(stx64(FP, -16, R8));
     ld_map(&mut p, R1, counts.as_raw_fd());
     p.push(mov(R2, FP));
     p.push(add_imm(R2, -16));
     p.push(call(CALL_MAP_LOOKUP));
-    let insert = p.len();
+    let miss = p.len();
     p.push(jeq_imm(R0, 0, 0));
     p.push(mov_imm(R1, 1));
     p.push(atomic_add64(R0, 0, R1));
     let done = p.len();
     p.push(ja(0));
-    let insert_at = p.len();
+    // A first (thread, syscall): is the process recorded, and counting yet?
+    let miss_at = p.len();
+    p.push(mov(R1, R7));
+    p.push(rsh(R1, 32));
+    p.push(stx32(FP, -4, R1));
+    ld_map(&mut p, R1, procs.as_raw_fd());
+    p.push(mov(R2, FP));
+    p.push(add_imm(R2, -4));
+    p.push(call(CALL_MAP_LOOKUP));
+    let no_proc = p.len();
+    p.push(jeq_imm(R0, 0, 0));
+    p.push(ldx32(R1, R0, 0));
+    let not_counting = p.len();
+    p.push(jne_imm(R1, COUNTING as i32, 0));
     p.push(st64(FP, -24, 1));
     ld_map(&mut p, R1, counts.as_raw_fd());
     p.push(mov(R2, FP));
@@ -309,15 +327,17 @@ fn sys_enter_prog(procs: &OwnedFd, counts: &OwnedFd, drops: &OwnedFd) -> Vec<u64
     p.push(mov_imm(R1, 1));
     p.push(atomic_add64(R0, 0, R1));
     let out = epilogue(&mut p);
-    jumps.extend([
-        (no_proc, out),
-        (not_counting, out),
-        (insert, insert_at),
-        (done, out),
-        (inserted, out),
-        (no_slot, out),
-    ]);
-    patch(&mut p, &jumps);
+    patch(
+        &mut p,
+        &[
+            (miss, miss_at),
+            (done, out),
+            (no_proc, out),
+            (not_counting, out),
+            (inserted, out),
+            (no_slot, out),
+        ],
+    );
     p
 }
 

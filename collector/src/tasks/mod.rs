@@ -1,4 +1,4 @@
-//! The state model of `DESIGN.md`: where threads block and where tasks yield, computed in one
+//! The state model of `docs/DESIGN.md`: where threads block and where tasks yield, computed in one
 //! streaming pass over a trace.
 //!
 //! - **Threads** (from context-switch records): `running`, `runnable` (preempted, or new and
