@@ -123,6 +123,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The closing line: `N inputs, P panics, peak RSS X MB`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} inputs, {} panics, peak RSS {:.1} MB",
+            self.inputs,
+            self.panics,
+            peak_rss_mb()
+        )
+    }
+
     pub fn add(&mut self, other: Outcome) {
         self.inputs += other.inputs;
         self.panics += other.panics;

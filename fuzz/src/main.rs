@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use iotrace_fuzz::targets::{Seeds, Target};
-use iotrace_fuzz::{fuzz_target, peak_rss_mb, Outcome};
+use iotrace_fuzz::{fuzz_target, Outcome};
 
 fn main() -> ExitCode {
     let mut inputs: u64 = 100_000;
@@ -68,12 +68,7 @@ fn main() -> ExitCode {
         }
         total.add(outcome);
     }
-    println!(
-        "{} inputs, {} panics, peak RSS {:.1} MB",
-        total.inputs,
-        total.panics,
-        peak_rss_mb()
-    );
+    println!("{}", total.summary());
     eprintln!("({:.1} s)", started.elapsed().as_secs_f64());
     if total.panics == 0 {
         ExitCode::SUCCESS

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use iotrace_collector::format::{TraceReader, COMPRESSED, MAGIC, MAX_FRAME};
 use iotrace_fuzz::targets::{frame, Seeds, Target};
-use iotrace_fuzz::{fuzz_target, largest_allocation, peak_rss_mb, Outcome};
+use iotrace_fuzz::{fuzz_target, largest_allocation, Outcome};
 
 #[test]
 fn twenty_thousand_inputs_find_no_panics() {
@@ -18,12 +18,7 @@ fn twenty_thousand_inputs_find_no_panics() {
         }
         total.add(outcome);
     }
-    println!(
-        "{} inputs, {} panics, peak RSS {:.1} MB",
-        total.inputs,
-        total.panics,
-        peak_rss_mb()
-    );
+    println!("{}", total.summary());
     assert!(total.inputs >= 20_000);
     assert_eq!(total.panics, 0, "{:?}", total.failures);
 }
