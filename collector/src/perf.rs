@@ -113,7 +113,19 @@ struct Counters {
 /// The in-kernel syscall counter and the tracepoint events its programs hang on.
 struct BpfSyscalls {
     counter: syscount::SyscallCounter,
-    _events: [Counter; 2],
+    events: Vec<Counter>,
+}
+
+impl Drop for BpfSyscalls {
+    /// Closing a tracepoint event waits for an RCU grace period (tens of ms here): close
+    /// them at once rather than one after another.
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for event in self.events.drain(..) {
+                s.spawn(move || drop(event));
+            }
+        });
+    }
 }
 
 impl BpfSyscalls {
@@ -132,15 +144,12 @@ impl BpfSyscalls {
                 .exclude_kernel(false);
             b.build()
         };
-        let events = [
+        let events = vec![
             event("sched", "sched_process_fork")?,
             event("sched", "sched_process_exec")?,
         ];
         counter.attach([&events[0], &events[1]])?;
-        Ok(BpfSyscalls {
-            counter,
-            _events: events,
-        })
+        Ok(BpfSyscalls { counter, events })
     }
 }
 
@@ -155,7 +164,7 @@ pub struct PerfSession {
     /// The in-kernel syscall counter, when it replaces the per-syscall samples.
     counted: Option<BpfSyscalls>,
     /// Names the syscall of a switch-out from its kernel stack (with `counted`).
-    kallsyms: Option<kallsyms::SyscallSymbols>,
+    kallsyms: Option<kallsyms::Lazy>,
     /// Whether switch-out stacks are wanted (the switch event may be open only to name
     /// syscalls).
     off_cpu_stacks: bool,
@@ -304,26 +313,23 @@ impl PerfSession {
         match tracepoint {
             Err(_) if !kernel => {}
             Ok(tp) => {
-                // The whole-run count (what `perf stat` prints).
-                syscall_counter = {
-                    let mut b = Builder::new(Tracepoint::with_id(tp));
-                    base(&mut b, pid, kernel);
-                    b.any_cpu().build().ok()
-                };
                 if !opts.syscall_samples {
                     match BpfSyscalls::open(pid) {
-                        // The counter would cost a perf trace record per syscall again; the
-                        // programs count every syscall, and what they cannot is counted.
-                        Ok(c) => {
-                            counted = Some(c);
-                            syscall_counter = None;
-                        }
+                        Ok(c) => counted = Some(c),
                         Err(e) => notes.push(format!(
                             "syscalls are counted by a sample per syscall (slower): the in-kernel BPF counter could not be loaded ({e})"
                         )),
                     }
                 }
+                // With a sample per syscall, perf's whole-run count (what `perf stat` prints)
+                // checks them. (With the BPF counter it would cost a perf trace record per
+                // syscall again; the programs count every syscall, and what they cannot.)
                 if counted.is_none() {
+                    syscall_counter = {
+                        let mut b = Builder::new(Tracepoint::with_id(tp));
+                        base(&mut b, pid, kernel);
+                        b.any_cpu().build().ok()
+                    };
                     let opened: io::Result<()> = (|| {
                         for ring in rings.iter_mut() {
                             let mut b = Builder::new(Tracepoint::with_id(tp));
@@ -351,10 +357,8 @@ impl PerfSession {
             )),
         }
         // Without a sample per syscall, a switch-out's syscall is read off its kernel stack.
-        let kallsyms = counted.as_ref().map(|_| kallsyms::SyscallSymbols::load());
-        if kallsyms.as_ref().is_some_and(|k| k.is_empty()) {
-            notes.push("the syscall each switch-out happened in is unknown: /proc/kallsyms shows no addresses (kernel.kptr_restrict)".to_owned());
-        }
+        // (With kernel.kptr_restrict hiding addresses, those syscalls are named `unknown`.)
+        let kallsyms = counted.as_ref().map(|_| kallsyms::Lazy::start());
 
         // One sample per page fault, for per-thread counts.
         let mut fault_ids = Vec::new();
@@ -602,7 +606,7 @@ struct RecordState<'a> {
     last_syscall: &'a mut HashMap<u32, u16>,
     lost: &'a mut u64,
     counted: Option<&'a BpfSyscalls>,
-    kallsyms: Option<&'a mut kallsyms::SyscallSymbols>,
+    kallsyms: Option<&'a mut kallsyms::Lazy>,
     off_cpu_stacks: bool,
 }
 
@@ -639,7 +643,7 @@ impl RecordState<'_> {
                 flags |= Switch::PREEMPT;
             } else if let Some(k) = self.kallsyms.as_deref_mut() {
                 if let Some(p) = cpu.samples.pending.as_ref().filter(|p| p.tid == id.tid) {
-                    syscall = k.syscall_of(&p.chain).unwrap_or(Switch::NO_SYSCALL);
+                    syscall = k.get().syscall_of(&p.chain).unwrap_or(Switch::NO_SYSCALL);
                 }
             } else if let Some(&nr) = self.last_syscall.get(&id.tid) {
                 syscall = nr;

@@ -25,9 +25,9 @@ pub fn records(input: &[u8]) -> Vec<Record> {
     // Inputs of odd length name switch-outs' syscalls from kernel stacks, as recordings with
     // the in-kernel counter do; even ones from the last syscall sample.
     let mut kallsyms = (input.len() % 2 == 1).then(|| {
-        kallsyms::SyscallSymbols::parse(
+        kallsyms::Lazy::Ready(kallsyms::SyscallSymbols::parse(
             "ffffffff81000000 T __x64_sys_read\nffffffff81001000 T ksys_write\nffffffff81002000 T other\n",
-        )
+        ))
     });
     let mut rest = input;
     while rest.len() >= 8 {

@@ -50,6 +50,7 @@ impl SyscallSymbols {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -127,6 +128,38 @@ impl SyscallSymbols {
             }
         }
         best.map(|b| b.0)
+    }
+}
+
+/// [`SyscallSymbols`] read on a thread of its own: reading /proc/kallsyms takes ~0.1 s of
+/// kernel time, which the held child would otherwise wait for before it may exec.
+pub(crate) enum Lazy {
+    Loading(Option<std::thread::JoinHandle<SyscallSymbols>>),
+    Ready(SyscallSymbols),
+}
+
+impl Lazy {
+    pub(crate) fn start() -> Self {
+        let loader = std::thread::Builder::new()
+            .name("iotrace-kallsyms".into())
+            .spawn(SyscallSymbols::load)
+            .ok();
+        Lazy::Loading(loader)
+    }
+
+    /// The symbols, waiting for them the first time (empty if the loader failed).
+    pub(crate) fn get(&mut self) -> &mut SyscallSymbols {
+        if let Lazy::Loading(loader) = self {
+            let symbols = loader
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default();
+            *self = Lazy::Ready(symbols);
+        }
+        match self {
+            Lazy::Ready(symbols) => symbols,
+            Lazy::Loading(_) => unreachable!("set to Ready above"),
+        }
     }
 }
 

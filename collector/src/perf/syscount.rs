@@ -31,7 +31,7 @@ use crate::sys::{self, BpfMap, BpfProg};
 const MAX_PROCS: u32 = 1 << 16;
 /// How many distinct (thread, syscall) pairs can be counted (entries are allocated as
 /// they are first used).
-const MAX_COUNTS: u32 = 1 << 20;
+const MAX_COUNTS: u32 = 1 << 18;
 
 /// Offset of `child_pid` in `sched:sched_process_fork` (read from its tracefs format).
 const FORK_CHILD_PID_DEFAULT: i16 = 20;
