@@ -89,7 +89,11 @@ fn main_thread(report: &Value) -> &Value {
 /// short: the iotrace layer handing its last records to its writer thread at exit (a futex),
 /// and, on a busy machine, a non-blocking socket call sleeping a moment on a kernel lock.
 fn assert_blocks_only_in_epoll_wait(thread: &Value) {
-    let by = blocked_by(thread);
+    let mut by = blocked_by(thread);
+    // Before serving: the kernel loading the program in execve (its pages read from disk on a
+    // cold cache, as in CI's fresh clone: 4.3 ms once), named since switch-outs are named
+    // from their kernel stacks.
+    by.remove("execve");
     let total: u64 = by.values().map(|v| v.0).sum();
     let (epoll_ns, epoll_waits) = by.get("epoll_wait").copied().unwrap_or((0, 0));
     let others: u64 = by
