@@ -1,11 +1,14 @@
 //! perf events on the child: one ring buffer per CPU carrying context-switch, comm, fork, exit
-//! and mmap records, one sample per syscall entry and per page fault, on-CPU stack samples
-//! (cpu-clock) and a stack at every switch-out, plus inherited counting events whose totals are
-//! what `perf stat` reports. Records are parsed here into trace records; callchains are
-//! interned into the trace's stack tree by the `callchain` submodule.
+//! and mmap records, one sample per page fault, on-CPU stack samples (cpu-clock) and a stack at
+//! every switch-out, plus inherited counting events whose totals are what `perf stat` reports.
+//! Syscalls are counted in the kernel (`syscount`), or with one sample per syscall entry where
+//! that cannot be had or with `--syscall-samples`. The rings' records are put in time order
+//! (`merge`) and parsed here into trace records; callchains are interned into the trace's
+//! stack tree by the `callchain` submodule.
 //!
-//! The layout follows what the kernel allows (see docs/DESIGN.md): sampling with `inherit` needs one
-//! event per CPU with `pid = child`; events start disabled and are enabled by the child's exec.
+//! The layout follows what the kernel allows (see docs/DESIGN.md): sampling with `inherit`
+//! needs one event per CPU with `pid = child`; events start disabled and are enabled by the
+//! child's exec.
 
 mod callchain;
 #[doc(hidden)]
