@@ -251,6 +251,7 @@ fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     opts.perf_options.frequency_hz = if args.no_samples { 0 } else { args.frequency };
     opts.perf_options.off_cpu_stacks = !args.no_samples;
     opts.perf_options.syscall_samples = args.syscall_samples;
+    opts.defer_teardown = true;
     let outcome = match record::record(&opts) {
         Ok(o) => o,
         Err(e) => {

@@ -35,6 +35,11 @@ pub struct RecordOptions {
     /// Offer the span socket to the child (`IOTRACE_SOCKET`).
     pub spans: bool,
     pub perf_options: PerfOptions,
+    /// Leave closing the perf events to a helper process that waits for this one to exit.
+    /// Closing a tracepoint event waits for the kernel's RCU grace periods (~75 ms here);
+    /// a program that exits right after recording (the CLI) need not wait for that. The
+    /// events then stay open until this process exits.
+    pub defer_teardown: bool,
 }
 
 impl RecordOptions {
@@ -46,6 +51,7 @@ impl RecordOptions {
             proc_interval: Duration::from_millis(100),
             spans: true,
             perf_options: PerfOptions::default(),
+            defer_teardown: false,
         }
     }
 }
@@ -466,6 +472,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         },
     };
     drop(signals);
+    if let Some(p) = perf.take() {
+        if opts.defer_teardown && sys::close_fds_after_exit().is_ok() {
+            std::mem::forget(p);
+        }
+    }
     Ok(RecordOutcome {
         exit,
         trace: opts.output.clone(),

@@ -324,6 +324,53 @@ pub fn boost_this_thread(boost: i32) -> bool {
     }
 }
 
+/// Fork a process that holds a copy of every fd of this one and waits for this one to exit
+/// (its end of a pipe then closes), then exits itself. The kernel's release of what those fds
+/// refer to (perf tracepoint events wait for RCU grace periods when they go) then happens in
+/// that process, after this one has exited and been reaped. Its stdio is /dev/null, so that
+/// nobody reading this process's output waits for it.
+pub fn close_fds_after_exit() -> io::Result<()> {
+    let (read_end, write_end) = pipe_cloexec()?;
+    // SAFETY: open takes a NUL-terminated path we own.
+    let devnull = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if devnull < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after fork the child calls only async-signal-safe functions (dup2, close, read,
+    // _exit) on fds it owns, and touches no memory that another thread could be changing.
+    match unsafe { libc::fork() } {
+        // SAFETY: as said above: only async-signal-safe calls on fds this process owns.
+        0 => unsafe {
+            for fd in 0..3 {
+                libc::dup2(devnull, fd);
+            }
+            libc::close(write_end.as_raw_fd());
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                    break;
+                }
+            }
+            libc::_exit(0)
+        },
+        -1 => {
+            let e = io::Error::last_os_error();
+            // SAFETY: devnull was opened above and is not used after this.
+            unsafe { libc::close(devnull) };
+            Err(e)
+        }
+        _ => {
+            // SAFETY: devnull was opened above and is not used after this.
+            unsafe { libc::close(devnull) };
+            drop(read_end);
+            // The write end stays open until this process exits: that is the signal.
+            std::mem::forget(write_end);
+            Ok(())
+        }
+    }
+}
+
 /// Attach BPF program `prog` to the tracepoint of perf event `fd` (PERF_EVENT_IOC_SET_BPF).
 pub fn perf_set_bpf(fd: RawFd, prog: RawFd) -> io::Result<()> {
     const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
