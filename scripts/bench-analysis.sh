@@ -23,16 +23,8 @@ addr=$(sed -n 's/^listening on //p' "$out/server.out")
 kill -TERM "$rec"
 wait "$rec" || true
 
-measure() { # name, command...
-  local name=$1; shift
-  /usr/bin/time -v "$@" >"$out/$name.stdout" 2>"$out/$name.time" || { cat "$out/$name.time"; exit 1; }
-  local secs kb
-  secs=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out/$name.time" |
-    awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s }')
-  kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/$name.time")
-  printf '%-22s %8.2f s   %8.1f MB peak RSS\n' "$name" "$secs" "$(echo "$kb / 1024" | bc -l)"
-  eval "${name//-/_}_secs=$secs; ${name//-/_}_kb=$kb"
-}
+# shellcheck source=lib/measure.sh
+. scripts/lib/measure.sh
 
 echo "recording:            $(du -h "$out/t.data" | cut -f1) for $duration of load, $(jq -r '.requests' "$out/load.json") requests"
 measure report "$bin/iotrace" report --json "$out/t.data"

@@ -52,16 +52,8 @@ kill -TERM "$rec"
 wait "$rec" || true
 rec=
 
-measure() { # name, command...
-  local name=$1; shift
-  /usr/bin/time -v "$@" >"$out/$name.stdout" 2>"$out/$name.time" || { cat "$out/$name.time"; exit 1; }
-  local s kb
-  s=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out/$name.time" |
-    awk -F: '{ v = 0; for (i = 1; i <= NF; i++) v = v * 60 + $i; print v }')
-  kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/$name.time")
-  printf '%-22s %8.2f s   %8.1f MB peak RSS\n' "$name" "$s" "$(echo "$kb / 1024" | bc -l)"
-  echo "$s $kb" >"$out/$name.figures"
-}
+# shellcheck source=lib/measure.sh
+. scripts/lib/measure.sh
 
 mark=$((secs < 120 ? secs / 2 : 60))
 read -r rss1 rss_end anon1 anon_end < <(awk -v m="$mark" '
@@ -78,8 +70,8 @@ truncated=$(jq -r '.truncated // "no"' "$out/report.stdout")
 echo "span events:           $events"
 echo "lost events:           $lost"
 echo "truncated:             $truncated"
-read -r rs rkb <"$out/report.figures"
-read -r ts tkb <"$out/timeline.figures"
+rs=$report_secs rkb=$report_kb
+ts=$timeline_secs tkb=$timeline_kb
 awk -v a="$rss1" -v b="$rss_end" -v aa="$anon1" -v ab="$anon_end" -v m="$mark" -v lost="$lost" -v rs="$rs" -v rkb="$rkb" -v ts="$ts" -v tkb="$tkb" 'BEGIN {
   r = b / a
   printf "recorder RSS:          %.1f MB at %d s, %.1f MB at the end: ratio %.3f\n", a / 1024, m, b / 1024, r

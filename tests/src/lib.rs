@@ -150,11 +150,20 @@ pub fn run_iotrace(args: &[&str]) -> Output {
 
 /// `iotrace record -q -o TRACE [extra…] -- CMD…`, returning the record's output.
 pub fn record(trace: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+    record_in(Path::new("."), trace, extra, cmd)
+}
+
+/// [`record`] with CMD (and iotrace) started in directory `cwd`.
+pub fn record_in(cwd: &Path, trace: &Path, extra: &[&str], cmd: &[&str]) -> Output {
     let mut args = vec!["record", "-q", "-o", trace.to_str().expect("utf-8 path")];
     args.extend_from_slice(extra);
     args.push("--");
     args.extend_from_slice(cmd);
-    run_iotrace(&args)
+    Command::new(iotrace())
+        .args(&args)
+        .current_dir(cwd)
+        .output()
+        .expect("run iotrace record")
 }
 
 /// `iotrace report --json TRACE`, parsed.

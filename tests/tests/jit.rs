@@ -26,18 +26,12 @@ fn node_js_function_burning_cpu_is_named_from_its_perf_map() {
     let dir = temp_dir("jit-node");
     let trace = dir.join("node.data");
     // Node writes an isolate-*-v8.log into its working directory: keep it in the temp dir.
-    let out = std::process::Command::new(iotrace())
-        .args([
-            "record",
-            "-q",
-            "-o",
-            trace.to_str().expect("utf-8 path"),
-            "--",
-        ])
-        .args(["node", "--perf-basic-prof", "-e", BURN])
-        .current_dir(&dir)
-        .output()
-        .expect("run iotrace record");
+    let out = record_in(
+        &dir,
+        &trace,
+        &[],
+        &["node", "--perf-basic-prof", "-e", BURN],
+    );
     assert!(
         out.status.success(),
         "record node failed: {}",
