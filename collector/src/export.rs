@@ -15,7 +15,9 @@ use std::path::Path;
 use crate::analysis::syscall_name;
 use crate::format::Switch;
 use crate::tasks::TaskKey;
-use crate::timeline::{collect, Collected, TimelineError, TimelineOptions, BLOCKED, STATES};
+use crate::timeline::{
+    collect, Collected, OutFile, TimelineError, TimelineOptions, TrackError, BLOCKED, STATES,
+};
 
 /// Output formats of `iotrace export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +35,6 @@ pub struct ExportOutcome {
     pub truncated: Option<String>,
 }
 
-/// Microseconds with nanosecond precision, as the format wants them.
-fn us(ns: u64) -> String {
-    format!("{}.{:03}", ns / 1000, ns % 1000)
-}
-
 fn js(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
@@ -45,17 +42,57 @@ fn js(s: &str) -> String {
 struct Out<W: Write> {
     w: W,
     events: u64,
-    bytes: u64,
+    line: Line,
 }
 
 impl<W: Write> Out<W> {
-    fn event(&mut self, body: &str) -> io::Result<()> {
-        let sep = if self.events == 0 { "\n" } else { ",\n" };
-        self.w.write_all(sep.as_bytes())?;
-        self.w.write_all(body.as_bytes())?;
+    /// Starts an event: the separator before it, and counts it.
+    fn sep(&mut self) -> io::Result<()> {
+        let sep: &[u8] = if self.events == 0 { b"\n" } else { b",\n" };
         self.events += 1;
-        self.bytes += (sep.len() + body.len()) as u64;
-        Ok(())
+        self.w.write_all(sep)
+    }
+
+    /// Starts an event formatted into [`Out::line`]; [`Out::end`] writes it.
+    fn begin(&mut self) -> &mut Line {
+        self.line.0.clear();
+        let sep: &[u8] = if self.events == 0 { b"\n" } else { b",\n" };
+        self.events += 1;
+        self.line.0.extend_from_slice(sep);
+        &mut self.line
+    }
+
+    fn end(&mut self) -> io::Result<()> {
+        self.w.write_all(&self.line.0)
+    }
+}
+
+/// One event, formatted by hand into a reused buffer: the bulk of an export is millions of
+/// slices, and `write!` through `Display` cost half its time.
+#[derive(Default)]
+struct Line(Vec<u8>, itoa::Buffer);
+
+impl Line {
+    fn s(&mut self, s: &str) -> &mut Self {
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    fn n(&mut self, v: impl itoa::Integer) -> &mut Self {
+        let digits = self.1.format(v);
+        self.0.extend_from_slice(digits.as_bytes());
+        self
+    }
+    /// Nanoseconds as microseconds with three decimals.
+    fn us(&mut self, ns: u64) -> &mut Self {
+        self.n(ns / 1000);
+        let f = (ns % 1000) as u32;
+        self.0.extend_from_slice(&[
+            b'.',
+            b'0' + (f / 100) as u8,
+            b'0' + (f / 10 % 10) as u8,
+            b'0' + (f % 10) as u8,
+        ]);
+        self
     }
 }
 
@@ -67,36 +104,49 @@ pub fn export(
     opts: &TimelineOptions,
 ) -> Result<ExportOutcome, TimelineError> {
     let ExportFormat::Perfetto = format;
-    let (summary, col) = collect(trace, opts)?;
+    let (summary, col) = collect(trace, opts, false)?;
     let write_err = |error| TimelineError::Write {
         path: out.to_owned(),
         error,
     };
-    let file = std::fs::File::create(out).map_err(write_err)?;
     let mut o = Out {
-        w: io::BufWriter::new(file),
+        w: OutFile::create(out).map_err(write_err)?,
         events: 0,
-        bytes: 0,
+        line: Line::default(),
     };
-    write_perfetto(&summary, &col, &mut o).map_err(write_err)?;
-    o.w.flush().map_err(write_err)?;
+    write_perfetto(&summary, &col, &mut o).map_err(|e| match e {
+        TrackError::Read(e) => TimelineError::Spill(e),
+        TrackError::Write(e) => write_err(e),
+    })?;
+    let bytes = o.w.finish().map_err(write_err)?;
     Ok(ExportOutcome {
         events: o.events,
-        bytes: o.bytes,
+        bytes,
         truncated: summary.truncated.clone(),
     })
+}
+
+/// A timestamp or duration in µs with ns precision, written straight to the output.
+struct Us(u64);
+
+impl std::fmt::Display for Us {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
 }
 
 fn write_perfetto<W: Write>(
     summary: &crate::analysis::Summary,
     col: &Collected,
     o: &mut Out<W>,
-) -> io::Result<()> {
+) -> Result<(), TrackError> {
     let base = col.start_ns;
-    let rel = |t: u64| us(t.saturating_sub(base));
-    let head = "{\"displayTimeUnit\":\"ns\",\"otherData\":{\"tool\":\"iotrace\"},\"traceEvents\":[";
-    o.w.write_all(head.as_bytes())?;
-    o.bytes += head.len() as u64;
+    let rel = |t: u64| Us(t.saturating_sub(base));
+    let we = TrackError::Write;
+    o.w.write_all(
+        b"{\"displayTimeUnit\":\"ns\",\"otherData\":{\"tool\":\"iotrace\"},\"traceEvents\":[",
+    )
+    .map_err(we)?;
 
     // Names.
     let mut processes: HashMap<u32, String> = HashMap::new();
@@ -115,112 +165,170 @@ fn write_perfetto<W: Write>(
     let mut pids: Vec<(&u32, &String)> = processes.iter().collect();
     pids.sort();
     for (pid, name) in pids {
-        o.event(&format!(
+        o.sep().map_err(we)?;
+        write!(
+            o.w,
             "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"name\":{}}}}}",
             js(name)
-        ))?;
+        )
+        .map_err(we)?;
     }
     for t in &summary.threads {
-        o.event(&format!(
+        o.sep().map_err(we)?;
+        write!(
+            o.w,
             "{{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":{},\"tid\":{},\"args\":{{\"name\":{}}}}}",
             t.pid,
             t.tid,
             js(&t.name)
-        ))?;
+        )
+        .map_err(we)?;
     }
 
     // Thread states: one X slice per stretch, in time order per thread.
-    let mut tids: Vec<&u32> = col.threads.keys().collect();
+    let state_names: Vec<String> = STATES.iter().map(|s| js(s)).collect();
+    // (name, syscall) of a blocked slice, as JSON strings, by syscall.
+    let mut blocked: HashMap<u16, (String, String)> = HashMap::new();
+    let mut tids: Vec<(u32, u32)> = col.threads.iter().map(|(&t, &(p, _))| (t, p)).collect();
     tids.sort();
-    for tid in tids {
-        let (pid, ivs) = &col.threads[tid];
-        for iv in ivs {
-            let (name, args) = if iv.state == BLOCKED {
-                let sc = if iv.syscall == Switch::NO_SYSCALL {
-                    "unknown".to_owned()
-                } else {
-                    syscall_name(iv.syscall)
-                };
-                let stack = iv
-                    .stack
-                    .map(|s| format!(",\"stack_id\":{s}"))
-                    .unwrap_or_default();
-                (
-                    format!("blocked: {sc}"),
-                    format!(",\"args\":{{\"syscall\":{}{stack}}}", js(&sc)),
-                )
+    for (tid, pid) in tids {
+        for iv in col.thread_ivs(tid).map_err(TrackError::Read)? {
+            let (ts, dur) = (iv.start.saturating_sub(base), iv.end - iv.start);
+            if iv.state == BLOCKED {
+                let (name, sc) = blocked.entry(iv.syscall).or_insert_with(|| {
+                    let sc = if iv.syscall == Switch::NO_SYSCALL {
+                        "unknown".to_owned()
+                    } else {
+                        syscall_name(iv.syscall)
+                    };
+                    (js(&format!("blocked: {sc}")), js(&sc))
+                });
+                let l = o.begin();
+                l.s("{\"ph\":\"X\",\"cat\":\"thread_state\",\"name\":")
+                    .s(name)
+                    .s(",\"pid\":")
+                    .n(pid)
+                    .s(",\"tid\":")
+                    .n(tid)
+                    .s(",\"ts\":")
+                    .us(ts)
+                    .s(",\"dur\":")
+                    .us(dur)
+                    .s(",\"args\":{\"syscall\":")
+                    .s(sc);
+                if let Some(s) = iv.stack {
+                    l.s(",\"stack_id\":").n(s);
+                }
+                l.s("}}");
             } else {
-                (STATES[usize::from(iv.state)].to_owned(), String::new())
-            };
-            o.event(&format!(
-                "{{\"ph\":\"X\",\"cat\":\"thread_state\",\"name\":{},\"pid\":{pid},\"tid\":{tid},\"ts\":{},\"dur\":{}{args}}}",
-                js(&name),
-                rel(iv.start),
-                us(iv.end - iv.start)
-            ))?;
+                o.begin()
+                    .s("{\"ph\":\"X\",\"cat\":\"thread_state\",\"name\":")
+                    .s(&state_names[usize::from(iv.state).min(STATES.len() - 1)])
+                    .s(",\"pid\":")
+                    .n(pid)
+                    .s(",\"tid\":")
+                    .n(tid)
+                    .s(",\"ts\":")
+                    .us(ts)
+                    .s(",\"dur\":")
+                    .us(dur)
+                    .s("}");
+            }
+            o.end().map_err(we)?;
         }
     }
 
     // Tasks: one async track each.
+    let mut syscalls: HashMap<u16, String> = HashMap::new();
     for row in &summary.tasks {
         let key = TaskKey {
             pid: row.pid,
             span: row.id,
         };
-        let Some(ivs) = col.tasks.get(&key) else {
+        if !col.tasks.contains_key(&key) {
             continue;
-        };
+        }
         let name = match &row.location {
             Some(loc) => format!("{} ({loc})", row.name),
             None => row.name.clone(),
         };
         let name = js(&name);
         let id = format!("{{\"local\":\"0x{:x}\"}}", row.id);
-        for iv in ivs {
-            let state = STATES[usize::from(iv.state)];
-            let mut args = format!("\"state\":{}", js(state));
+        let pid = row.pid;
+        for iv in col.task_ivs(&key).map_err(TrackError::Read)? {
+            let state = &state_names[usize::from(iv.state).min(STATES.len() - 1)];
+            let tid = if iv.tid != 0 { iv.tid } else { row.pid };
+            let l = o.begin();
+            l.s("{\"ph\":\"b\",\"cat\":")
+                .s(state)
+                .s(",\"name\":")
+                .s(&name)
+                .s(",\"id2\":")
+                .s(&id)
+                .s(",\"pid\":")
+                .n(pid)
+                .s(",\"tid\":")
+                .n(tid)
+                .s(",\"ts\":")
+                .us(iv.start.saturating_sub(base))
+                .s(",\"args\":{\"state\":")
+                .s(state);
             if iv.tid != 0 {
-                args.push_str(&format!(
-                    ",\"worker_tid\":{},\"on_cpu_us\":{},\"preempted_us\":{},\"blocked_us\":{},\"blocked_worker_us\":{}",
-                    iv.tid,
-                    us(iv.on_cpu),
-                    us(iv.preempted),
-                    us(iv.blocked),
-                    us(iv.counted)
-                ));
+                l.s(",\"worker_tid\":")
+                    .n(iv.tid)
+                    .s(",\"on_cpu_us\":")
+                    .us(iv.on_cpu)
+                    .s(",\"preempted_us\":")
+                    .us(iv.preempted)
+                    .s(",\"blocked_us\":")
+                    .us(iv.blocked)
+                    .s(",\"blocked_worker_us\":")
+                    .us(iv.counted);
                 if iv.syscall != Switch::NO_SYSCALL {
-                    args.push_str(&format!(",\"syscall\":{}", js(&syscall_name(iv.syscall))));
+                    let sc = syscalls
+                        .entry(iv.syscall)
+                        .or_insert_with(|| js(&syscall_name(iv.syscall)));
+                    l.s(",\"syscall\":").s(sc);
                 }
             }
-            let tid = if iv.tid != 0 { iv.tid } else { row.pid };
-            o.event(&format!(
-                "{{\"ph\":\"b\",\"cat\":{},\"name\":{name},\"id2\":{id},\"pid\":{},\"tid\":{tid},\"ts\":{},\"args\":{{{args}}}}}",
-                js(state),
-                row.pid,
-                rel(iv.start)
-            ))?;
-            o.event(&format!(
-                "{{\"ph\":\"e\",\"cat\":{},\"name\":{name},\"id2\":{id},\"pid\":{},\"tid\":{tid},\"ts\":{}}}",
-                js(state),
-                row.pid,
-                rel(iv.end)
-            ))?;
+            l.s("}}");
+            o.end().map_err(we)?;
+            o.begin()
+                .s("{\"ph\":\"e\",\"cat\":")
+                .s(state)
+                .s(",\"name\":")
+                .s(&name)
+                .s(",\"id2\":")
+                .s(&id)
+                .s(",\"pid\":")
+                .n(pid)
+                .s(",\"tid\":")
+                .n(tid)
+                .s(",\"ts\":")
+                .us(iv.end.saturating_sub(base))
+                .s("}");
+            o.end().map_err(we)?;
         }
     }
 
     // Counters from /proc, per process, in time order.
     for &(t, pid, rss, threads) in &col.counters {
-        o.event(&format!(
+        o.sep().map_err(we)?;
+        write!(
+            o.w,
             "{{\"ph\":\"C\",\"name\":\"memory\",\"pid\":{pid},\"tid\":{pid},\"ts\":{},\"args\":{{\"rss_bytes\":{rss}}}}}",
             rel(t)
-        ))?;
-        o.event(&format!(
+        )
+        .map_err(we)?;
+        o.sep().map_err(we)?;
+        write!(
+            o.w,
             "{{\"ph\":\"C\",\"name\":\"threads\",\"pid\":{pid},\"tid\":{pid},\"ts\":{},\"args\":{{\"threads\":{threads}}}}}",
             rel(t)
-        ))?;
+        )
+        .map_err(we)?;
     }
-    o.w.write_all(b"\n]}\n")?;
-    o.bytes += 4;
+    o.w.write_all(b"\n]}\n").map_err(we)?;
     Ok(())
 }
 
@@ -230,7 +338,7 @@ mod tests {
 
     #[test]
     fn microseconds_keep_nanoseconds() {
-        assert_eq!(us(1_234_567), "1234.567");
-        assert_eq!(us(5), "0.005");
+        assert_eq!(Us(1_234_567).to_string(), "1234.567");
+        assert_eq!(Us(5).to_string(), "0.005");
     }
 }

@@ -1,7 +1,7 @@
 //! Span totals: what the program's iotrace layer sent, folded in one pass. Busy time is the
 //! time a span was entered (summed over its enters, per thread); lifetime is creation to close.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 

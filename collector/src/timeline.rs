@@ -2,22 +2,34 @@
 //! and per task, colored by state, that zooms and pans and tells on hover what a stretch was.
 //!
 //! The trace is read once through the analysis ([`crate::tasks`]) with a sink that keeps every
-//! interval ([`Collected`], shared with [`crate::export`]); the page is `timeline.html` with the
-//! data inlined as JSON. The page draws on a canvas and, when a track has more intervals than
+//! interval ([`Collected`], shared with [`crate::export`]) compactly, spilling to a temporary
+//! file past a memory budget (`store.rs`), and, in the same pass, the stack tree that names the
+//! blocked stretches' stacks. The page is `timeline.html` with the data inlined as JSON,
+//! written one track at a time (`page.rs`) by a second thread (`outfile.rs`). The page draws on a canvas and, when a track has more intervals than
 //! pixels in view, colors each pixel column by the state that filled most of it (prefix sums
 //! per state), so it stays smooth with millions of intervals.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
+use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::analysis::{Summarizer, Summary};
 use crate::format::{FormatError, Record, TraceReader};
+use crate::stacks::{Need, StackFold};
+use crate::symbolize::{self, KernelSymbols};
 use crate::tasks::{
     Sink, StackId, TaskInterval, TaskKey, TaskOptions, TaskPhase, ThreadInterval, ThreadState,
 };
 
+mod outfile;
 mod page;
+mod store;
+
+pub(crate) use outfile::OutFile;
+pub(crate) use page::TrackError;
+use store::{Dec, Enc, Store};
 
 /// Why a timeline or export could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +40,8 @@ pub enum TimelineError {
     // `source` would be one): error chains (anyhow's `{:#}`) would print it twice.
     #[error("writing {}: {error}", path.display())]
     Write { path: PathBuf, error: io::Error },
+    #[error("keeping the intervals in a temporary file ($TMPDIR or /tmp): {0}")]
+    Spill(io::Error),
     #[error("the window {from_ns} ns..{to_ns} ns is empty or outside the recording")]
     Window { from_ns: u64, to_ns: u64 },
 }
@@ -104,12 +118,16 @@ pub(crate) struct TaskIv {
     pub merged: u32,
 }
 
-trait Span {
+/// A stretch as the store keeps it: start and end first, then what [`Stretch::encode`] adds.
+pub(crate) trait Stretch: Sized {
     fn start(&self) -> u64;
     fn end(&self) -> u64;
     fn set_start(&mut self, t: u64);
+    fn encode(&self, enc: &mut Enc);
+    fn decode(dec: &mut Dec, start: u64, end: u64) -> Self;
 }
-impl Span for ThreadIv {
+
+impl Stretch for ThreadIv {
     fn start(&self) -> u64 {
         self.start
     }
@@ -119,8 +137,34 @@ impl Span for ThreadIv {
     fn set_start(&mut self, t: u64) {
         self.start = t;
     }
+    fn encode(&self, enc: &mut Enc) {
+        enc.byte(self.state);
+        if self.state == BLOCKED {
+            enc.uint(u64::from(self.syscall));
+            enc.uint(self.stack.map_or(0, |s| u64::from(s) + 1));
+        }
+    }
+    fn decode(dec: &mut Dec, start: u64, end: u64) -> Self {
+        let state = dec.byte();
+        let (syscall, stack) = if state == BLOCKED {
+            let sc = dec.uint() as u16;
+            let st = dec.uint();
+            (sc, st.checked_sub(1).map(|s| s as StackId))
+        } else {
+            (0, None)
+        };
+        ThreadIv {
+            start,
+            end,
+            state,
+            syscall,
+            stack,
+            merged: 0,
+        }
+    }
 }
-impl Span for TaskIv {
+
+impl Stretch for TaskIv {
     fn start(&self) -> u64 {
         self.start
     }
@@ -129,36 +173,142 @@ impl Span for TaskIv {
     }
     fn set_start(&mut self, t: u64) {
         self.start = t;
+    }
+    fn encode(&self, enc: &mut Enc) {
+        enc.byte(self.state);
+        if self.state == POLL || self.state == POLL_BLOCKED {
+            enc.uint(u64::from(self.tid));
+            enc.uint(u64::from(self.syscall));
+            enc.uint(self.on_cpu);
+            enc.uint(self.preempted);
+            enc.uint(self.blocked);
+            enc.uint(self.counted);
+        }
+    }
+    fn decode(dec: &mut Dec, start: u64, end: u64) -> Self {
+        let state = dec.byte();
+        let mut t = TaskIv {
+            start,
+            end,
+            state,
+            tid: 0,
+            syscall: crate::format::Switch::NO_SYSCALL,
+            on_cpu: 0,
+            preempted: 0,
+            blocked: 0,
+            counted: 0,
+            merged: 0,
+        };
+        if state == POLL || state == POLL_BLOCKED {
+            t.tid = dec.uint() as u32;
+            t.syscall = dec.uint() as u16;
+            t.on_cpu = dec.uint();
+            t.preempted = dec.uint();
+            t.blocked = dec.uint();
+            t.counted = dec.uint();
+        }
+        t
     }
 }
 
 /// Sorts a track and trims overlaps, so each track is a sequence of disjoint stretches.
-fn normalize<T: Span>(v: &mut Vec<T>) {
+fn normalize<T: Stretch>(v: &mut Vec<T>) {
     v.sort_by_key(|i| (i.start(), i.end()));
     let mut last_end = 0;
-    v.retain_mut(|i| {
-        if i.start() < last_end {
-            i.set_start(last_end);
-        }
-        if i.end() <= i.start() {
-            return false;
-        }
-        last_end = i.end();
-        true
-    });
+    v.retain_mut(|i| trim(i, &mut last_end));
 }
 
-/// Every interval of a trace, by track, plus /proc counters; filled during one pass.
+/// Trims a stretch that starts before `last_end` (the end of the one before it in time
+/// order); false when nothing is left of it.
+fn trim<T: Stretch>(i: &mut T, last_end: &mut u64) -> bool {
+    if i.start() < *last_end {
+        i.set_start(*last_end);
+    }
+    if i.end() <= i.start() {
+        return false;
+    }
+    *last_end = i.end();
+    true
+}
+
+/// One track's stretches in time order, disjoint: streamed from the store when they came in
+/// order, else decoded whole and sorted.
+pub(crate) enum Ivs<T> {
+    Stream { dec: Dec, last_end: u64 },
+    Sorted(std::vec::IntoIter<T>),
+}
+
+impl<T: Stretch> Ivs<T> {
+    fn new(store: &Store, track: usize) -> io::Result<Self> {
+        let (mut dec, sorted) = store.read(track)?;
+        if sorted {
+            return Ok(Ivs::Stream { dec, last_end: 0 });
+        }
+        let mut v = Vec::with_capacity(store.len(track) as usize);
+        while let Some((s, e)) = dec.next_stretch() {
+            v.push(T::decode(&mut dec, s, e));
+        }
+        normalize(&mut v);
+        Ok(Ivs::Sorted(v.into_iter()))
+    }
+}
+
+impl<T: Stretch> Iterator for Ivs<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Ivs::Stream { dec, last_end } => loop {
+                let (s, e) = dec.next_stretch()?;
+                let mut iv = T::decode(dec, s, e);
+                if trim(&mut iv, last_end) {
+                    return Some(iv);
+                }
+            },
+            Ivs::Sorted(it) => it.next(),
+        }
+    }
+}
+
+/// Every interval of a trace, by track, plus /proc counters; filled during one pass. The
+/// stretches live in a [`Store`] (compact, spilled to a temporary file past a budget) and are
+/// read back one track at a time.
 #[derive(Debug, Default)]
 pub struct Collected {
     pub(crate) start_ns: u64,
     pub(crate) window: Option<(u64, u64)>,
     rel_window: (Option<u64>, Option<u64>),
-    pub(crate) threads: HashMap<u32, (u32, Vec<ThreadIv>)>,
-    pub(crate) tasks: HashMap<TaskKey, Vec<TaskIv>>,
+    store: Store,
+    /// tid → (pid, track).
+    pub(crate) threads: FxHashMap<u32, (u32, usize)>,
+    pub(crate) tasks: FxHashMap<TaskKey, usize>,
+    /// Tasks meant to block (spawn_blocking, tokio's worker threads): their polls are not
+    /// shown as blocking their worker.
+    blocking: HashSet<TaskKey>,
+    /// First start and last end of any stretch.
+    pub(crate) span: Option<(u64, u64)>,
     /// (time, pid, rss bytes, threads) from /proc samples.
     pub(crate) counters: Vec<(u64, u32, u64, u32)>,
     pub(crate) intervals: u64,
+    /// The stack tree and mappings, built in the same pass when the caller names stacks.
+    stacks: Option<Stacks>,
+    /// Each task track's latest stretches, held back and put in order before they are stored
+    /// (the analysis emits a poll after the idle and scheduled stretches that follow it).
+    pending: Vec<Vec<TaskIv>>,
+}
+
+/// Task stretches held back per track to put them in time order.
+const REORDER: usize = 4;
+
+/// What naming off-CPU stacks needs, gathered during the analysis pass.
+struct Stacks {
+    fold: StackFold,
+    kernel: Option<std::thread::JoinHandle<Option<KernelSymbols>>>,
+}
+
+impl std::fmt::Debug for Stacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stacks")
+    }
 }
 
 impl Collected {
@@ -169,6 +319,14 @@ impl Collected {
     }
 
     fn record(&mut self, record: &Record) {
+        if let Some(st) = &mut self.stacks {
+            if let Record::Sampling(s) = record {
+                if s.kernel_stacks && st.kernel.is_none() && symbolize::same_boot(&s.boot_id) {
+                    st.kernel = Some(KernelSymbols::spawn());
+                }
+            }
+            st.fold.add(record, &mut |_, _| {});
+        }
         match record {
             Record::Header(h) => {
                 self.start_ns = h.start_ns;
@@ -190,37 +348,96 @@ impl Collected {
         }
     }
 
-    /// Sorts every track, drops tasks the analysis did not confirm, and returns the summary.
-    fn settle(&mut self, summary: &Summary) {
-        for (_, v) in self.threads.values_mut() {
-            normalize(v);
+    /// Notes which tasks the analysis confirmed as blocking ones, and sorts the counters.
+    fn settle(&mut self, summary: &Summary) -> Result<(), TimelineError> {
+        for track in 0..self.pending.len() {
+            for iv in std::mem::take(&mut self.pending[track]) {
+                self.push(track, iv);
+            }
         }
-        let known: HashSet<TaskKey> = summary
+        if let Some(e) = self.store.take_error() {
+            return Err(TimelineError::Spill(e));
+        }
+        self.blocking = summary
             .tasks
             .iter()
+            .filter(|t| t.kind == "blocking")
             .map(|t| TaskKey {
                 pid: t.pid,
                 span: t.id,
             })
             .collect();
-        self.tasks.retain(|k, _| known.contains(k));
-        // Tasks meant to block (spawn_blocking, tokio's worker threads) are not shown as
-        // blocking their worker.
-        for t in summary.tasks.iter().filter(|t| t.kind == "blocking") {
-            let key = TaskKey {
-                pid: t.pid,
-                span: t.id,
-            };
-            for iv in self.tasks.get_mut(&key).into_iter().flatten() {
-                if iv.state == POLL_BLOCKED {
-                    iv.state = POLL;
-                }
-            }
-        }
-        for v in self.tasks.values_mut() {
-            normalize(v);
-        }
         self.counters.sort_by_key(|c| (c.1, c.0));
+        Ok(())
+    }
+
+    fn push<T: Stretch>(&mut self, track: usize, iv: T) {
+        self.intervals += 1;
+        let (s, e) = (iv.start(), iv.end());
+        self.span = Some(match self.span {
+            Some((a, b)) => (a.min(s), b.max(e)),
+            None => (s, e),
+        });
+        self.store_iv(track, iv);
+    }
+
+    fn store_iv<T: Stretch>(&mut self, track: usize, iv: T) {
+        self.store
+            .push(track, iv.start(), iv.end(), |enc| iv.encode(enc));
+    }
+
+    /// A task stretch, through the track's reorder buffer.
+    fn push_task(&mut self, track: usize, iv: TaskIv) {
+        if self.pending.len() <= track {
+            self.pending.resize_with(track + 1, Vec::new);
+        }
+        let buf = &mut self.pending[track];
+        let key = (iv.start, iv.end);
+        let at = buf.partition_point(|x| (x.start, x.end) <= key);
+        buf.insert(at, iv);
+        if buf.len() > REORDER {
+            let first = buf.remove(0);
+            self.push(track, first);
+        }
+    }
+
+    /// Stretches pushed for a thread (before overlaps are trimmed).
+    pub(crate) fn thread_len(&self, tid: u32) -> u64 {
+        self.threads
+            .get(&tid)
+            .map_or(0, |&(_, t)| self.store.len(t))
+    }
+
+    pub(crate) fn task_len(&self, key: &TaskKey) -> u64 {
+        self.tasks.get(key).map_or(0, |&t| self.store.len(t))
+    }
+
+    /// A thread's stretches, sorted and disjoint.
+    pub(crate) fn thread_ivs(&self, tid: u32) -> io::Result<Ivs<ThreadIv>> {
+        match self.threads.get(&tid) {
+            Some(&(_, t)) => Ivs::new(&self.store, t),
+            None => Ok(Ivs::Sorted(Vec::new().into_iter())),
+        }
+    }
+
+    /// A task's stretches, sorted and disjoint; a blocking task's polls are plain polls.
+    pub(crate) fn task_ivs(&self, key: &TaskKey) -> io::Result<impl Iterator<Item = TaskIv>> {
+        let ivs = match self.tasks.get(key) {
+            Some(&t) => Ivs::new(&self.store, t)?,
+            None => Ivs::Sorted(Vec::new().into_iter()),
+        };
+        let blocking = self.blocking.contains(key);
+        Ok(ivs.map(move |mut iv: TaskIv| {
+            if blocking && iv.state == POLL_BLOCKED {
+                iv.state = POLL;
+            }
+            iv
+        }))
+    }
+
+    /// Bytes of stretches written to the temporary file.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.store.spilled()
     }
 }
 
@@ -234,19 +451,25 @@ impl Sink for Collected {
             ThreadState::Runnable => (RUNNABLE, 0, None),
             ThreadState::Blocked { syscall, stack } => (BLOCKED, syscall, stack),
         };
-        self.intervals += 1;
-        self.threads
-            .entry(iv.tid)
-            .or_insert_with(|| (iv.pid, Vec::new()))
-            .1
-            .push(ThreadIv {
+        let track = match self.threads.get(&iv.tid) {
+            Some(&(_, t)) => t,
+            None => {
+                let t = self.store.track();
+                self.threads.insert(iv.tid, (iv.pid, t));
+                t
+            }
+        };
+        self.push(
+            track,
+            ThreadIv {
                 start,
                 end,
                 state,
                 syscall,
                 stack,
                 merged: 0,
-            });
+            },
+        );
     }
 
     fn task_interval(&mut self, iv: &TaskInterval) {
@@ -278,15 +501,24 @@ impl Sink for Collected {
                 t.counted = p.blocked_counted_ns;
             }
         }
-        self.intervals += 1;
-        self.tasks.entry(iv.task).or_default().push(t);
+        let track = match self.tasks.get(&iv.task) {
+            Some(&t) => t,
+            None => {
+                let t = self.store.track();
+                self.tasks.insert(iv.task, t);
+                t
+            }
+        };
+        self.push_task(track, t);
     }
 }
 
-/// Reads a trace once: its summary and every interval (within the window).
+/// Reads a trace once: its summary and every interval (within the window). With
+/// `stacks`, the same pass keeps what naming off-CPU stacks needs ([`Collected::name_stacks`]).
 pub fn collect(
     trace: &Path,
     opts: &TimelineOptions,
+    stacks: bool,
 ) -> Result<(Summary, Collected), TimelineError> {
     if let (Some(from), Some(to)) = (opts.from_ns, opts.to_ns) {
         if to <= from {
@@ -300,6 +532,14 @@ pub fn collect(
     let mut summarizer = Summarizer::with_options(opts.tasks.clone());
     let mut col = Collected {
         rel_window: (opts.from_ns, opts.to_ns),
+        stacks: stacks.then(|| Stacks {
+            fold: StackFold::with(Need {
+                on_cpu: false,
+                off_cpu: false,
+                contexts: false,
+            }),
+            kernel: None,
+        }),
         ..Collected::default()
     };
     for record in reader.by_ref() {
@@ -307,10 +547,21 @@ pub fn collect(
         summarizer.add_to(&record, &mut col);
     }
     let stop = reader.stop().map(|s| s.to_string());
-    let mut summary = summarizer.finish_to(stop, &mut col);
-    crate::tasks::naming::name_warning_stacks(trace, &mut summary.warnings);
-    col.settle(&summary);
+    let summary = summarizer.finish_to(stop, &mut col);
+    col.settle(&summary)?;
     Ok((summary, col))
+}
+
+impl Collected {
+    /// Frame names of `ids`, from the stack tree built during [`collect`] (empty without it).
+    fn name_stacks(&mut self, ids: &[StackId]) -> page::StackNames {
+        let Some(mut st) = self.stacks.take() else {
+            return page::StackNames::new();
+        };
+        st.fold.finish(&mut |_, _| {});
+        let kernel = st.kernel.and_then(|k| k.join().ok().flatten());
+        crate::tasks::naming::names_in(&mut st.fold, ids, kernel.as_ref())
+    }
 }
 
 /// What [`write_timeline`] wrote.
@@ -329,53 +580,45 @@ pub struct TimelineOutcome {
 /// Most distinct off-CPU stacks named for the page (those with the most blocked time).
 const MAX_NAMED_STACKS: usize = 2000;
 
-/// Names the stacks of the blocked stretches the page shows, when the trace has them.
-fn name_blocked_stacks(trace: &Path, col: &Collected) -> page::StackNames {
-    let mut time: HashMap<StackId, u64> = HashMap::new();
-    for (_, ivs) in col.threads.values() {
-        for iv in ivs
-            .iter()
-            .filter(|iv| iv.state == BLOCKED && iv.merged <= 1)
-        {
-            if let Some(s) = iv.stack {
-                *time.entry(s).or_insert(0) += iv.end - iv.start;
-            }
-        }
-    }
-    let mut ids: Vec<(StackId, u64)> = time.into_iter().collect();
-    ids.sort_by_key(|&(s, t)| (std::cmp::Reverse(t), s));
-    ids.truncate(MAX_NAMED_STACKS);
-    let ids: Vec<StackId> = ids.into_iter().map(|(s, _)| s).collect();
-    if ids.is_empty() {
-        return page::StackNames::new();
-    }
-    crate::tasks::naming::stack_names(trace, &ids).unwrap_or_default()
-}
-
 /// Reads `trace` and writes its timeline page to `out`.
 pub fn write_timeline(
     trace: &Path,
     out: &Path,
     opts: &TimelineOptions,
 ) -> Result<TimelineOutcome, TimelineError> {
-    let (summary, mut col) = collect(trace, opts)?;
+    let (mut summary, mut col) = collect(trace, opts, true)?;
     let collected = col.intervals;
-    let drawn = page::coarsen(&mut col, opts.max_intervals);
     let write_err = |error| TimelineError::Write {
         path: out.to_owned(),
         error,
     };
-    let names = name_blocked_stacks(trace, &col);
-    let file = std::fs::File::create(out).map_err(write_err)?;
-    let mut w = page::Counting::new(io::BufWriter::new(file));
-    let (threads, tasks) = page::write(&summary, &col, &names, &mut w).map_err(write_err)?;
-    w.flush().map_err(write_err)?;
+    let resolution =
+        page::resolution(&col, &summary, opts.max_intervals).map_err(TimelineError::Spill)?;
+    let mut w = OutFile::create(out).map_err(write_err)?;
+    let tracks = page::write_tracks(&summary, &col, resolution, &mut w).map_err(|e| match e {
+        page::TrackError::Read(e) => TimelineError::Spill(e),
+        page::TrackError::Write(e) => write_err(e),
+    })?;
+    // Name the stacks of the warnings and of the blocked stretches with the most time.
+    let mut ids: Vec<(StackId, u64)> = tracks.stack_time.iter().map(|(&s, &t)| (s, t)).collect();
+    ids.sort_by_key(|&(s, t)| (std::cmp::Reverse(t), s));
+    ids.truncate(MAX_NAMED_STACKS);
+    let mut ids: Vec<StackId> = ids.into_iter().map(|(s, _)| s).collect();
+    ids.extend(summary.warnings.iter().filter_map(|w| w.stack_id));
+    let names = if ids.is_empty() {
+        page::StackNames::new()
+    } else {
+        col.name_stacks(&ids)
+    };
+    crate::tasks::naming::apply_warning_names(&names, &mut summary.warnings);
+    page::write_tail(&summary, tracks.strings, &names, &mut w).map_err(write_err)?;
+    let bytes = w.finish().map_err(write_err)?;
     Ok(TimelineOutcome {
-        threads,
-        tasks,
+        threads: summary.threads.len(),
+        tasks: summary.tasks.len(),
         intervals: collected,
-        drawn,
-        bytes: w.bytes(),
+        drawn: tracks.drawn,
+        bytes,
         truncated: summary.truncated.clone(),
     })
 }

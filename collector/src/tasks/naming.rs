@@ -55,14 +55,23 @@ pub fn stack_names(
     }
     fold.finish(&mut |_, _| {});
     let kernel = kernel.and_then(|k| k.join().ok().flatten());
+    Ok(names_in(&mut fold, ids, kernel.as_ref()))
+}
+
+/// Frame names of `ids` in a finished fold's stack tree, innermost first, each with whether
+/// it is a kernel frame.
+pub(crate) fn names_in(
+    fold: &mut StackFold,
+    ids: &[StackId],
+    kernel: Option<&KernelSymbols>,
+) -> HashMap<StackId, Vec<(String, bool)>> {
     let keys: HashMap<StackId, Vec<(FrameKey, bool)>> = ids
         .iter()
         .map(|&id| (id, frame_keys(&fold.stacks, id)))
         .collect();
     let need: HashSet<FrameKey> = keys.values().flatten().map(|k| k.0).collect();
-    let (symbols, _) = symbolize::symbolize(&mut fold, need, kernel.as_ref());
-    Ok(keys
-        .into_iter()
+    let (symbols, _) = symbolize::symbolize(fold, need, kernel);
+    keys.into_iter()
         .map(|(id, frames)| {
             let names = frames
                 .into_iter()
@@ -76,7 +85,7 @@ pub fn stack_names(
                 .collect();
             (id, names)
         })
-        .collect())
+        .collect()
 }
 
 /// Fills in the stacks of `warnings` that have one, and adds their first user frames to the
@@ -89,6 +98,15 @@ pub fn name_warning_stacks(trace: &Path, warnings: &mut [Warning]) {
     let Ok(names) = stack_names(trace, &ids) else {
         return;
     };
+    apply_warning_names(&names, warnings);
+}
+
+/// Fills in the stacks of `warnings` from `names` and adds their first user frames to the
+/// messages.
+pub(crate) fn apply_warning_names(
+    names: &HashMap<StackId, Vec<(String, bool)>>,
+    warnings: &mut [Warning],
+) {
     for w in warnings.iter_mut() {
         let Some(frames) = w.stack_id.and_then(|id| names.get(&id)) else {
             continue;

@@ -17,32 +17,6 @@ pub(crate) type StackNames = HashMap<StackId, Vec<(String, bool)>>;
 const TEMPLATE: &str = include_str!("timeline.html");
 const DATA_MARK: &str = "/*IOTRACE_DATA*/";
 
-/// A writer that counts what went through it.
-pub(crate) struct Counting<W: Write> {
-    inner: W,
-    bytes: u64,
-}
-
-impl<W: Write> Counting<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Counting { inner, bytes: 0 }
-    }
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
-    }
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// A stretch that can absorb its neighbours when the page has too many.
 trait Merge: Copy {
     fn start(&self) -> u64;
@@ -102,120 +76,192 @@ impl Merge for TaskIv {
 }
 
 /// Merges runs of stretches shorter than `r` into stretches of about `r`, each colored by the
-/// state that filled most of it. Returns the number of stretches left; rewrites `v` only when
-/// `apply`.
-fn merge_runs<T: Merge>(v: &mut Vec<T>, r: u64, apply: bool) -> usize {
-    let mut out: Vec<T> = Vec::new();
-    let mut n = 0;
-    let mut group: Option<(T, [u64; STATES.len()], u32)> = None;
-    let mut flush = |group: &mut Option<(T, [u64; STATES.len()], u32)>, out: &mut Vec<T>| {
-        if let Some((mut g, by, count)) = group.take() {
-            n += 1;
-            if apply {
-                if count > 1 {
-                    let state = (0..STATES.len()).max_by_key(|&s| by[s]).unwrap_or(0) as u8;
-                    g.finish(state, count);
-                }
-                out.push(g);
-            }
-        }
-    };
-    for iv in v.iter() {
-        let d = iv.end() - iv.start();
-        let s = usize::from(iv.state()).min(STATES.len() - 1);
-        if d >= r {
-            flush(&mut group, &mut out);
-            group = Some((*iv, [0; STATES.len()], 1));
-            flush(&mut group, &mut out);
-            continue;
-        }
-        match &mut group {
-            Some((g, by, count)) if iv.start() - g.start() < r => {
-                g.absorb(iv);
-                by[s] += d;
-                *count += 1;
-            }
-            _ => {
-                flush(&mut group, &mut out);
-                let mut by = [0; STATES.len()];
-                by[s] = d;
-                group = Some((*iv, by, 1));
-            }
-        }
-    }
-    flush(&mut group, &mut out);
-    if apply {
-        *v = out;
-    }
-    n
+/// state that filled most of it, as they stream past.
+struct MergeRuns<I, T> {
+    inner: I,
+    r: u64,
+    group: Option<(T, [u64; STATES.len()], u32)>,
+    ready: Option<T>,
 }
 
-/// Makes the collected tracks fit in `max` intervals (0: no limit); returns how many remain.
-pub(crate) fn coarsen(col: &mut Collected, max: u64) -> u64 {
-    let total: u64 = col.threads.values().map(|t| t.1.len() as u64).sum::<u64>()
-        + col.tasks.values().map(|t| t.len() as u64).sum::<u64>();
+impl<I: Iterator<Item = T>, T: Merge> MergeRuns<I, T> {
+    fn new(inner: I, r: u64) -> Self {
+        MergeRuns {
+            inner,
+            r,
+            group: None,
+            ready: None,
+        }
+    }
+}
+
+fn finish_group<T: Merge>((mut g, by, count): (T, [u64; STATES.len()], u32)) -> T {
+    if count > 1 {
+        let state = (0..STATES.len()).max_by_key(|&s| by[s]).unwrap_or(0) as u8;
+        g.finish(state, count);
+    }
+    g
+}
+
+impl<I: Iterator<Item = T>, T: Merge> Iterator for MergeRuns<I, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        if let Some(x) = self.ready.take() {
+            return Some(x);
+        }
+        loop {
+            let Some(iv) = self.inner.next() else {
+                return self.group.take().map(finish_group);
+            };
+            let d = iv.end() - iv.start();
+            let s = usize::from(iv.state()).min(STATES.len() - 1);
+            if d >= self.r {
+                return match self.group.take() {
+                    Some(g) => {
+                        self.ready = Some(iv);
+                        Some(finish_group(g))
+                    }
+                    None => Some(iv),
+                };
+            }
+            match &mut self.group {
+                Some((g, by, count)) if iv.start() - g.start() < self.r => {
+                    g.absorb(&iv);
+                    by[s] += d;
+                    *count += 1;
+                }
+                _ => {
+                    let mut by = [0; STATES.len()];
+                    by[s] = d;
+                    if let Some(prev) = self.group.replace((iv, by, 1)) {
+                        return Some(finish_group(prev));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts, for several resolutions at once, the stretches left if runs shorter than each were
+/// merged ([`MergeRuns`]' rule, without building anything).
+struct RunCounts {
+    /// (resolution, stretches so far, start of the open group).
+    rs: Vec<(u64, u64, Option<u64>)>,
+}
+
+impl RunCounts {
+    fn new(rs: impl IntoIterator<Item = u64>) -> Self {
+        RunCounts {
+            rs: rs.into_iter().map(|r| (r, 0, None)).collect(),
+        }
+    }
+    fn add(&mut self, start: u64, end: u64) {
+        let d = end - start;
+        for (r, n, group) in &mut self.rs {
+            if d >= *r {
+                *n += 1 + u64::from(group.take().is_some());
+            } else {
+                match group {
+                    Some(g) if start - *g < *r => {}
+                    _ => {
+                        *n += u64::from(group.replace(start).is_some());
+                    }
+                }
+            }
+        }
+    }
+    /// Ends a track.
+    fn end_track(&mut self) {
+        for (_, n, group) in &mut self.rs {
+            *n += u64::from(group.take().is_some());
+        }
+    }
+}
+
+/// The resolutions tried in one counting pass: powers of two this far below and above the
+/// estimate (the finest that fits is usually half the estimate).
+const STEPS_BELOW: u32 = 6;
+const STEPS_ABOVE: u32 = 3;
+
+/// The finest resolution (ns, a power-of-two multiple of an estimate) at which merging runs
+/// of shorter stretches leaves at most `max` stretches on the tracks the page shows; `None`
+/// when they fit as they are (or `max` is 0: no limit). Each counting pass reads every track
+/// once and tries ten resolutions; one pass is usually enough.
+pub(crate) fn resolution(col: &Collected, summary: &Summary, max: u64) -> io::Result<Option<u64>> {
+    let keys: Vec<TaskKey> = summary
+        .tasks
+        .iter()
+        .map(|row| TaskKey {
+            pid: row.pid,
+            span: row.id,
+        })
+        .collect();
+    let total: u64 = summary
+        .threads
+        .iter()
+        .map(|t| col.thread_len(t.tid))
+        .sum::<u64>()
+        + keys.iter().map(|k| col.task_len(k)).sum::<u64>();
     if max == 0 || total <= max {
-        return total;
+        return Ok(None);
     }
-    let first = col
-        .threads
-        .values()
-        .filter_map(|t| t.1.first().map(|i| i.start))
-        .chain(
-            col.tasks
-                .values()
-                .filter_map(|t| t.first().map(|i| i.start)),
-        )
-        .min()
-        .unwrap_or(0);
-    let last = col
-        .threads
-        .values()
-        .filter_map(|t| t.1.last().map(|i| i.end))
-        .chain(col.tasks.values().filter_map(|t| t.last().map(|i| i.end)))
-        .max()
-        .unwrap_or(0);
-    let tracks = (col.threads.len() + col.tasks.len()) as u128;
+    let (first, last) = col.span.unwrap_or((0, 0));
+    let tracks = (summary.threads.len() + keys.len()) as u128;
     let span = u128::from(last.saturating_sub(first));
-    let mut r = u64::try_from(2 * tracks * span / u128::from(max))
+    let mut center = u64::try_from(2 * tracks * span / u128::from(max))
         .unwrap_or(u64::MAX / 2)
-        .max(1);
+        .clamp(1, u64::MAX / 64);
+    // The finest resolution found to fit, once the search has turned to finer ones.
+    let mut fits: Option<u64> = None;
     loop {
-        let n = count(col, r);
-        if n as u64 <= max || r >= u64::MAX / 4 {
-            // The estimate may merge more than needed: the finest resolution that fits.
-            let mut n = n;
-            while r > 1 {
-                let finer = count(col, r / 2);
-                if finer as u64 > max {
-                    break;
+        let rs: Vec<u64> = (0..=STEPS_BELOW + STEPS_ABOVE)
+            .filter_map(|i| {
+                if i < STEPS_BELOW {
+                    Some(center >> (STEPS_BELOW - i)).filter(|&r| r > 0)
+                } else {
+                    center.checked_shl(i - STEPS_BELOW)
                 }
-                r /= 2;
-                n = finer;
+            })
+            .filter(|&r| r <= u64::MAX / 4 && fits.is_none_or(|f| r < f))
+            .collect();
+        let Some(&finest) = rs.first() else {
+            return Ok(fits.or(Some(center)));
+        };
+        let mut counts = RunCounts::new(rs.iter().copied());
+        for t in &summary.threads {
+            for iv in col.thread_ivs(t.tid)? {
+                counts.add(iv.start, iv.end);
             }
-            for t in col.threads.values_mut() {
-                merge_runs(&mut t.1, r, true);
-            }
-            for t in col.tasks.values_mut() {
-                merge_runs(t, r, true);
-            }
-            return n as u64;
+            counts.end_track();
         }
-        r *= 2;
+        for k in &keys {
+            for iv in col.task_ivs(k)? {
+                counts.add(iv.start, iv.end);
+            }
+            counts.end_track();
+        }
+        let found = counts
+            .rs
+            .iter()
+            .position(|&(_, n, _)| n <= max)
+            .map(|i| counts.rs[i].0);
+        match found {
+            // The finest tried fits: a finer one may too.
+            Some(r) if r == finest && r > 1 && fits.is_none_or(|f| r < f) => {
+                fits = Some(r);
+                center = ((r >> 1) >> STEPS_ABOVE).max(1);
+            }
+            Some(r) => return Ok(Some(r)),
+            None if fits.is_some() => return Ok(fits),
+            None => {
+                let coarsest = rs.last().copied().unwrap_or(u64::MAX / 4);
+                if coarsest >= u64::MAX / 16 {
+                    return Ok(Some(coarsest));
+                }
+                center = coarsest.saturating_mul(2 << STEPS_BELOW).min(u64::MAX / 64);
+            }
+        }
     }
-}
-
-/// Stretches left if runs shorter than `r` were merged.
-fn count(col: &mut Collected, r: u64) -> usize {
-    col.threads
-        .values_mut()
-        .map(|t| merge_runs(&mut t.1, r, false))
-        .sum::<usize>()
-        + col
-            .tasks
-            .values_mut()
-            .map(|t| merge_runs(t, r, false))
-            .sum::<usize>()
 }
 
 /// A JSON string literal that is also safe inside a `<script>` element.
@@ -230,34 +276,21 @@ pub(crate) fn js_string(s: &str) -> String {
 
 /// Syscall names, and (syscall, stack) pairs of blocked stretches, interned for the page.
 #[derive(Default)]
-struct Strings {
+pub(crate) struct Strings {
     list: Vec<String>,
     index: HashMap<u16, usize>,
-    reasons: Vec<(i64, i64)>,
+    reasons: Vec<(i64, Option<StackId>)>,
     reason_index: HashMap<(u16, Option<StackId>), usize>,
-    stacks: Vec<StackId>,
-    stack_index: HashMap<StackId, usize>,
 }
 
 impl Strings {
-    /// Index into `reasons` of a blocked stretch's syscall and (named) stack.
-    fn reason(&mut self, nr: u16, stack: Option<StackId>, names: &StackNames) -> i64 {
-        let stack = stack.filter(|s| names.contains_key(s));
+    /// Index into `reasons` of a blocked stretch's syscall and stack.
+    fn reason(&mut self, nr: u16, stack: Option<StackId>) -> i64 {
         if let Some(&i) = self.reason_index.get(&(nr, stack)) {
             return i as i64;
         }
         let sc = self.syscall(nr);
-        let st = match stack {
-            Some(s) => {
-                let stacks = &mut self.stacks;
-                *self.stack_index.entry(s).or_insert_with(|| {
-                    stacks.push(s);
-                    stacks.len() - 1
-                }) as i64
-            }
-            None => -1,
-        };
-        self.reasons.push((sc, st));
+        self.reasons.push((sc, stack));
         self.reason_index
             .insert((nr, stack), self.reasons.len() - 1);
         (self.reasons.len() - 1) as i64
@@ -280,15 +313,57 @@ fn merged_x(count: u32) -> i64 {
     -2 - i64::from(count)
 }
 
-/// Writes the page; returns the number of thread and task tracks.
-pub(crate) fn write(
+/// One stretch of a track's `iv` array, formatted by hand (a page has millions of them).
+#[derive(Default)]
+struct Line(Vec<u8>, itoa::Buffer);
+
+impl Line {
+    fn num(&mut self, v: impl itoa::Integer) {
+        let digits = self.1.format(v);
+        self.0.extend_from_slice(digits.as_bytes());
+    }
+    /// `,dstart,dur,state,x` (no leading comma for a track's first).
+    fn stretch(&mut self, comma: bool, dstart: u64, dur: u64, state: u8, x: i64) {
+        self.0.clear();
+        if comma {
+            self.0.push(b',');
+        }
+        self.num(dstart);
+        self.0.push(b',');
+        self.num(dur);
+        self.0.push(b',');
+        self.num(state);
+        self.0.push(b',');
+        self.num(x);
+    }
+}
+
+/// What writing the tracks left for the rest of the page.
+pub(crate) struct Tracks {
+    pub strings: Strings,
+    /// Blocked time of the stretches drawn with a stack, by stack: which to name.
+    pub stack_time: HashMap<StackId, u64>,
+    pub drawn: u64,
+}
+
+/// Why the tracks could not be written.
+pub(crate) enum TrackError {
+    /// Reading the intervals back from the temporary file.
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Writes the start of the page and every track, one at a time from the store, merged at
+/// `resolution` (see [`resolution`]) when it is set.
+pub(crate) fn write_tracks(
     summary: &Summary,
     col: &Collected,
-    names: &StackNames,
+    resolution: Option<u64>,
     w: &mut impl Write,
-) -> io::Result<(usize, usize)> {
-    let (head, tail) = TEMPLATE.split_once(DATA_MARK).unwrap_or((TEMPLATE, ""));
-    w.write_all(head.as_bytes())?;
+) -> Result<Tracks, TrackError> {
+    let werr = TrackError::Write;
+    let (head, _) = TEMPLATE.split_once(DATA_MARK).unwrap_or((TEMPLATE, ""));
+    w.write_all(head.as_bytes()).map_err(werr)?;
     let base = col.start_ns;
     let end = base.saturating_add(summary.duration_ns.max(1));
     let (t0, t1) = match col.window {
@@ -299,65 +374,62 @@ pub(crate) fn write(
     let t1 = t1.saturating_sub(base).max(t0 + 1);
     write!(
         w,
-        "{{\"title\":{},\"pid\":{},\"duration_ns\":{},\"t0\":{t0},\"t1\":{t1},\"states\":{},\"warnings\":[",
+        "{{\"title\":{},\"pid\":{},\"duration_ns\":{},\"t0\":{t0},\"t1\":{t1},\"states\":{},\"tracks\":[",
         js_string(&summary.command),
         summary.pid,
         summary.duration_ns,
         serde_json::to_string(&STATES).unwrap_or_else(|_| "[]".into())
-    )?;
-    for (i, warning) in summary.warnings.iter().enumerate() {
-        let sep = if i > 0 { "," } else { "" };
-        write!(w, "{sep}{}", js_string(&warning.message))?;
-    }
-    w.write_all(b"],\"tracks\":[")?;
-    let mut strings = Strings::default();
-    let mut first = true;
-    let mut sep = |w: &mut dyn Write| -> io::Result<()> {
-        if !std::mem::take(&mut first) {
-            w.write_all(b",")?;
-        }
-        Ok(())
+    )
+    .map_err(werr)?;
+    let mut out = Tracks {
+        strings: Strings::default(),
+        stack_time: HashMap::new(),
+        drawn: 0,
     };
-    let none = Vec::new();
-    for t in &summary.threads {
-        let ivs = col.threads.get(&t.tid).map_or(&none, |(_, v)| v);
-        sep(w)?;
+    let r = resolution.unwrap_or(0);
+    let mut line = Line::default();
+    for (i, t) in summary.threads.iter().enumerate() {
         write!(
             w,
-            "{{\"kind\":\"thread\",\"label\":{},\"sub\":{},\"iv\":[",
+            "{}{{\"kind\":\"thread\",\"label\":{},\"sub\":{},\"iv\":[",
+            if i > 0 { "," } else { "" },
             js_string(&format!("{} {}", t.name, t.tid)),
             js_string(&format!("thread {} of pid {}", t.tid, t.pid))
-        )?;
+        )
+        .map_err(werr)?;
+        let ivs = MergeRuns::new(col.thread_ivs(t.tid).map_err(TrackError::Read)?, r);
         let mut prev = base;
-        for (i, iv) in ivs.iter().enumerate() {
+        for (i, iv) in ivs.enumerate() {
             let x = if iv.merged > 1 {
                 merged_x(iv.merged)
             } else if iv.state == BLOCKED {
-                strings.reason(iv.syscall, iv.stack, names)
+                if let Some(s) = iv.stack {
+                    *out.stack_time.entry(s).or_insert(0) += iv.end - iv.start;
+                }
+                out.strings.reason(iv.syscall, iv.stack)
             } else {
                 -1
             };
-            let comma = if i > 0 { "," } else { "" };
-            write!(
-                w,
-                "{comma}{},{},{},{x}",
+            line.stretch(
+                i > 0,
                 iv.start.saturating_sub(prev),
                 iv.end - iv.start,
-                iv.state
-            )?;
+                iv.state,
+                x,
+            );
+            w.write_all(&line.0).map_err(werr)?;
             prev = iv.start;
+            out.drawn += 1;
         }
-        w.write_all(b"]}")?;
+        w.write_all(b"]}").map_err(werr)?;
     }
-    let none: Vec<TaskIv> = Vec::new();
     let is_poll = |iv: &TaskIv| iv.merged <= 1 && (iv.state == POLL || iv.state == POLL_BLOCKED);
-    for row in &summary.tasks {
+    let mut polls_json: Vec<u8> = Vec::new();
+    for (i, row) in summary.tasks.iter().enumerate() {
         let key = TaskKey {
             pid: row.pid,
             span: row.id,
         };
-        let ivs = col.tasks.get(&key).unwrap_or(&none);
-        sep(w)?;
         let sub = format!(
             "{} {} · spawned at {} · {} polls",
             row.kind,
@@ -367,52 +439,91 @@ pub(crate) fn write(
         );
         write!(
             w,
-            "{{\"kind\":\"task\",\"label\":{},\"sub\":{},\"blocking\":{},\"iv\":[",
+            "{}{{\"kind\":\"task\",\"label\":{},\"sub\":{},\"blocking\":{},\"iv\":[",
+            if i > 0 || !summary.threads.is_empty() {
+                ","
+            } else {
+                ""
+            },
             js_string(&row.name),
             js_string(&sub),
             row.kind == "blocking"
-        )?;
+        )
+        .map_err(werr)?;
+        let ivs = MergeRuns::new(col.task_ivs(&key).map_err(TrackError::Read)?, r);
         let mut prev = base;
         let mut polls = 0i64;
-        for (i, iv) in ivs.iter().enumerate() {
+        polls_json.clear();
+        for (i, iv) in ivs.enumerate() {
             let x = if iv.merged > 1 {
                 merged_x(iv.merged)
-            } else if is_poll(iv) {
+            } else if is_poll(&iv) {
+                let sc = out.strings.syscall(iv.syscall);
+                write!(
+                    polls_json,
+                    "{}{},{},{},{},{},{sc}",
+                    if polls > 0 { "," } else { "" },
+                    iv.tid,
+                    iv.on_cpu,
+                    iv.preempted,
+                    iv.blocked,
+                    iv.counted
+                )
+                .map_err(werr)?;
                 polls += 1;
                 polls - 1
             } else {
                 -1
             };
-            let comma = if i > 0 { "," } else { "" };
-            write!(
-                w,
-                "{comma}{},{},{},{x}",
+            line.stretch(
+                i > 0,
                 iv.start.saturating_sub(prev),
                 iv.end - iv.start,
-                iv.state
-            )?;
+                iv.state,
+                x,
+            );
+            w.write_all(&line.0).map_err(werr)?;
             prev = iv.start;
+            out.drawn += 1;
         }
-        w.write_all(b"],\"polls\":[")?;
-        for (i, iv) in ivs.iter().filter(|iv| is_poll(iv)).enumerate() {
-            let comma = if i > 0 { "," } else { "" };
-            let sc = strings.syscall(iv.syscall);
-            write!(
-                w,
-                "{comma}{},{},{},{},{},{sc}",
-                iv.tid, iv.on_cpu, iv.preempted, iv.blocked, iv.counted
-            )?;
-        }
-        w.write_all(b"]}")?;
+        w.write_all(b"],\"polls\":[").map_err(werr)?;
+        w.write_all(&polls_json).map_err(werr)?;
+        w.write_all(b"]}").map_err(werr)?;
+    }
+    w.write_all(b"]").map_err(werr)?;
+    Ok(out)
+}
+
+/// Writes the rest of the page: warnings, syscall names, the reasons of blocked stretches and
+/// the frames of the stacks that were named (a reason whose stack was not named has none).
+pub(crate) fn write_tail(
+    summary: &Summary,
+    strings: Strings,
+    names: &StackNames,
+    w: &mut impl Write,
+) -> io::Result<()> {
+    w.write_all(b",\"warnings\":[")?;
+    for (i, warning) in summary.warnings.iter().enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        write!(w, "{sep}{}", js_string(&warning.message))?;
     }
     let list: Vec<String> = strings.list.iter().map(|s| js_string(s)).collect();
     write!(w, "],\"strings\":[{}],\"reasons\":[", list.join(","))?;
+    let mut stacks: Vec<StackId> = Vec::new();
+    let mut stack_index: HashMap<StackId, usize> = HashMap::new();
     for (i, (sc, st)) in strings.reasons.iter().enumerate() {
+        let st = match st.filter(|s| names.contains_key(s)) {
+            Some(s) => *stack_index.entry(s).or_insert_with(|| {
+                stacks.push(s);
+                stacks.len() - 1
+            }) as i64,
+            None => -1,
+        };
         let comma = if i > 0 { "," } else { "" };
         write!(w, "{comma}[{sc},{st}]")?;
     }
     w.write_all(b"],\"stacks\":[")?;
-    for (i, id) in strings.stacks.iter().enumerate() {
+    for (i, id) in stacks.iter().enumerate() {
         let frames: Vec<String> = names
             .get(id)
             .into_iter()
@@ -423,8 +534,9 @@ pub(crate) fn write(
         write!(w, "{comma}[{}]", frames.join(","))?;
     }
     w.write_all(b"]}")?;
+    let (_, tail) = TEMPLATE.split_once(DATA_MARK).unwrap_or((TEMPLATE, ""));
     w.write_all(tail.as_bytes())?;
-    Ok((summary.threads.len(), summary.tasks.len()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -449,19 +561,43 @@ mod tests {
 
     #[test]
     fn short_stretches_merge_into_their_dominant_state() {
-        let mut v = vec![
+        let v = vec![
             iv(0, 1, 0),
             iv(1, 4, 2),
             iv(4, 5, 0),
             iv(5, 100, 1),
             iv(100, 101, 0),
         ];
-        assert_eq!(merge_runs(&mut v, 10, false), 3);
-        merge_runs(&mut v, 10, true);
-        let got: Vec<(u64, u64, u8, u32)> = v
-            .iter()
+        let mut counts = RunCounts::new([10, 1000]);
+        for i in &v {
+            counts.add(i.start, i.end);
+        }
+        counts.end_track();
+        let got: Vec<(u64, u64, u8, u32)> = MergeRuns::new(v.clone().into_iter(), 10)
             .map(|i| (i.start, i.end, i.state, i.merged))
             .collect();
         assert_eq!(got, [(0, 5, 2, 3), (5, 100, 1, 0), (100, 101, 0, 0)]);
+        assert_eq!(counts.rs[0].1, 3);
+        // At 1000 ns everything is one run of short stretches.
+        let all: Vec<u32> = MergeRuns::new(v.into_iter(), 1000)
+            .map(|i| i.merged)
+            .collect();
+        assert_eq!(all, [5]);
+        assert_eq!(counts.rs[1].1, 1);
+    }
+
+    #[test]
+    fn a_long_stretch_closes_the_run_before_it() {
+        let v = vec![iv(0, 1, 0), iv(1, 2, 2), iv(2, 50, 1), iv(50, 51, 0)];
+        let got: Vec<(u64, u64, u32)> = MergeRuns::new(v.clone().into_iter(), 10)
+            .map(|i| (i.start, i.end, i.merged))
+            .collect();
+        assert_eq!(got, [(0, 2, 2), (2, 50, 0), (50, 51, 0)]);
+        let mut counts = RunCounts::new([10]);
+        for i in &v {
+            counts.add(i.start, i.end);
+        }
+        counts.end_track();
+        assert_eq!(counts.rs[0].1, got.len() as u64);
     }
 }
