@@ -488,23 +488,32 @@ fn exports_of_a_truncated_trace_write_what_it_holds_and_warn() {
     let dir = temp_dir("export-truncated");
     let trace = record_burn(&dir);
     let bytes = std::fs::read(&trace).unwrap();
-    let cut = dir.join("cut.data");
-    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    for format in ["pprof", "firefox", "otlp"] {
-        let o = export(&cut, format, &dir.join(format!("cut.{format}")));
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!err.contains("panicked"), "{format}: {err}");
-        if format == "otlp" {
-            // The fixture sends no spans: nothing to export, said in one line.
-            assert!(!o.status.success(), "{err}");
-            assert_eq!(err.trim().lines().count(), 1, "{err}");
-            continue;
+    // Inside the last frame (a frame is at least 9 bytes), and two thirds in (which may land
+    // between frames).
+    for (name, len) in [
+        ("end", bytes.len() - 7),
+        ("two-thirds", bytes.len() * 2 / 3),
+    ] {
+        let cut = dir.join(format!("cut-{name}.data"));
+        std::fs::write(&cut, &bytes[..len]).unwrap();
+        for format in ["pprof", "firefox", "otlp"] {
+            let o = export(&cut, format, &dir.join(format!("cut-{name}.{format}")));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!err.contains("panicked"), "{format} of {name}: {err}");
+            if format == "otlp" {
+                // The fixture sends no spans: nothing to export, said in one line.
+                assert!(!o.status.success(), "{err}");
+                assert_eq!(err.trim().lines().count(), 1, "{err}");
+                continue;
+            }
+            assert!(o.status.success(), "{format} of {name}: {err}");
+            if name == "end" {
+                assert!(
+                    err.contains("warning: ") && err.contains("truncated"),
+                    "{format} says the trace is cut: {err}"
+                );
+            }
         }
-        assert!(o.status.success(), "{format}: {err}");
-        assert!(
-            err.contains("warning: "),
-            "{format} says the trace is cut: {err}"
-        );
     }
 }
 

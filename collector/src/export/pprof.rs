@@ -259,7 +259,16 @@ pub fn export(
     let period_ns = 1_000_000_000 / fold.frequency_hz.max(1);
     let mut locations: HashMap<FrameKey, u64> = HashMap::new();
     let mut functions: HashMap<&str, u64> = HashMap::new();
-    let mut mappings = Mappings::default();
+    let mut mappings = Mappings {
+        main: pass
+            .command
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.rsplit('/').next())
+            .unwrap_or("")
+            .to_owned(),
+        ..Mappings::default()
+    };
     let mut location_msgs = Pb::default();
     let mut function_msgs = Pb::default();
     let mut frames: Vec<NamedFrame> = Vec::new();
@@ -313,7 +322,11 @@ pub fn export(
             msg.0.clear();
         }
     }
-    msg.0.extend_from_slice(&mappings.msgs.0);
+    // Stable: the main binary's mappings first, the rest in the order they were met.
+    mappings.msgs.sort_by_key(|m| !m.0);
+    for (_, m) in &mappings.msgs {
+        msg.bytes(field::MAPPING, &m.0);
+    }
     msg.0.extend_from_slice(&location_msgs.0);
     msg.0.extend_from_slice(&function_msgs.0);
     let start = fold.start_ns;
@@ -364,11 +377,15 @@ fn window_start(start_unix_ns: u64, opts: &TimelineOptions) -> u64 {
 }
 
 /// One pprof mapping per executable mapping that holds a frame, and one for the kernel. Every
-/// mapping says its functions are named, so pprof does not try to symbolize.
+/// mapping says its functions are named, so pprof does not try to symbolize. pprof takes the
+/// first mapping for the main binary, so the recorded program's own mappings are written first.
 #[derive(Default)]
 struct Mappings {
     ids: HashMap<(SpaceId, u64), u64>,
-    msgs: Pb,
+    /// The recorded program's file name.
+    main: String,
+    /// (is the main binary, message).
+    msgs: Vec<(bool, Pb)>,
 }
 
 impl Mappings {
@@ -404,7 +421,8 @@ impl Mappings {
             m.uint(4, pgoff);
             m.int(5, strings.id(file));
             m.uint(7, 1);
-            self.msgs.bytes(field::MAPPING, &m.0);
+            let is_main = !self.main.is_empty() && file.rsplit('/').next() == Some(&self.main);
+            self.msgs.push((is_main, m));
             next
         })
     }
