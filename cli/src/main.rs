@@ -100,8 +100,9 @@ enum Command {
     /// thread blocked in and what a poll's worker did. Stays smooth with millions of intervals.
     #[command(after_help = timeline::TIMELINE_EXAMPLES)]
     Timeline(timeline::TimelineArgs),
-    /// Export a trace for other viewers: Chrome trace event JSON that ui.perfetto.dev opens
-    /// (thread states as slices, tasks as async tracks, memory and thread counters).
+    /// Export a trace for the tools you already run: Chrome trace JSON for ui.perfetto.dev,
+    /// pprof for go tool pprof / Pyroscope / Parca, the Firefox Profiler's format, OTLP/JSON
+    /// spans for an OpenTelemetry collector (docs/EXPORT.md).
     #[command(after_help = timeline::EXPORT_EXAMPLES)]
     Export(timeline::ExportArgs),
 }

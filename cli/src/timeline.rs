@@ -23,12 +23,39 @@ EXAMPLES:
         iotrace export t.data --format perfetto -o trace.json
     Half a second of it:
         iotrace export t.data --from 3s --to 3.5s -o slice.json
+    On- and off-CPU stacks for pprof, Pyroscope, Parca or Grafana:
+        iotrace export t.data --format pprof -o profile.pb.gz && go tool pprof -top profile.pb.gz
+    For profiler.firefox.com (Load a profile from file):
+        iotrace export t.data --format firefox -o profile.json
+    Spans as OTLP/JSON, for an OpenTelemetry collector's OTLP/HTTP receiver:
+        iotrace export t.data --format otlp -o spans.json
+        curl -H 'Content-Type: application/json' -d @spans.json localhost:4318/v1/traces
 ";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum FormatArg {
     /// Chrome trace event JSON: thread states as slices, tasks as async tracks, /proc counters.
     Perfetto,
+    /// Gzipped pprof profile.proto: on-CPU and off-CPU stacks labelled with thread, task and
+    /// span.
+    Pprof,
+    /// The Firefox Profiler's processed format: threads, samples, and spans, task polls and
+    /// blocked stretches as markers.
+    Firefox,
+    /// OTLP/JSON (ExportTraceServiceRequest): the program's spans with thread and task
+    /// attributes.
+    Otlp,
+}
+
+impl FormatArg {
+    fn default_output(self) -> &'static str {
+        match self {
+            FormatArg::Perfetto => "trace.json",
+            FormatArg::Pprof => "profile.pb.gz",
+            FormatArg::Firefox => "profile.json",
+            FormatArg::Otlp => "spans.json",
+        }
+    }
 }
 
 /// Options shared by `timeline` and `export`.
@@ -86,9 +113,10 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "perfetto")]
     format: FormatArg,
-    /// The file to write.
-    #[arg(short, long, default_value = "trace.json", value_name = "PATH")]
-    output: PathBuf,
+    /// The file to write [default: trace.json, profile.pb.gz, profile.json or spans.json, by
+    /// format].
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
     #[command(flatten)]
     window: WindowArgs,
 }
@@ -168,18 +196,53 @@ pub fn run_timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let format = match args.format {
-        FormatArg::Perfetto => ExportFormat::Perfetto,
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(args.format.default_output()));
+    let opts = args.window.options();
+    let context = || format!("exporting {}", args.file.display());
+    let size = iotrace_collector::report::bytes;
+    let (truncated, notes, line) = match args.format {
+        FormatArg::Perfetto => {
+            let out = export::export(&args.file, &output, ExportFormat::Perfetto, &opts)
+                .with_context(context)?;
+            let line = format!("{} trace events; open it in ui.perfetto.dev", out.events);
+            (out.truncated, Vec::new(), (out.bytes, line))
+        }
+        FormatArg::Pprof => {
+            let out = export::pprof::export(&args.file, &output, &opts).with_context(context)?;
+            let line = format!(
+                "{} labelled stacks; read it with `go tool pprof -top {}`",
+                out.items,
+                output.display()
+            );
+            (out.truncated, out.notes, (out.bytes, line))
+        }
+        FormatArg::Firefox => {
+            let out = export::firefox::export(&args.file, &output, &opts).with_context(context)?;
+            let line = format!("{} samples; load it in profiler.firefox.com", out.items);
+            (out.truncated, out.notes, (out.bytes, line))
+        }
+        FormatArg::Otlp => {
+            let out = export::otlp::export(&args.file, &output, &opts).with_context(context)?;
+            let line = format!(
+                "{} spans; POST it to an OpenTelemetry collector's /v1/traces",
+                out.items
+            );
+            (out.truncated, out.notes, (out.bytes, line))
+        }
     };
-    let out = export::export(&args.file, &args.output, format, &args.window.options())
-        .with_context(|| format!("exporting {}", args.file.display()))?;
+    let (bytes, what) = line;
     eprintln!(
-        "iotrace: wrote {} ({}): {} trace events; open it in ui.perfetto.dev",
-        args.output.display(),
-        iotrace_collector::report::bytes(out.bytes),
-        out.events
+        "iotrace: wrote {} ({}): {what}",
+        output.display(),
+        size(bytes)
     );
-    warn_truncated(&args.file, out.truncated.as_deref());
+    for note in notes {
+        eprintln!("iotrace: {note}");
+    }
+    warn_truncated(&args.file, truncated.as_deref());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,13 @@
 //! task's name; its state (`poll`, `poll (blocked)`, `scheduled`, `idle`) is the slice's
 //! category and its `state` argument.
 
+mod common;
+pub mod firefox;
+pub mod otlp;
+pub mod pprof;
+
+pub use common::{ExportError, FormatOutcome};
+
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;

@@ -20,6 +20,8 @@
 //! ```
 
 mod render;
+
+pub(crate) use render::{native_frames, need_frames, thread_name, NamedFrame};
 mod svg;
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +31,7 @@ use std::path::{Path, PathBuf};
 use crate::analysis::INSTRUMENTATION_THREAD;
 use crate::format::{kind, FormatError, Record, TraceReader};
 use crate::stacks::{FoldStats, Need, StackFold, StackItem};
-use crate::symbolize::{self, SymbolStats};
+use crate::symbolize::{self, KernelSymbols, SymbolStats};
 
 pub use svg::{read_folded, write_diff_svg, write_folded, write_svg};
 
@@ -180,15 +182,28 @@ impl Folded {
 /// Counting key: origin (see [`Origin`]), stack, and the off-CPU syscall (+1; 0 = on CPU).
 type Key = (u32, u32, u32);
 
-/// Read a trace and fold its stack samples for `opts`.
-pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
+/// What one pass over a trace's stack samples ([`stack_pass`]) leaves: the fold (stack tree,
+/// mappings, names), the kernel's symbols when they can be used, and what else it saw.
+pub(crate) struct StackPass {
+    pub fold: StackFold,
+    pub kernel: Option<KernelSymbols>,
+    /// The recorded command.
+    pub command: String,
+    /// Wall-clock time of the recording's start, ns since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// Bytes of the trace's stack records, frame headers included.
+    pub stack_bytes: u64,
+    pub truncated: Option<String>,
+}
+
+/// Reads a trace's stack samples once, handing every item `need` asks for to `sink` (in time
+/// order per thread), as the flamegraphs and the pprof and Firefox exports read them.
+pub(crate) fn stack_pass(
+    path: &Path,
+    need: Need,
+    sink: &mut dyn FnMut(&mut StackFold, StackItem),
+) -> Result<StackPass, FormatError> {
     let mut reader = TraceReader::open(path)?;
-    // Deciding which threads are idle takes both their on- and off-CPU time.
-    let need = Need {
-        on_cpu: opts.kind != Kind::OffCpu || opts.no_idle,
-        off_cpu: opts.kind != Kind::OnCpu || opts.no_idle,
-        contexts: opts.needs_contexts(),
-    };
     // Span batches are most of a traced program's file; only contexts need them.
     let mut skip = vec![kind::THREAD_COUNTS, kind::PROC_SAMPLE, kind::SPAN_STATS];
     if !need.contexts {
@@ -199,8 +214,8 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
     }
     reader.skip_kinds(&skip);
     let mut fold = StackFold::with(need);
-    let mut counts = Counts::default();
     let mut command = String::new();
+    let mut start_unix_ns = 0;
     let mut stack_bytes = 0;
     // Kernel symbols are read on another thread while the trace is folded.
     let mut kernel = None;
@@ -210,7 +225,10 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
             break;
         };
         match &record {
-            Record::Header(h) => command = crate::analysis::shell_join(&h.command),
+            Record::Header(h) => {
+                command = crate::analysis::shell_join(&h.command);
+                start_unix_ns = h.start_unix_ns;
+            }
             Record::Sampling(_) | Record::Mmap(_) | Record::StackDefs(_) | Record::Samples(_) => {
                 stack_bytes += reader.offset() - before;
                 if let Record::Sampling(s) = &record {
@@ -221,11 +239,39 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
             }
             _ => {}
         }
-        fold.add(&record, &mut |fold, item| counts.add(fold, opts, item));
+        fold.add(&record, sink);
     }
-    fold.finish(&mut |fold, item| counts.add(fold, opts, item));
+    fold.finish(sink);
     let truncated = reader.stop().map(|s| s.to_string());
     let kernel = kernel.and_then(|k| k.join().ok().flatten());
+    Ok(StackPass {
+        fold,
+        kernel,
+        command,
+        start_unix_ns,
+        stack_bytes,
+        truncated,
+    })
+}
+
+/// Read a trace and fold its stack samples for `opts`.
+pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
+    // Deciding which threads are idle takes both their on- and off-CPU time.
+    let need = Need {
+        on_cpu: opts.kind != Kind::OffCpu || opts.no_idle,
+        off_cpu: opts.kind != Kind::OnCpu || opts.no_idle,
+        contexts: opts.needs_contexts(),
+    };
+    let mut counts = Counts::default();
+    let pass = stack_pass(path, need, &mut |fold, item| counts.add(fold, opts, item))?;
+    let StackPass {
+        mut fold,
+        kernel,
+        command,
+        stack_bytes,
+        truncated,
+        ..
+    } = pass;
     if opts.no_idle {
         counts.drop_idle();
     }

@@ -9,7 +9,8 @@
 //! - [`tasks`] is the state model inside that pass: per thread running / runnable / blocked,
 //!   per task polling / scheduled / idle, and the tasks that blocked their worker thread.
 //! - [`timeline`] and [`export`] draw every thread and task through time (an HTML page, or
-//!   Chrome trace JSON for Perfetto).
+//!   Chrome trace JSON for Perfetto); [`export`] also writes pprof, the Firefox Profiler's
+//!   format and OTLP/JSON spans (docs/EXPORT.md).
 //! - [`stacks`] folds the trace's stack samples (on-CPU, and off-CPU weighted by time away),
 //!   each with the task and spans active on its thread; [`symbolize`] names their frames
 //!   offline; [`flamegraph`] counts them into folded stacks and SVGs.

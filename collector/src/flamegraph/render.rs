@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Counts, GroupBy, Kind, Options, Origin};
 use crate::stacks::{Context, StackFold, StackTable};
-use crate::symbolize::{self, is_kernel, FrameKey, KernelSymbols, SymbolStats};
+use crate::symbolize::{self, is_kernel, FrameKey, KernelSymbols, SymbolStats, Symbols};
 
 /// Scheduler frames on top of every off-CPU stack: the leaf is the function that called them.
 const SCHEDULER: &[&str] = &[
@@ -24,7 +24,7 @@ const SCHEDULER: &[&str] = &[
 ];
 
 /// The thread's name (its latest), or `tid N`.
-pub(super) fn thread_name(fold: &mut StackFold, tid: u32) -> u32 {
+pub(crate) fn thread_name(fold: &mut StackFold, tid: u32) -> u32 {
     match fold.threads.get(tid) {
         Some((_, name)) if !fold.strings.get(name).is_empty() => name,
         _ => fold.strings.intern(&format!("tid {tid}")),
@@ -86,6 +86,53 @@ fn frame_keys(stacks: &StackTable, leaf: u32) -> impl Iterator<Item = (FrameKey,
     })
 }
 
+/// One native frame of a stack as the flamegraphs name it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NamedFrame<'a> {
+    /// The frame to name (stack node, return address).
+    pub key: FrameKey,
+    pub name: &'a str,
+    pub kernel: bool,
+    /// Named from a JIT map (`/tmp/perf-PID.map`).
+    pub jit: bool,
+}
+
+/// Adds the frames of stack `leaf` to those to name.
+pub(crate) fn need_frames(stacks: &StackTable, leaf: u32, need: &mut HashSet<FrameKey>) {
+    need.extend(frame_keys(stacks, leaf).map(|(k, _)| k));
+}
+
+/// The native frames of stack `leaf`, outermost first, named as the flamegraphs name them
+/// (frames `symbols` does not name are `[unknown]`). For an off-CPU stack (`off_cpu`: the
+/// syscall it slept in, `u16::MAX` when unknown) the scheduler's frames on top are dropped
+/// and the syscall the leaf slept in is returned, unless its kernel frames show it was not in
+/// one.
+pub(crate) fn native_frames<'a>(
+    fold: &'a StackFold,
+    symbols: &Symbols,
+    leaf: u32,
+    off_cpu: Option<u16>,
+    out: &mut Vec<NamedFrame<'a>>,
+) -> Option<String> {
+    out.clear();
+    out.extend(frame_keys(&fold.stacks, leaf).map(|(key, kernel)| {
+        NamedFrame {
+            key,
+            name: symbols
+                .get(key)
+                .map_or("[unknown]", |id| fold.strings.get(id)),
+            kernel,
+            jit: symbols.is_jit(key),
+        }
+    }));
+    out.reverse();
+    let syscall = off_cpu?;
+    while out.len() > 1 && out.last().is_some_and(|f| SCHEDULER.contains(&f.name)) {
+        out.pop();
+    }
+    syscall_note(out, syscall)
+}
+
 /// Name the frames and write one line per distinct stack, merged and sorted.
 pub(super) fn lines(
     fold: &mut StackFold,
@@ -95,7 +142,7 @@ pub(super) fn lines(
 ) -> (Vec<(String, u64)>, SymbolStats) {
     let mut need: HashSet<FrameKey> = HashSet::new();
     for &(_, stack, _) in counts.weights.keys() {
-        need.extend(frame_keys(&fold.stacks, stack).map(|(k, _)| k));
+        need_frames(&fold.stacks, stack, &mut need);
     }
     let roots: Vec<Option<Vec<u32>>> = counts
         .origin_list
@@ -103,29 +150,18 @@ pub(super) fn lines(
         .map(|&o| root_frames(fold, opts, o))
         .collect();
     let (symbols, stats) = symbolize::symbolize(fold, need, kernel);
+    let fold = &*fold;
     let strings = &fold.strings;
     let mut merged: HashMap<String, u64> = HashMap::new();
-    // (name, kernel, JIT)
-    let mut native: Vec<(&str, bool, bool)> = Vec::new();
+    let mut native: Vec<NamedFrame> = Vec::new();
     let mut line = String::new();
     for ((origin, stack, tag), weight) in counts.weights {
         let Some(Some(roots)) = roots.get(origin as usize) else {
             continue;
         };
-        native.clear();
-        native.extend(frame_keys(&fold.stacks, stack).map(|(key, kernel)| {
-            let name = symbols.get(key).map_or("[unknown]", |id| strings.get(id));
-            (name, kernel, symbols.is_jit(key))
-        }));
-        native.reverse();
         let off_cpu = tag != 0;
-        let mut leaf_note = None;
-        if off_cpu {
-            while native.len() > 1 && native.last().is_some_and(|f| SCHEDULER.contains(&f.0)) {
-                native.pop();
-            }
-            leaf_note = syscall_note(&native, tag - 1);
-        }
+        let syscall = off_cpu.then(|| u16::try_from(tag - 1).unwrap_or(u16::MAX));
+        let leaf_note = native_frames(fold, &symbols, stack, syscall, &mut native);
         line.clear();
         for (i, &r) in roots.iter().enumerate() {
             if i > 0 {
@@ -139,11 +175,11 @@ pub(super) fn lines(
             line.push_str(strings.get(r));
         }
         let last = native.len().saturating_sub(1);
-        for (i, &(name, kernel, jit)) in native.iter().enumerate() {
+        for (i, f) in native.iter().enumerate() {
             if !line.is_empty() {
                 line.push(';');
             }
-            line.push_str(name);
+            line.push_str(f.name);
             if i == last {
                 if let Some(note) = &leaf_note {
                     line.push_str(" [");
@@ -154,9 +190,9 @@ pub(super) fn lines(
             if opts.kind == Kind::Wall {
                 if off_cpu {
                     line.push_str("_[i]");
-                } else if kernel {
+                } else if f.kernel {
                     line.push_str("_[k]");
-                } else if jit {
+                } else if f.jit {
                     line.push_str("_[j]");
                 }
             }
@@ -173,12 +209,11 @@ pub(super) fn lines(
 
 /// The syscall a stack slept in, unless its kernel frames show it was not in one (a page
 /// fault, say, where the last syscall entered is stale).
-fn syscall_note(native: &[(&str, bool, bool)], syscall: u32) -> Option<String> {
-    let nr = u16::try_from(syscall).ok()?;
+fn syscall_note(native: &[NamedFrame], nr: u16) -> Option<String> {
     if nr == crate::format::Switch::NO_SYSCALL {
         return None;
     }
-    let kernel: Vec<&str> = native.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let kernel: Vec<&str> = native.iter().filter(|f| f.kernel).map(|f| f.name).collect();
     let known = kernel.iter().any(|n| !n.starts_with("[unknown"));
     if known && !kernel.iter().any(|n| n.contains("sys_")) {
         return None;

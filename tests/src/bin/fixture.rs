@@ -5,6 +5,8 @@
 //! - `writes N`            N one-byte write(2) calls to /dev/null
 //! - `spin MS`             burn CPU for MS milliseconds in `burn_cpu`, whose leaves `leaf_a` …
 //!   `leaf_e` do work in the ratio 16:8:4:2:1 (a known on-CPU profile)
+//! - `burn MS`             burn CPU for MS milliseconds in `flat::burn_cpu` itself, which calls
+//!   nothing in its loop but the clock, once per million steps (a known flat profile)
 //! - `nap MS COUNT`        like `sleep`, but from the function `nap` (a known off-CPU path)
 //! - `spinners N MS`       N processes that each burn CPU for MS milliseconds, concurrently
 //! - `threads N`           N named threads, all alive at once with main, that each sleep
@@ -91,6 +93,21 @@ fn burn_cpu(ms: u64) -> u64 {
     x
 }
 
+/// A function that does its own work, as a C `burn_cpu` loop would.
+mod flat {
+    use std::time::{Duration, Instant};
+
+    #[inline(never)]
+    pub fn burn_cpu(ms: u64) -> u64 {
+        let end = Instant::now() + Duration::from_millis(ms);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        while Instant::now() < end {
+            x = xorshift!(x, 1_000_000);
+        }
+        x
+    }
+}
+
 /// Sleeps `ms` milliseconds `count` times: the off-CPU path goes through here.
 #[inline(never)]
 fn nap(ms: u64, count: u64) {
@@ -120,6 +137,9 @@ fn main() {
         }
         "spin" => {
             std::hint::black_box(burn_cpu(arg(&args, 1, 100)));
+        }
+        "burn" => {
+            std::hint::black_box(flat::burn_cpu(arg(&args, 1, 100)));
         }
         "spinners" => {
             let me = std::env::current_exe().expect("current_exe");

@@ -1,0 +1,549 @@
+//! `iotrace export --format pprof | firefox | otlp`, each read by the real client or the
+//! official definitions: `go tool pprof`, the OTLP protos (PyPI's `opentelemetry-proto`), and
+//! the Firefox Profiler's processed-format invariants.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use iotrace_tests::*;
+
+/// Tests here that load the CPU run one at a time (the burn share is of what the fixture got).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn strict() -> bool {
+    std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// A client the test needs is missing: skipped loudly, or a failure where `.ci/run` installs
+/// it (`IOTRACE_REQUIRE_PERF=1` or `CI=true`).
+fn missing(test: &str, what: &str) {
+    if strict() {
+        panic!("{test}: {what} (.ci/run installs it; IOTRACE_REQUIRE_PERF=1 makes this a failure)");
+    }
+    skip(
+        test,
+        &format!("{what}; set IOTRACE_REQUIRE_PERF=1 to make this a failure"),
+    );
+}
+
+fn export(trace: &Path, format: &str, out: &Path) -> std::process::Output {
+    run_iotrace(&[
+        "export",
+        trace.to_str().unwrap(),
+        "--format",
+        format,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn export_ok(trace: &Path, format: &str, out: &Path) {
+    let o = export(trace, format, out);
+    assert!(
+        o.status.success(),
+        "export --format {format} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn record_burn(dir: &Path) -> PathBuf {
+    let trace = dir.join("burn.data");
+    let fx = fixture();
+    let out = record(&trace, &[], &[fx.to_str().unwrap(), "burn", "1500"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    trace
+}
+
+/// `go tool pprof -top` rows: (flat %, function), heaviest first.
+fn pprof_top(profile: &Path, extra: &[&str]) -> Vec<(f64, String)> {
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .args(extra)
+        .arg(profile)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let pct = cols.get(1)?.strip_suffix('%')?.parse().ok()?;
+            Some((pct, cols[5..].join(" ")))
+        })
+        .collect()
+}
+
+#[test]
+fn pprof_of_burn_cpu_reads_in_go_tool_pprof_with_burn_cpu_first() {
+    let test = "pprof_of_burn_cpu_reads_in_go_tool_pprof_with_burn_cpu_first";
+    if !perf_available(test) {
+        return;
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        missing(test, "no `go` (apt-get install golang-go)");
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("export-pprof");
+    let trace = record_burn(&dir);
+    let profile = dir.join("burn.pb.gz");
+    export_ok(&trace, "pprof", &profile);
+    let bytes = std::fs::read(&profile).unwrap();
+    assert_eq!(&bytes[..2], [0x1f, 0x8b], "gzipped");
+
+    // The default sample type is cpu/nanoseconds.
+    let top = pprof_top(&profile, &[]);
+    let (flat, name) = top.first().expect("pprof lists functions");
+    assert!(
+        name.ends_with("burn_cpu") && *flat >= 80.0,
+        "first row {name} at {flat}% flat:\n{top:?}"
+    );
+    // The other sample types are there and readable too; the fixture barely sleeps, so its
+    // off-CPU time is not in burn_cpu.
+    let samples = pprof_top(&profile, &["-sample_index=samples"]);
+    assert!(samples.first().is_some_and(|r| r.1.ends_with("burn_cpu")));
+    let off = pprof_top(&profile, &["-sample_index=off_cpu"]);
+    assert!(
+        off.iter().all(|r| !r.1.ends_with("burn_cpu") || r.0 < 50.0),
+        "{off:?}"
+    );
+    // Samples carry their thread as a label.
+    let tags = Command::new("go")
+        .args(["tool", "pprof", "-tags"])
+        .arg(&profile)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let tags = String::from_utf8_lossy(&tags.stdout);
+    assert!(
+        tags.contains("thread") && tags.contains("fixture"),
+        "{tags}"
+    );
+}
+
+/// A venv under target/ with the OTLP protos, made once; `None` when pip cannot get them.
+fn otlp_python(test: &str) -> Option<PathBuf> {
+    let venv = iotrace()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("otlp-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, google.protobuf.json_format"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output();
+    let why = match made {
+        Ok(o) if o.status.success() => {
+            let pip = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "opentelemetry-proto", "protobuf"])
+                .output();
+            match pip {
+                Ok(o) if o.status.success() && ready(&python) => return Some(python),
+                Ok(o) => format!(
+                    "pip could not install opentelemetry-proto: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => format!("no pip in the venv ({e})"),
+            }
+        }
+        Ok(o) => format!(
+            "python3 -m venv failed (apt-get install python3-venv): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("no python3 ({e})"),
+    };
+    missing(test, &why);
+    None
+}
+
+/// Decodes OTLP/JSON with the official protos as a collector does (ids are hex in OTLP/JSON;
+/// protobuf's JSON parser takes bytes as base64, so they are converted first, after checking
+/// they are hex of the right length) and prints one line per span: name, then the
+/// `thread.id`, `thread.name` and `iotrace.task.id` attributes.
+const DECODE: &str = r#"
+import base64, json, re, sys
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+doc = json.load(open(sys.argv[1]))
+for rs in doc["resourceSpans"]:
+    for ss in rs["scopeSpans"]:
+        for s in ss["spans"]:
+            for key, n in (("traceId", 32), ("spanId", 16), ("parentSpanId", 16)):
+                if key in s:
+                    assert re.fullmatch("[0-9a-f]{%d}" % n, s[key]), (key, s[key])
+                    s[key] = base64.b64encode(bytes.fromhex(s[key])).decode()
+req = json_format.Parse(json.dumps(doc), ExportTraceServiceRequest())
+for rs in req.resource_spans:
+    res = {a.key for a in rs.resource.attributes}
+    assert {"service.name", "process.pid"} <= res, res
+    for ss in rs.scope_spans:
+        for s in ss.spans:
+            assert len(s.trace_id) == 16 and len(s.span_id) == 8, s
+            assert s.end_time_unix_nano >= s.start_time_unix_nano > 1_600_000_000 * 10**9, s
+            a = {x.key: x.value for x in s.attributes}
+            assert "thread.id" in a and "thread.name" in a, s
+            print(s.name, a["thread.id"].int_value, a["thread.name"].string_value,
+                  a["iotrace.task.id"].int_value if "iotrace.task.id" in a else "-", sep="\t")
+"#;
+
+#[test]
+fn otlp_of_the_tokio_demo_decodes_with_the_official_protos_one_span_per_request() {
+    let test = "otlp_of_the_tokio_demo_decodes_with_the_official_protos_one_span_per_request";
+    if !perf_available(test) {
+        return;
+    }
+    let Some(python) = otlp_python(test) else {
+        return;
+    };
+    let dir = temp_dir("export-otlp");
+    let trace = dir.join("tokio.data");
+    let (mut child, addr) = record_demo("tokio", &trace);
+    let url = format!("http://{addr}/work?io_ms=1&cpu_us=100");
+    let load = run_iotrace(&["load", &url, "-c", "8", "-d", "1s", "--json"]);
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let load: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap();
+    assert_eq!(load["errors"], 0, "{load}");
+    let served = load["requests"].as_u64().unwrap();
+    // SAFETY: signalling our own child (iotrace forwards it to the demo).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+
+    let out = dir.join("spans.json");
+    export_ok(&trace, "otlp", &out);
+    let decoded = Command::new(&python)
+        .args(["-c", DECODE])
+        .arg(&out)
+        .output()
+        .expect("run python");
+    assert!(
+        decoded.status.success(),
+        "the OTLP protos reject the export: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let text = String::from_utf8_lossy(&decoded.stdout);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    let requests: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == "request").collect();
+
+    // The report counts closed `request` spans in its own pass over the trace.
+    let report = report_json(&trace);
+    let in_report = report["spans"]["requests"].as_u64().unwrap();
+    assert_eq!(
+        requests.len() as u64,
+        in_report,
+        "OTLP request spans vs the report"
+    );
+    assert!(
+        in_report >= served,
+        "{in_report} request spans for {served} requests served"
+    );
+    assert_eq!(
+        rows.len() as u64,
+        report["spans"]["spans_closed"].as_u64().unwrap(),
+        "every closed span is exported"
+    );
+    // Each request ran in a connection task on a worker thread of the demo.
+    let workers: std::collections::BTreeSet<String> = report["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("tokio-r")))
+        .filter_map(|t| t["tid"].as_u64())
+        .map(|tid| tid.to_string())
+        .collect();
+    for r in &requests {
+        assert!(r[2].starts_with("tokio-r"), "{r:?}");
+        assert!(
+            workers.contains(r[1]),
+            "{r:?} is not on a worker: {workers:?}"
+        );
+        assert_ne!(r[3], "-", "{r:?} has no task");
+    }
+}
+
+/// The Firefox Profiler's processed format, checked as its loader relies on it: every table's
+/// columns as long as its `length`, indexes within the tables they point into, stack prefixes
+/// before their stacks, samples in time order.
+fn check_processed_profile(p: &serde_json::Value) {
+    let meta = &p["meta"];
+    assert!(meta["version"].as_u64().is_some(), "meta.version");
+    assert!(meta["preprocessedProfileVersion"].as_u64().unwrap() >= 40);
+    assert!(meta["interval"].as_f64().unwrap() > 0.0);
+    let categories = meta["categories"].as_array().unwrap().len();
+    let threads = p["threads"].as_array().expect("threads");
+    assert!(!threads.is_empty());
+    let table = |t: &serde_json::Value, name: &str, cols: &[&str]| -> usize {
+        let tab = &t[name];
+        let n = tab["length"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}.length")) as usize;
+        for c in cols {
+            let col = tab[c]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}.{c} is not an array"));
+            assert_eq!(col.len(), n, "{name}.{c}");
+        }
+        n
+    };
+    let index = |v: &serde_json::Value, below: usize, what: &str| {
+        if let Some(i) = v.as_u64() {
+            assert!((i as usize) < below, "{what} {i} ≥ {below}");
+        } else {
+            assert!(v.is_null(), "{what} is {v}");
+        }
+    };
+    for t in threads {
+        let strings = t["stringArray"].as_array().expect("stringArray").len();
+        let funcs = table(
+            t,
+            "funcTable",
+            &["name", "resource", "isJS", "relevantForJS"],
+        );
+        let frames = table(t, "frameTable", &["func", "category", "address", "line"]);
+        let stacks = table(t, "stackTable", &["prefix", "frame"]);
+        let samples = table(t, "samples", &["stack", "timeDeltas"]);
+        let markers = table(
+            t,
+            "markers",
+            &["name", "startTime", "endTime", "phase", "data"],
+        );
+        for f in t["funcTable"]["name"].as_array().unwrap() {
+            index(f, strings, "funcTable.name");
+        }
+        for (i, f) in t["frameTable"]["func"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            index(f, funcs, "frameTable.func");
+            index(
+                &t["frameTable"]["category"][i],
+                categories,
+                "frameTable.category",
+            );
+        }
+        for (i, s) in t["stackTable"]["frame"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            index(s, frames, "stackTable.frame");
+            index(&t["stackTable"]["prefix"][i], i.max(1), "stackTable.prefix");
+        }
+        for s in t["samples"]["stack"].as_array().unwrap() {
+            index(s, stacks, "samples.stack");
+        }
+        let deltas = t["samples"]["timeDeltas"].as_array().unwrap();
+        assert!(
+            deltas.iter().skip(1).all(|d| d.as_f64().unwrap() >= 0.0),
+            "samples in time order"
+        );
+        for m in t["markers"]["name"].as_array().unwrap() {
+            index(m, strings, "markers.name");
+        }
+        for (i, d) in t["markers"]["data"].as_array().unwrap().iter().enumerate() {
+            let ty = d["type"].as_str().expect("marker data has a type");
+            assert!(
+                meta["markerSchema"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["name"] == ty),
+                "marker type {ty} has a schema"
+            );
+            let (s, e) = (&t["markers"]["startTime"][i], &t["markers"]["endTime"][i]);
+            assert!(
+                e.as_f64().unwrap() >= s.as_f64().unwrap(),
+                "marker ends after it starts"
+            );
+        }
+        let _ = (samples, markers);
+    }
+}
+
+/// Functions with samples in a thread, by name.
+fn sampled_functions(t: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let s = |i: &serde_json::Value| i.as_u64().unwrap() as usize;
+    let mut names = std::collections::BTreeSet::new();
+    for st in t["samples"]["stack"].as_array().unwrap() {
+        let mut stack = st.as_u64().map(|v| v as usize);
+        while let Some(i) = stack {
+            let frame = s(&t["stackTable"]["frame"][i]);
+            let func = s(&t["frameTable"]["func"][frame]);
+            let name = s(&t["funcTable"]["name"][func]);
+            names.insert(t["stringArray"][name].as_str().unwrap().to_owned());
+            stack = t["stackTable"]["prefix"][i].as_u64().map(|v| v as usize);
+        }
+    }
+    names
+}
+
+#[test]
+fn firefox_profile_has_the_processed_format_structure_with_burn_cpu_sampled() {
+    let test = "firefox_profile_has_the_processed_format_structure_with_burn_cpu_sampled";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("export-firefox");
+    let trace = dir.join("nap.data");
+    let fx = fixture();
+    // Burn, then nap: on-CPU samples in burn_cpu and blocked stretches in nanosleep.
+    let rec = record(
+        &trace,
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("{0} burn 400; {0} nap 20 5", fx.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        rec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let profile = dir.join("profile.json");
+    export_ok(&trace, "firefox", &profile);
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profile).unwrap()).expect("the profile is JSON");
+    check_processed_profile(&p);
+    let threads = p["threads"].as_array().unwrap();
+    let all: std::collections::BTreeSet<String> =
+        threads.iter().flat_map(sampled_functions).collect();
+    assert!(all.contains("fixture::flat::burn_cpu"), "{all:?}");
+    assert!(all.contains("fixture::nap"), "{all:?}");
+    // The five 20 ms naps are blocked markers of at least 20 ms each.
+    let mut naps = 0;
+    for t in threads {
+        let m = &t["markers"];
+        for (i, d) in m["data"].as_array().unwrap().iter().enumerate() {
+            let ms = m["endTime"][i].as_f64().unwrap() - m["startTime"][i].as_f64().unwrap();
+            if d["type"] == "iotrace-blocked" && ms >= 19.9 {
+                naps += 1;
+            }
+        }
+    }
+    assert!(naps >= 5, "{naps} blocked markers of 20 ms");
+}
+
+#[test]
+fn exports_of_bad_input_say_so_in_one_line() {
+    let dir = temp_dir("export-bad");
+    let foreign = dir.join("foreign.data");
+    std::fs::write(&foreign, b"this is not a trace at all, just some text\n").unwrap();
+    let missing_file = dir.join("missing.data");
+    for format in ["pprof", "firefox", "otlp"] {
+        for input in [&foreign, &missing_file] {
+            let o = export(input, format, &dir.join("out"));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{format} of {input:?} succeeded");
+            assert_eq!(err.trim().lines().count(), 1, "{format}: {err}");
+            assert!(
+                err.starts_with("iotrace: ") && !err.contains("panicked"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exports_of_a_truncated_trace_write_what_it_holds_and_warn() {
+    let test = "exports_of_a_truncated_trace_write_what_it_holds_and_warn";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("export-truncated");
+    let trace = record_burn(&dir);
+    let bytes = std::fs::read(&trace).unwrap();
+    // Inside the last frame (a frame is at least 9 bytes), and two thirds in (which may land
+    // between frames).
+    for (name, len) in [
+        ("end", bytes.len() - 7),
+        ("two-thirds", bytes.len() * 2 / 3),
+    ] {
+        let cut = dir.join(format!("cut-{name}.data"));
+        std::fs::write(&cut, &bytes[..len]).unwrap();
+        for format in ["pprof", "firefox", "otlp"] {
+            let o = export(&cut, format, &dir.join(format!("cut-{name}.{format}")));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!err.contains("panicked"), "{format} of {name}: {err}");
+            if format == "otlp" {
+                // The fixture sends no spans: nothing to export, said in one line.
+                assert!(!o.status.success(), "{err}");
+                assert_eq!(err.trim().lines().count(), 1, "{err}");
+                continue;
+            }
+            assert!(o.status.success(), "{format} of {name}: {err}");
+            if name == "end" {
+                assert!(
+                    err.contains("warning: ") && err.contains("truncated"),
+                    "{format} says the trace is cut: {err}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn otlp_of_a_program_without_spans_is_one_clear_line() {
+    let test = "otlp_of_a_program_without_spans_is_one_clear_line";
+    let dir = temp_dir("export-nospans");
+    let trace = dir.join("t.data");
+    let fx = fixture();
+    let rec = record(
+        &trace,
+        &["--no-samples"],
+        &[fx.to_str().unwrap(), "writes", "3"],
+    );
+    if !rec.status.success() {
+        skip(test, "record failed here");
+        return;
+    }
+    let o = export(&trace, "otlp", &dir.join("spans.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no spans to export") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let o = export(&trace, "pprof", &dir.join("p.pb.gz"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no stack samples") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
