@@ -96,6 +96,9 @@ struct Exporter<W: Write> {
     entered: HashMap<(u32, u32, u64), u64>,
     /// Finished spans whose callsite has not arrived yet.
     deferred: Vec<(u32, u64, Open)>,
+    /// Finished spans of threads whose name has not been read yet (span batches can come
+    /// before the perf records of the thread's creation), by tid; written when it is.
+    unnamed: HashMap<u32, Vec<(u32, u64, Open)>>,
     /// Finished spans whose parent's creation has not arrived yet, by (pid, parent).
     orphans: HashMap<(u32, u64), Vec<(u64, Open)>>,
     threads: HashMap<u32, String>,
@@ -280,7 +283,22 @@ impl<W: Write> Exporter<W> {
             self.deferred.push((pid, span, open));
             return Ok(());
         }
+        if !self.threads.contains_key(&open.tid) {
+            self.unnamed
+                .entry(open.tid)
+                .or_default()
+                .push((pid, span, open));
+            return Ok(());
+        }
         self.emit(pid, span, &open)
+    }
+
+    /// A thread's name is known now: write its spans that waited for it.
+    fn named(&mut self, tid: u32) -> io::Result<()> {
+        for (pid, span, open) in self.unnamed.remove(&tid).unwrap_or_default() {
+            self.emit(pid, span, &open)?;
+        }
+        Ok(())
     }
 
     fn emit(&mut self, pid: u32, span: u64, open: &Open) -> io::Result<()> {
@@ -311,7 +329,8 @@ impl<W: Write> Exporter<W> {
                 }
             }
             attr(&mut a, "thread.id", &int_value(i64::from(open.tid)));
-            if let Some(t) = self.threads.get(&open.tid) {
+            // A thread never named in the trace has its process's name, as a new thread does.
+            if let Some(t) = self.threads.get(&open.tid).or(self.threads.get(&pid)) {
                 attr(&mut a, "thread.name", &str_value(t));
             }
             if let Some((task_span, task_id)) = lineage.task {
@@ -412,6 +431,13 @@ impl<W: Write> Exporter<W> {
         for (pid, span, open) in std::mem::take(&mut self.deferred) {
             self.emit(pid, span, &open)?;
         }
+        let mut unnamed: Vec<_> = self.unnamed.drain().collect();
+        unnamed.sort_by_key(|u| u.0);
+        for (_, spans) in unnamed {
+            for (pid, span, open) in spans {
+                self.emit(pid, span, &open)?;
+            }
+        }
         self.left_out_open = self
             .spans
             .values()
@@ -462,6 +488,7 @@ pub fn export(
         lineage: HashMap::new(),
         entered: HashMap::new(),
         deferred: Vec::new(),
+        unnamed: HashMap::new(),
         orphans: HashMap::new(),
         threads: HashMap::new(),
         processes: HashMap::new(),
@@ -488,10 +515,12 @@ pub fn export(
                 // A new thread has its creator's name until it sets its own.
                 if let Some(name) = ex.threads.get(&f.ptid).cloned() {
                     ex.threads.entry(f.tid).or_insert(name);
+                    ex.named(f.tid).map_err(write_err)?;
                 }
             }
             Record::Comm(c) => {
                 ex.threads.insert(c.tid, c.name.clone());
+                ex.named(c.tid).map_err(write_err)?;
                 if c.tid == c.pid {
                     ex.processes.insert(c.pid, c.name.clone());
                 }
