@@ -153,7 +153,9 @@ pub fn synthesize(pid: u32, time_ns: u64) -> Vec<Record> {
 /// as perf's MMAP2 record would give it.
 fn parse_maps_line(line: &str, pid: u32, time_ns: u64) -> Option<Mmap> {
     // The path may contain spaces: it is the rest of the line after the inode.
-    let mut fields = line.trim_start().splitn(6, |c: char| c.is_ascii_whitespace());
+    let mut fields = line
+        .trim_start()
+        .splitn(6, |c: char| c.is_ascii_whitespace());
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?;
     let offset = fields.next()?;

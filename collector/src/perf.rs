@@ -682,6 +682,35 @@ impl PerfSession {
         self.drain_until(watermark, out)
     }
 
+    /// End the window of a recording of running processes: disable every event (the rings
+    /// then take no more records, the counting events stop) and stop the syscall counter, as
+    /// close together as can be, so that what comes next — reading the counts, which takes a
+    /// while with many threads, and the rings' backlog — describes one window. (A launched
+    /// command has exited by then: nothing moves.)
+    pub fn stop(&mut self) {
+        for ring in self.rings.iter_mut() {
+            let _ = ring.sampler.disable();
+            for c in ring._followers.iter_mut() {
+                let _ = c.disable();
+            }
+        }
+        let c = &mut self.counters;
+        for list in [
+            &mut c.task_clock,
+            &mut c.context_switches,
+            &mut c.cpu_migrations,
+            &mut c.page_faults,
+            &mut c.syscalls,
+        ] {
+            for counter in list.iter_mut() {
+                let _ = counter.disable();
+            }
+        }
+        if let Some(c) = self.counted.as_mut() {
+            c.counter.stop();
+        }
+    }
+
     /// Read and process everything, however recent (the child has exited).
     pub fn drain_all(&mut self, out: &mut dyn FnMut(Record) -> io::Result<()>) -> io::Result<()> {
         self.drain_until(u64::MAX, out)
@@ -692,6 +721,17 @@ impl PerfSession {
         watermark: u64,
         out: &mut dyn FnMut(Record) -> io::Result<()>,
     ) -> io::Result<()> {
+        // The final counts are read before the rings, counting stopped: a thread created
+        // after this has records and no counts (the window's end), rather than counts and no
+        // records (an unnamed thread of no process, when a running process keeps creating
+        // threads while the rings' backlog is processed), or counts cut mid-read.
+        let final_counts = match &mut self.counted {
+            Some(c) if watermark == u64::MAX => {
+                c.counter.stop();
+                Some((c.counter.counts()?, c.counter.dropped()))
+            }
+            _ => None,
+        };
         self.read_rings();
         while let Some(i) = merge::earliest(self.pending.iter(), watermark) {
             let Some((ty, misc, data)) = self.pending[i].pop() else {
@@ -732,20 +772,17 @@ impl PerfSession {
         for pending in self.pending.iter_mut() {
             pending.compact();
         }
-        if watermark == u64::MAX {
-            if let Some(c) = &self.counted {
-                for (tid, nr, n) in c.counter.counts()? {
-                    *self.syscalls.entry((tid, nr)).or_insert(0) += n;
-                }
-                let dropped = c.counter.dropped();
-                if dropped > 0 {
-                    self.syscalls_dropped += dropped;
-                    out(Record::Lost(Lost {
-                        cpu: u32::MAX,
-                        time_ns: sys::monotonic_ns(),
-                        records: dropped,
-                    }))?;
-                }
+        if let Some((counts, dropped)) = final_counts {
+            for (tid, nr, n) in counts {
+                *self.syscalls.entry((tid, nr)).or_insert(0) += n;
+            }
+            if dropped > 0 {
+                self.syscalls_dropped += dropped;
+                out(Record::Lost(Lost {
+                    cpu: u32::MAX,
+                    time_ns: sys::monotonic_ns(),
+                    records: dropped,
+                }))?;
             }
         }
         if !self.syscalls.is_empty() || !self.faults.is_empty() {

@@ -688,6 +688,15 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         writer,
         error: None,
     };
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    eprintln!(
+        "iotrace: attached to pid {} ({threads} threads); recording until {}",
+        list.join(","),
+        match opts.duration {
+            Some(d) => format!("{:.2} s have passed or Ctrl-C", d.as_secs_f64()),
+            None => "Ctrl-C".to_owned(),
+        }
+    );
 
     sys::boost_this_thread(RECORDER_BOOST);
     let mut poller = ProcPoller::new(pids[0] as i32);
@@ -775,6 +784,7 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut lost_records = 0;
     let mut missing = caps.missing.clone();
     if let Some(p) = perf.as_mut() {
+        p.stop();
         p.drain_all(&mut |r| out.write(&r))?;
         let totals = p.totals();
         out.write(&Record::Totals(totals))?;

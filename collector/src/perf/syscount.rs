@@ -104,6 +104,13 @@ impl SyscallCounter {
         Ok(())
     }
 
+    /// Stop counting: detach the syscall program (closing its raw tracepoint link). Reading
+    /// the counts walks the map with two syscalls per entry, which takes a while with
+    /// thousands of threads; a running process would go on counting meanwhile.
+    pub(crate) fn stop(&mut self) {
+        self.sys_enter.1 = None;
+    }
+
     /// Counts that found the map full.
     pub(crate) fn dropped(&self) -> u64 {
         sys::bpf_map_u64_entries(&self.drops)
