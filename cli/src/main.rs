@@ -18,6 +18,8 @@ const EXAMPLES: &str = "\
 EXAMPLES:
     Record a command and print a perf-stat-like summary:
         iotrace record -- dd if=/dev/zero of=/dev/null bs=1 count=20000
+    Attach to a running server for 10 s (it keeps running):
+        iotrace record -p 1234 --duration 10s
     Record into a chosen file, quietly, then read the report as JSON:
         iotrace record -q -o t.data -- ./server --port 8080
         iotrace report --json t.data
@@ -45,7 +47,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a command under perf events and write a trace file.
+    /// Run a command under perf events and write a trace file; or attach to running
+    /// processes (-p).
     ///
     /// The command starts held until its events are attached, is measured from exec to exit,
     /// and every thread and child process it creates is followed. Ctrl-C and SIGTERM are
@@ -57,8 +60,14 @@ enum Command {
     /// (SIGKILL, OOM), the command gets SIGKILL too, and the file reads back as truncated. If
     /// the trace cannot be written (disk full), iotrace prints one error line, stops
     /// recording, lets the command run to its end and exits with its status.
+    ///
+    /// With -p PID, iotrace attaches to running processes instead: every existing thread, and
+    /// every thread or child created while recording, with switches, exact syscall counts and
+    /// stacks as for a launched command; a program linking iotrace-layer starts sending its
+    /// spans when the recorder attaches. Ctrl-C, SIGTERM or --duration ends the recording and
+    /// detaches, leaving the processes running; iotrace then exits 0.
     #[command(
-        after_help = "EXAMPLES:\n    iotrace record -- sleep 1\n    iotrace record -o t.data -q -- ./server --port 8080\n"
+        after_help = "EXAMPLES:\n    iotrace record -- sleep 1\n    iotrace record -o t.data -q -- ./server --port 8080\n    iotrace record -p 1234 --duration 10s -o server.data\n    iotrace record -p \"$(pidof nginx | tr ' ' ,)\"   # until Ctrl-C\n"
     )]
     Record(RecordArgs),
     /// Summarize a trace file: how the program ended, context switches, syscalls, threads,
@@ -211,8 +220,26 @@ struct RecordArgs {
     /// Used anyway where the BPF counter cannot be loaded.
     #[arg(long)]
     syscall_samples: bool,
+    /// Attach to running processes instead of launching a command: their existing threads and
+    /// every thread or child they start while recorded. Ends at Ctrl-C, SIGTERM or
+    /// --duration, and detaches, leaving them running (they are never signalled or ptraced).
+    #[arg(
+        short = 'p',
+        long = "pid",
+        value_name = "PID[,PID...]",
+        conflicts_with = "command"
+    )]
+    pids: Option<String>,
+    /// Stop recording after this long (e.g. 500ms, 3s, 1m). With a command, it then gets
+    /// SIGTERM as with Ctrl-C, and the recording ends when it exits.
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
     /// The command to run, after `--`.
-    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        required_unless_present = "pids",
+        value_name = "CMD"
+    )]
     command: Vec<OsString>,
 }
 
@@ -246,6 +273,16 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
 
 fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut opts = record::RecordOptions::new(args.command, args.output);
+    if let Some(pids) = &args.pids {
+        match iotrace_collector::attach::parse_pids(pids) {
+            Ok(p) => opts.attach = p,
+            Err(e) => {
+                eprintln!("iotrace: error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    opts.duration = args.duration;
     opts.perf = !args.no_perf;
     opts.perf_options.ring_bytes = (args.ring_kib.clamp(4, 1 << 20) << 10).next_power_of_two();
     opts.proc_interval = std::time::Duration::from_millis(args.proc_interval.max(1));
@@ -269,6 +306,10 @@ fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             outcome.trace.display(),
             report::bytes(outcome.bytes)
         );
+    }
+    if !opts.attach.is_empty() {
+        // Detaching is success, whatever became of the processes.
+        return Ok(ExitCode::SUCCESS);
     }
     Ok(ExitCode::from(outcome.exit.shell_code().clamp(0, 255) as u8))
 }

@@ -17,7 +17,12 @@ pub struct Summary {
     pub command: String,
     pub argv: Vec<String>,
     pub pid: u32,
-    /// `{"code": n}` or `{"signal": n}`; null when the trace was cut before the child ended.
+    /// Set when the recording attached to running processes (`record -p`) instead of
+    /// launching one: there is no exit status then (`exit` is null), and `duration_ns` is the
+    /// window it saw.
+    pub attached: Option<Attached>,
+    /// `{"code": n}` or `{"signal": n}`; null when the trace was cut before the child ended,
+    /// or when the recording attached to running processes.
     pub exit: Option<ExitJson>,
     /// Signal that iotrace forwarded to the child (Ctrl-C, SIGTERM), if any.
     pub forwarded_signal: Option<i32>,
@@ -56,6 +61,19 @@ pub struct Summary {
     /// recorded. Empty for an unfinished trace.
     pub still_running: Vec<ProcessRef>,
     pub records: u64,
+}
+
+/// What an attached recording (`record -p`) saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Attached {
+    pub pids: Vec<u32>,
+    /// Threads that existed when it attached (those created later are followed too).
+    pub threads: u32,
+    /// The recording ended and detached, leaving the processes running (false when the trace
+    /// was cut before the end).
+    pub detached: bool,
+    /// Attached processes that exited during the recording.
+    pub exited: Vec<u32>,
 }
 
 /// A process, by pid and name.
@@ -242,9 +260,21 @@ impl Summarizer {
                     t.name = parent_name.unwrap_or_default();
                 }
             }
+            Record::Attach(a) => {
+                self.summary.attached = Some(Attached {
+                    pids: a.pids.clone(),
+                    threads: a.threads,
+                    ..Attached::default()
+                });
+            }
             Record::Exit(e) => {
                 self.saw(e.time_ns);
                 if e.pid == e.tid {
+                    if let Some(a) = self.summary.attached.as_mut() {
+                        if a.pids.contains(&e.pid) && !a.exited.contains(&e.pid) {
+                            a.exited.push(e.pid);
+                        }
+                    }
                     self.live_processes.remove(&e.pid);
                 }
                 let t = self.thread(e.tid);
@@ -286,10 +316,14 @@ impl Summarizer {
             Record::End(e) => {
                 self.saw(e.time_ns);
                 self.end_seen = true;
-                self.summary.exit = Some(match e.exit {
-                    ExitStatus::Code(c) => ExitJson::Code(c),
-                    ExitStatus::Signal(s) => ExitJson::Signal(s),
-                });
+                self.summary.exit = match e.exit {
+                    ExitStatus::Code(c) => Some(ExitJson::Code(c)),
+                    ExitStatus::Signal(s) => Some(ExitJson::Signal(s)),
+                    ExitStatus::Detached => None,
+                };
+                if let Some(a) = self.summary.attached.as_mut() {
+                    a.detached = e.exit == ExitStatus::Detached;
+                }
                 self.summary.forwarded_signal = e.forwarded_signal;
                 self.summary.peak_threads = self.summary.peak_threads.max(e.peak_threads);
                 self.rusage = Some(e.rusage.clone());

@@ -93,7 +93,13 @@ impl std::fmt::Debug for Intake {
 /// Listens on `dir/spans.sock` (replacing a stale socket there) and starts the reader thread.
 /// `dir` must exist; the caller gives it mode 0700 so only this user can connect.
 pub fn start(dir: &Path) -> io::Result<Intake> {
-    let path = dir.join(SOCKET_NAME);
+    start_at(&dir.join(SOCKET_NAME))
+}
+
+/// Listens on the socket `path` (replacing a stale socket there) and starts the reader thread.
+/// Its directory must exist, with a mode that lets only the program's user in.
+pub fn start_at(path: &Path) -> io::Result<Intake> {
+    let path = path.to_path_buf();
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(&path)?;
     }

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod analysis;
+pub mod attach;
 pub mod compare;
 pub mod export;
 pub mod flamegraph;

@@ -104,13 +104,45 @@ struct Ring {
     _followers: Vec<Counter>,
 }
 
-/// Counting events over the whole child tree (cpu = any, inherit).
+/// Counting events over the whole child tree (cpu = any, inherit): one of each per thread
+/// they were opened on (the child; or each thread of an attached process), summed.
+#[derive(Default)]
 struct Counters {
-    task_clock: Option<Counter>,
-    context_switches: Option<Counter>,
-    cpu_migrations: Option<Counter>,
-    page_faults: Option<Counter>,
-    syscalls: Option<Counter>,
+    task_clock: Vec<Counter>,
+    context_switches: Vec<Counter>,
+    cpu_migrations: Vec<Counter>,
+    page_faults: Vec<Counter>,
+    syscalls: Vec<Counter>,
+}
+
+impl Counters {
+    /// Open one of each on `pid` (those that open; the syscall tracepoint counter when `tp`).
+    fn open(&mut self, pid: libc::pid_t, kernel: bool, start: Start, tp: Option<u64>) {
+        let count = |mut b: Builder<'_>| {
+            base(&mut b, pid, kernel, start);
+            b.any_cpu().build().ok()
+        };
+        let kinds = [
+            (&mut self.task_clock, Software::TASK_CLOCK),
+            (&mut self.context_switches, Software::CONTEXT_SWITCHES),
+            (&mut self.cpu_migrations, Software::CPU_MIGRATIONS),
+            (&mut self.page_faults, Software::PAGE_FAULTS),
+        ];
+        for (list, ev) in kinds {
+            list.extend(count(Builder::new(ev)));
+        }
+        if let Some(tp) = tp {
+            self.syscalls
+                .extend(count(Builder::new(Tracepoint::with_id(tp))));
+        }
+    }
+}
+
+/// What [`PerfSession::add_thread`] opens on each further thread of an attached process.
+struct AttachConfig {
+    opts: PerfOptions,
+    /// The `raw_syscalls:sys_enter` id, when syscalls are counted by a sample per syscall.
+    syscall_tp: Option<u64>,
 }
 
 /// The in-kernel syscall counter and the tracepoint events its programs hang on.
@@ -137,7 +169,21 @@ impl BpfSyscalls {
     /// shares its program, and when the copy is freed at a thread's exit the kernel takes the
     /// program off the tracepoint: counting stopped at the first thread exit.)
     fn open(pid: libc::pid_t) -> io::Result<Self> {
-        let mut counter = syscount::SyscallCounter::new(pid as u32)?;
+        let counter = syscount::SyscallCounter::new(pid as u32)?;
+        Self::hang(counter, pid)
+    }
+
+    /// Load the counter for the running processes `tgids`, counting from now (they will not
+    /// exec). The programs hang on events observing this recorder's own main thread, which
+    /// lives for the whole recording: the programs run for every task hitting the
+    /// tracepoint whatever task their event observes, and an attached process's main thread
+    /// may exit before its other threads (which would take the programs off).
+    fn open_attached(tgids: &[u32]) -> io::Result<Self> {
+        let counter = syscount::SyscallCounter::counting(tgids)?;
+        Self::hang(counter, sys::gettid())
+    }
+
+    fn hang(mut counter: syscount::SyscallCounter, pid: libc::pid_t) -> io::Result<Self> {
         let event = |group: &str, name: &str| {
             let mut b = Builder::new(Tracepoint::with_id(tracepoint_id(group, name)?));
             b.observe_pid(pid)
@@ -158,6 +204,8 @@ impl BpfSyscalls {
 
 /// The perf events of one recording.
 pub struct PerfSession {
+    /// Set when recording running processes (see [`PerfSession::attach`]).
+    attach: Option<AttachConfig>,
     rings: Vec<Ring>,
     /// Per ring: records read and not yet processed (see `merge`).
     pending: Vec<merge::Pending>,
@@ -217,19 +265,33 @@ fn is_denied(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
-fn base(builder: &mut Builder<'_>, pid: libc::pid_t, kernel: bool) {
+/// When the events start counting: at the held child's exec (a launched command), or as soon
+/// as they are opened (threads of a running process, which will not exec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    OnExec,
+    Now,
+}
+
+fn base(builder: &mut Builder<'_>, pid: libc::pid_t, kernel: bool, start: Start) {
     builder
         .observe_pid(pid)
         .inherit(true)
-        .enabled(false)
-        .enable_on_exec(true)
+        .enabled(start == Start::Now)
+        .enable_on_exec(start == Start::OnExec)
         .clockid(Clock::MONOTONIC)
         .exclude_kernel(!kernel)
         .exclude_hv(true);
 }
 
-fn sampled_base(builder: &mut Builder<'_>, pid: libc::pid_t, cpu: usize, kernel: bool) {
-    base(builder, pid, kernel);
+fn sampled_base(
+    builder: &mut Builder<'_>,
+    pid: libc::pid_t,
+    cpu: usize,
+    kernel: bool,
+    start: Start,
+) {
+    base(builder, pid, kernel, start);
     builder
         .one_cpu(cpu)
         .sample_id_all(true)
@@ -240,6 +302,39 @@ impl PerfSession {
     /// Open every event on the held child `pid`. Fails only if no perf event at all can be
     /// opened; partial failures are listed in [`PerfSession::missing`].
     pub fn open(pid: libc::pid_t, opts: &PerfOptions) -> Result<Self, PerfError> {
+        Self::open_on(pid, Start::OnExec, &[], opts)
+    }
+
+    /// Open every event on the running processes `tgids`: on each of their threads (per CPU,
+    /// inherited, so that threads and children created later are followed too), counting at
+    /// once. Threads created while the events are being opened are found by scanning
+    /// `/proc/PID/task` again until a scan finds none that is not covered (see
+    /// [`PerfSession::follow_new_threads`]). Returns the session and the threads it opened on.
+    pub fn attach(tgids: &[u32], opts: &PerfOptions) -> Result<(Self, Vec<u32>), PerfError> {
+        let mut tids: Vec<u32> = Vec::new();
+        for &tgid in tgids {
+            tids.extend(crate::attach::threads(tgid));
+        }
+        let Some(&first) = tids.first() else {
+            return Err(PerfError::Open(io::Error::from_raw_os_error(libc::ESRCH)));
+        };
+        let mut session = Self::open_on(first as libc::pid_t, Start::Now, tgids, opts)?;
+        let mut opened = vec![first];
+        for &tid in &tids[1..] {
+            if session.add_thread(tid) {
+                opened.push(tid);
+            }
+        }
+        session.follow_new_threads(tgids, &mut opened);
+        Ok((session, opened))
+    }
+
+    fn open_on(
+        pid: libc::pid_t,
+        start: Start,
+        attached: &[u32],
+        opts: &PerfOptions,
+    ) -> Result<Self, PerfError> {
         let mut missing = Vec::new();
         let mut notes = Vec::new();
         let cpus = sys::online_cpus();
@@ -250,7 +345,7 @@ impl PerfSession {
         for &cpu in &cpus {
             let open = |kernel: bool| {
                 let mut b = Builder::new(Software::DUMMY);
-                sampled_base(&mut b, pid, cpu, kernel);
+                sampled_base(&mut b, pid, cpu, kernel, start);
                 b.context_switch(true)
                     .task(true)
                     .comm(true)
@@ -307,7 +402,8 @@ impl PerfSession {
         // or, where that cannot be had or is not wanted, one sample per syscall entry.
         let mut syscall_ids = Vec::new();
         let mut counted: Option<BpfSyscalls> = None;
-        let mut syscall_counter: Option<Counter> = None;
+        // The tracepoint's id when syscalls are counted by a sample per syscall.
+        let mut syscall_tp: Option<u64> = None;
         let tracepoint = if kernel {
             tracepoint_id("raw_syscalls", "sys_enter")
         } else {
@@ -317,7 +413,12 @@ impl PerfSession {
             Err(_) if !kernel => {}
             Ok(tp) => {
                 if !opts.syscall_samples {
-                    match BpfSyscalls::open(pid) {
+                    let bpf = if attached.is_empty() {
+                        BpfSyscalls::open(pid)
+                    } else {
+                        BpfSyscalls::open_attached(attached)
+                    };
+                    match bpf {
                         Ok(c) => counted = Some(c),
                         Err(e) => notes.push(format!(
                             "syscalls are counted by a sample per syscall (slower): the in-kernel BPF counter could not be loaded ({e})"
@@ -328,15 +429,11 @@ impl PerfSession {
                 // checks them. (With the BPF counter it would cost a perf trace record per
                 // syscall again; the programs count every syscall, and what they cannot.)
                 if counted.is_none() {
-                    syscall_counter = {
-                        let mut b = Builder::new(Tracepoint::with_id(tp));
-                        base(&mut b, pid, kernel);
-                        b.any_cpu().build().ok()
-                    };
+                    syscall_tp = Some(tp);
                     let opened: io::Result<()> = (|| {
                         for ring in rings.iter_mut() {
                             let mut b = Builder::new(Tracepoint::with_id(tp));
-                            sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+                            sampled_base(&mut b, pid, ring.cpu as usize, kernel, start);
                             b.sample(SampleFlag::RAW).sample_period(1);
                             let c = b.build()?;
                             sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
@@ -347,7 +444,7 @@ impl PerfSession {
                     })();
                     if let Err(e) = opened {
                         syscall_ids.clear();
-                        syscall_counter = None;
+                        syscall_tp = None;
                         missing.push(format!("syscall counts are missing: the raw_syscalls:sys_enter tracepoint could not be opened ({e}); run as root"));
                     }
                 }
@@ -367,7 +464,7 @@ impl PerfSession {
         let mut fault_ids = Vec::new();
         for ring in rings.iter_mut() {
             let mut b = Builder::new(Software::PAGE_FAULTS);
-            sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+            sampled_base(&mut b, pid, ring.cpu as usize, kernel, start);
             b.sample_period(1);
             match b.build().and_then(|c| {
                 sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd()).map(|_| c)
@@ -388,25 +485,20 @@ impl PerfSession {
             &mut rings,
             pid,
             kernel,
+            start,
             opts,
             counted.is_some(),
             &mut missing,
         );
 
-        let count = |ev: Software| {
-            let mut b = Builder::new(ev);
-            base(&mut b, pid, kernel);
-            b.any_cpu().build().ok()
-        };
-        let counters = Counters {
-            task_clock: count(Software::TASK_CLOCK),
-            context_switches: count(Software::CONTEXT_SWITCHES),
-            cpu_migrations: count(Software::CPU_MIGRATIONS),
-            page_faults: count(Software::PAGE_FAULTS),
-            syscalls: syscall_counter,
-        };
+        let mut counters = Counters::default();
+        counters.open(pid, kernel, start, syscall_tp);
 
         Ok(PerfSession {
+            attach: (start == Start::Now).then(|| AttachConfig {
+                opts: opts.clone(),
+                syscall_tp,
+            }),
             pending: rings.iter().map(|_| merge::Pending::default()).collect(),
             rings,
             counters,
@@ -429,6 +521,141 @@ impl PerfSession {
             lost_records: 0,
             syscalls_dropped: 0,
         })
+    }
+
+    /// Open this session's events on one more thread `tid` of an attached process (one of
+    /// each per CPU, into that CPU's ring, and the counting events). False if the thread is
+    /// gone or its events could not be opened: what did open stays (a partial thread is
+    /// better than none), and the first failure is listed in `missing`.
+    fn add_thread(&mut self, tid: u32) -> bool {
+        let Some(cfg) = self.attach.as_ref() else {
+            return false;
+        };
+        let (pid, kernel, start) = (tid as libc::pid_t, self.kernel, Start::Now);
+        let opts = cfg.opts.clone();
+        let syscall_tp = cfg.syscall_tp;
+        let result = (|| -> io::Result<()> {
+            for ring in self.rings.iter_mut() {
+                let cpu = ring.cpu as usize;
+                let mut follow = |b: Builder<'_>, ids: Option<&mut Vec<u64>>| {
+                    let c = b.build()?;
+                    sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
+                    if let Some(ids) = ids {
+                        ids.push(c.id());
+                    }
+                    ring._followers.push(c);
+                    Ok::<_, io::Error>(())
+                };
+                let mut b = Builder::new(Software::DUMMY);
+                sampled_base(&mut b, pid, cpu, kernel, start);
+                b.context_switch(true)
+                    .task(true)
+                    .comm(true)
+                    .comm_exec(true)
+                    .mmap(opts.stacks())
+                    .mmap2(opts.stacks());
+                follow(b, None)?;
+                if let Some(tp) = syscall_tp {
+                    let mut b = Builder::new(Tracepoint::with_id(tp));
+                    sampled_base(&mut b, pid, cpu, kernel, start);
+                    b.sample(SampleFlag::RAW).sample_period(1);
+                    follow(b, Some(&mut self.syscall_ids))?;
+                }
+                if !self.fault_ids.is_empty() {
+                    let mut b = Builder::new(Software::PAGE_FAULTS);
+                    sampled_base(&mut b, pid, cpu, kernel, start);
+                    b.sample_period(1);
+                    follow(b, Some(&mut self.fault_ids))?;
+                }
+                let stack = |ev: Software| {
+                    let mut b = Builder::new(ev);
+                    sampled_base(&mut b, pid, cpu, kernel, start);
+                    b.sample(SampleFlag::CALLCHAIN)
+                        .exclude_callchain_kernel(!kernel);
+                    b
+                };
+                if !self.clock_ids.is_empty() {
+                    let mut b = stack(Software::CPU_CLOCK);
+                    b.sample_frequency(opts.frequency_hz);
+                    follow(b, Some(&mut self.clock_ids))?;
+                }
+                if !self.switch_ids.is_empty() {
+                    let mut b = stack(Software::CONTEXT_SWITCHES);
+                    b.sample_period(1)
+                        .exclude_callchain_user(!opts.off_cpu_stacks);
+                    follow(b, Some(&mut self.switch_ids))?;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.counters.open(pid, kernel, start, syscall_tp);
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => false,
+            Err(e) => {
+                let line = format!(
+                    "some events of thread {tid} could not be opened ({e}): it is recorded in part"
+                );
+                if !self.missing.contains(&line) {
+                    self.missing.push(line);
+                }
+                false
+            }
+        }
+    }
+
+    /// Closes the race with threads created while the events were being opened: a thread
+    /// cloned by a thread whose events were already open inherited them (and its FORK record
+    /// is in a ring), one cloned before did not. Scans `/proc/PID/task` again until every
+    /// thread there is either one this session opened on or one it saw forked; new ones are
+    /// opened on. Records read from the rings on the way stay pending for the next drain.
+    fn follow_new_threads(&mut self, tgids: &[u32], opened: &mut Vec<u32>) {
+        for _ in 0..16 {
+            // A FORK record is written before the new thread is woken, within microseconds
+            // of it appearing in /proc: a short pause lets any that are racing land.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.read_rings();
+            let forked = self.pending_forks();
+            let mut new = Vec::new();
+            for &tgid in tgids {
+                for tid in crate::attach::threads(tgid) {
+                    if !opened.contains(&tid) && !forked.contains(&tid) {
+                        new.push(tid);
+                    }
+                }
+            }
+            if new.is_empty() {
+                return;
+            }
+            for tid in new {
+                // Counted as seen even when it is gone, so it is not tried again.
+                self.add_thread(tid);
+                opened.push(tid);
+            }
+        }
+    }
+
+    /// Copy what the rings hold into `pending`.
+    fn read_rings(&mut self) {
+        for (ring, pending) in self.rings.iter_mut().zip(self.pending.iter_mut()) {
+            while let Some(record) = ring.sampler.next_record() {
+                let ty = record.ty();
+                let misc = record.misc();
+                let data = record.to_contiguous();
+                pending.push(ty, misc, record_time(ty, &data), &data);
+            }
+        }
+    }
+
+    /// Threads whose FORK record is pending.
+    fn pending_forks(&self) -> Vec<u32> {
+        let mut tids = Vec::new();
+        for p in &self.pending {
+            p.each(RECORD_FORK, &mut |data| tids.push(u32_at(data, 8)));
+        }
+        tids
     }
 
     /// Whether exact syscall counting is on.
@@ -455,6 +682,35 @@ impl PerfSession {
         self.drain_until(watermark, out)
     }
 
+    /// End the window of a recording of running processes: disable every event (the rings
+    /// then take no more records, the counting events stop) and stop the syscall counter, as
+    /// close together as can be, so that what comes next — reading the counts, which takes a
+    /// while with many threads, and the rings' backlog — describes one window. (A launched
+    /// command has exited by then: nothing moves.)
+    pub fn stop(&mut self) {
+        for ring in self.rings.iter_mut() {
+            let _ = ring.sampler.disable();
+            for c in ring._followers.iter_mut() {
+                let _ = c.disable();
+            }
+        }
+        let c = &mut self.counters;
+        for list in [
+            &mut c.task_clock,
+            &mut c.context_switches,
+            &mut c.cpu_migrations,
+            &mut c.page_faults,
+            &mut c.syscalls,
+        ] {
+            for counter in list.iter_mut() {
+                let _ = counter.disable();
+            }
+        }
+        if let Some(c) = self.counted.as_mut() {
+            c.counter.stop();
+        }
+    }
+
     /// Read and process everything, however recent (the child has exited).
     pub fn drain_all(&mut self, out: &mut dyn FnMut(Record) -> io::Result<()>) -> io::Result<()> {
         self.drain_until(u64::MAX, out)
@@ -465,14 +721,18 @@ impl PerfSession {
         watermark: u64,
         out: &mut dyn FnMut(Record) -> io::Result<()>,
     ) -> io::Result<()> {
-        for (ring, pending) in self.rings.iter_mut().zip(self.pending.iter_mut()) {
-            while let Some(record) = ring.sampler.next_record() {
-                let ty = record.ty();
-                let misc = record.misc();
-                let data = record.to_contiguous();
-                pending.push(ty, misc, record_time(ty, &data), &data);
+        // The final counts are read before the rings, counting stopped: a thread created
+        // after this has records and no counts (the window's end), rather than counts and no
+        // records (an unnamed thread of no process, when a running process keeps creating
+        // threads while the rings' backlog is processed), or counts cut mid-read.
+        let final_counts = match &mut self.counted {
+            Some(c) if watermark == u64::MAX => {
+                c.counter.stop();
+                Some((c.counter.counts()?, c.counter.dropped()))
             }
-        }
+            _ => None,
+        };
+        self.read_rings();
         while let Some(i) = merge::earliest(self.pending.iter(), watermark) {
             let Some((ty, misc, data)) = self.pending[i].pop() else {
                 break;
@@ -512,20 +772,17 @@ impl PerfSession {
         for pending in self.pending.iter_mut() {
             pending.compact();
         }
-        if watermark == u64::MAX {
-            if let Some(c) = &self.counted {
-                for (tid, nr, n) in c.counter.counts()? {
-                    *self.syscalls.entry((tid, nr)).or_insert(0) += n;
-                }
-                let dropped = c.counter.dropped();
-                if dropped > 0 {
-                    self.syscalls_dropped += dropped;
-                    out(Record::Lost(Lost {
-                        cpu: u32::MAX,
-                        time_ns: sys::monotonic_ns(),
-                        records: dropped,
-                    }))?;
-                }
+        if let Some((counts, dropped)) = final_counts {
+            for (tid, nr, n) in counts {
+                *self.syscalls.entry((tid, nr)).or_insert(0) += n;
+            }
+            if dropped > 0 {
+                self.syscalls_dropped += dropped;
+                out(Record::Lost(Lost {
+                    cpu: u32::MAX,
+                    time_ns: sys::monotonic_ns(),
+                    records: dropped,
+                }))?;
             }
         }
         if !self.syscalls.is_empty() || !self.faults.is_empty() {
@@ -691,13 +948,14 @@ fn open_stack_events(
     rings: &mut [Ring],
     pid: libc::pid_t,
     kernel: bool,
+    start: Start,
     opts: &PerfOptions,
     name_syscalls: bool,
     missing: &mut Vec<String>,
 ) -> (Vec<u64>, Vec<u64>, Option<Sampling>) {
     let open = |ev: Software, ring: &Ring, configure: &dyn Fn(&mut Builder<'_>)| {
         let mut b = Builder::new(ev);
-        sampled_base(&mut b, pid, ring.cpu as usize, kernel);
+        sampled_base(&mut b, pid, ring.cpu as usize, kernel, start);
         b.sample(SampleFlag::CALLCHAIN)
             .exclude_callchain_kernel(!kernel);
         configure(&mut b);
@@ -835,7 +1093,15 @@ fn other_record(
 impl PerfSession {
     /// Whole-run counts, as `perf stat` would print them.
     pub fn totals(&mut self) -> Totals {
-        let read = |c: &mut Option<Counter>| c.as_mut().and_then(|c| c.read().ok());
+        let read = |c: &mut Vec<Counter>| {
+            let mut sum = None;
+            for c in c.iter_mut() {
+                if let Ok(n) = c.read() {
+                    *sum.get_or_insert(0) += n;
+                }
+            }
+            sum
+        };
         Totals {
             task_clock_ns: read(&mut self.counters.task_clock),
             context_switches: read(&mut self.counters.context_switches),

@@ -40,6 +40,11 @@ pub struct RecordOptions {
     /// a program that exits right after recording (the CLI) need not wait for that. The
     /// events then stay open until this process exits.
     pub defer_teardown: bool,
+    /// Attach to these running processes instead of launching `command` (`record -p`).
+    pub attach: Vec<u32>,
+    /// End the recording after this long (attached recordings; a launched one ends with the
+    /// command).
+    pub duration: Option<Duration>,
 }
 
 impl RecordOptions {
@@ -52,6 +57,8 @@ impl RecordOptions {
             spans: true,
             perf_options: PerfOptions::default(),
             defer_teardown: false,
+            attach: Vec::new(),
+            duration: None,
         }
     }
 }
@@ -92,6 +99,8 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -215,6 +224,9 @@ fn unix_now_ns() -> u64 {
 /// Record `opts.command` into `opts.output`. Returns once the child has exited and the file
 /// is complete.
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
+    if !opts.attach.is_empty() {
+        return record_attached(opts);
+    }
     let program = opts.command.first().ok_or(RecordError::NoCommand)?;
     let program_name = program.to_string_lossy().into_owned();
     let path = sys::resolve_program(program).ok_or_else(|| RecordError::NotFound {
@@ -341,12 +353,22 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     if let Some(p) = &perf {
         fds.extend(p.fds());
     }
+    // --duration: the command gets SIGTERM then, as with Ctrl-C, and is recorded to its exit.
+    let mut deadline = opts.duration.map(|d| std::time::Instant::now() + d);
     let (exit, rusage) = loop {
-        let timeout = next_poll
-            .saturating_duration_since(std::time::Instant::now())
-            .as_millis()
-            .min(100) as i32;
-        let ready = sys::poll_readable(&fds, timeout)?;
+        let now = std::time::Instant::now();
+        let mut timeout = next_poll
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(100));
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(now));
+        }
+        let ready = sys::poll_readable(&fds, timeout.as_millis() as i32)?;
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            deadline = None;
+            forwarded = Some(libc::SIGTERM);
+            sys::kill(pid, libc::SIGTERM);
+        }
 
         if let Some(sig) = signals.take() {
             forwarded = Some(sig);
@@ -523,4 +545,328 @@ fn wait_blocking(pid: libc::pid_t) -> io::Result<(ExitStatus, Rusage)> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A span socket at a running process's rendezvous path (layer/WIRE.md, "Attaching"): the
+/// layer in that process connects when it sees it, and goes back to looking when it is gone.
+struct Rendezvous {
+    intake: intake::Intake,
+}
+
+impl Rendezvous {
+    fn open(target: &crate::attach::Target) -> io::Result<Self> {
+        let path = crate::attach::rendezvous_path(target);
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        crate::attach::prepare_dir(dir, target.uid)?;
+        let intake = intake::start_at(&path)?;
+        if sys::euid() != target.uid {
+            // The program's user must be able to connect (write to the socket); the
+            // directory (0700, theirs) keeps everyone else out. lchown: never follow a
+            // symlink someone put in its place.
+            std::os::unix::fs::lchown(&path, Some(target.uid), None)?;
+        }
+        Ok(Rendezvous { intake })
+    }
+}
+
+/// `record -p`: attach to running processes, record until the duration passes, a signal
+/// comes (SIGINT, SIGTERM, SIGHUP, SIGQUIT: none is forwarded) or they have all exited, then
+/// detach. They are never signalled, stopped or ptraced: perf events and the BPF counter
+/// observe them from outside, and closing those leaves them as they were.
+fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
+    let targets = opts
+        .attach
+        .iter()
+        .map(|&pid| crate::attach::check(pid))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+    // Opened before anything else, so that a process that exits from here on is seen to.
+    let pidfds = pids
+        .iter()
+        .map(|&p| sys::pidfd_open(p as libc::pid_t))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => {
+                RecordError::Attach(crate::attach::AttachError::NoSuchProcess(pids[0]))
+            }
+            _ => RecordError::Io(e),
+        })?;
+
+    let mut writer = TraceWriter::create(&opts.output)?;
+    let write_err = |source| RecordError::Write {
+        path: opts.output.clone(),
+        source,
+    };
+    let mut signals = SignalWatch::install()?;
+
+    // The span sockets first: a layer that sees one connects within its look interval, and
+    // the perf events below take a while on a process with many threads.
+    let mut spans: Vec<Rendezvous> = Vec::new();
+    if opts.spans {
+        for t in &targets {
+            match Rendezvous::open(t) {
+                Ok(r) => spans.push(r),
+                Err(e) => eprintln!(
+                    "iotrace: warning: span socket for pid {} not available ({e}); recording it without spans",
+                    t.pid
+                ),
+            }
+        }
+    }
+
+    let start_ns = sys::monotonic_ns();
+    let mut caps = Capabilities {
+        spans: !spans.is_empty(),
+        ..Capabilities::default()
+    };
+    let mut perf = None;
+    let mut threads = 0u32;
+    if opts.perf {
+        match PerfSession::attach(&pids, &opts.perf_options) {
+            Ok((session, opened)) => {
+                threads = opened.len() as u32;
+                caps.perf = true;
+                caps.kernel = session.kernel;
+                caps.syscalls = session.has_syscalls();
+                caps.missing.extend(session.missing.iter().cloned());
+                for note in &session.notes {
+                    eprintln!("iotrace: note: {note}");
+                }
+                perf = Some(session);
+            }
+            Err(e) => caps.missing.push(format!(
+                "perf was not used: {e}; per-thread switches and CPU time come from /proc only"
+            )),
+        }
+    } else {
+        caps.missing.push(
+            "perf was not used (--no-perf): context switches and CPU time come from /proc; syscall counts and per-thread page faults are missing"
+                .to_owned(),
+        );
+    }
+    if threads == 0 {
+        threads = pids
+            .iter()
+            .map(|&p| crate::attach::threads(p).len() as u32)
+            .sum();
+    }
+
+    let header = Header {
+        iotrace_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command: targets[0].command.clone(),
+        pid: pids[0],
+        start_ns,
+        start_unix_ns: unix_now_ns(),
+        hostname: sys::hostname(),
+        cpus: sys::online_cpus().len() as u32,
+    };
+    writer.write(&Record::Header(header)).map_err(write_err)?;
+    writer
+        .write(&Record::Capabilities(caps.clone()))
+        .map_err(write_err)?;
+    if let Some(sampling) = perf.as_ref().and_then(|p| p.sampling()) {
+        writer
+            .write(&Record::Sampling(sampling.clone()))
+            .map_err(write_err)?;
+    }
+    writer
+        .write(&Record::Attach(crate::format::Attach {
+            pids: pids.clone(),
+            time_ns: start_ns,
+            threads,
+        }))
+        .map_err(write_err)?;
+    // What the processes' execs would have told perf: read after the events are open, so a
+    // mapping made since is in the rings too (twice is harmless; missing is not).
+    for &pid in &pids {
+        for r in crate::attach::synthesize(pid, start_ns) {
+            writer.write(&r).map_err(write_err)?;
+        }
+    }
+    writer.flush().map_err(write_err)?;
+    let mut out = Out {
+        writer,
+        error: None,
+    };
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    eprintln!(
+        "iotrace: attached to pid {} ({threads} threads); recording until {}",
+        list.join(","),
+        match opts.duration {
+            Some(d) => format!("{:.2} s have passed or Ctrl-C", d.as_secs_f64()),
+            None => "Ctrl-C".to_owned(),
+        }
+    );
+
+    sys::boost_this_thread(RECORDER_BOOST);
+    let mut poller = ProcPoller::new(pids[0] as i32);
+    for &p in &pids[1..] {
+        poller.add_pid(p as i32);
+    }
+    let mut next_poll = std::time::Instant::now();
+    let deadline = opts.duration.map(|d| std::time::Instant::now() + d);
+    let mut stopped_by: Option<i32> = None;
+    let mut peak_threads = threads;
+    let mut live_threads = i64::from(threads);
+    let mut gone = vec![false; pidfds.len()];
+
+    let mut fds: Vec<std::os::fd::RawFd> = pidfds.iter().map(|f| f.as_raw_fd()).collect();
+    fds.push(signals.wake.as_raw_fd());
+    for r in &spans {
+        fds.push(r.intake.ready_fd());
+    }
+    if let Some(p) = &perf {
+        fds.extend(p.fds());
+    }
+    loop {
+        let now = std::time::Instant::now();
+        let mut timeout = next_poll
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(100));
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(now));
+        }
+        let ready = sys::poll_readable(&fds, timeout.as_millis() as i32)?;
+        for (i, g) in gone.iter_mut().enumerate() {
+            if ready[i] {
+                *g = true;
+                // Readable for good: poll it no more (-1 is skipped by poll).
+                fds[i] = -1;
+            }
+        }
+        let signal = signals.take();
+        if let Some(p) = perf.as_mut() {
+            p.drain(&mut |r| {
+                match &r {
+                    Record::Fork(f) => {
+                        live_threads += 1;
+                        peak_threads = peak_threads.max(u32::try_from(live_threads).unwrap_or(0));
+                        if f.pid == f.tid {
+                            poller.add_pid(f.pid as i32);
+                        }
+                    }
+                    Record::Exit(_) => live_threads = (live_threads - 1).max(0),
+                    _ => {}
+                }
+                out.write(&r)
+            })?;
+        }
+        for r in &spans {
+            r.intake.take_ready();
+            while let Some(mut batch) = r.intake.try_recv() {
+                out.write_spans(&mut batch);
+            }
+        }
+        if std::time::Instant::now() >= next_poll {
+            let sample = poller.sample();
+            for p in &sample.processes {
+                peak_threads = peak_threads.max(p.threads);
+            }
+            out.write(&Record::ProcSample(sample))?;
+            next_poll += opts.proc_interval;
+            if next_poll < std::time::Instant::now() {
+                next_poll = std::time::Instant::now() + opts.proc_interval;
+            }
+        }
+        out.flush();
+        if let Some(sig) = signal {
+            stopped_by = Some(sig);
+            break;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        if gone.iter().all(|&g| g) {
+            break;
+        }
+    }
+
+    let mut lost_records = 0;
+    let mut missing = caps.missing.clone();
+    if let Some(p) = perf.as_mut() {
+        p.stop();
+        p.drain_all(&mut |r| out.write(&r))?;
+        let totals = p.totals();
+        out.write(&Record::Totals(totals))?;
+        lost_records = p.lost_records;
+        if p.syscalls_dropped > 0 {
+            missing.push(format!(
+                "{} syscalls went uncounted: the in-kernel counter's map was full",
+                p.syscalls_dropped
+            ));
+        }
+    }
+    let mut stats = intake::IntakeStats::default();
+    for r in spans.drain(..) {
+        let (s, rest) = r.intake.shutdown();
+        for mut batch in rest {
+            out.write_spans(&mut batch);
+        }
+        stats.clients += s.clients;
+        stats.frames += s.frames;
+        stats.events += s.events;
+        stats.dropped_by_programs += s.dropped_by_programs;
+        stats.bad_clients += s.bad_clients;
+        stats.warnings.extend(s.warnings);
+    }
+    if caps.spans {
+        out.write(&Record::SpanStats(SpanStats {
+            clients: stats.clients,
+            events: stats.events,
+            dropped: stats.dropped_by_programs,
+            bad_clients: stats.bad_clients,
+            warnings: stats.warnings.clone(),
+        }))?;
+        for w in &stats.warnings {
+            eprintln!("iotrace: warning: span socket: {w}");
+        }
+    }
+    if stats.dropped_by_programs > 0 {
+        missing.push(format!(
+            "the program's iotrace layer dropped {} span events: the recorder did not keep up",
+            stats.dropped_by_programs
+        ));
+    }
+    if lost_records > 0 {
+        missing.push(format!(
+            "perf lost {lost_records} records: the rings overflowed"
+        ));
+    }
+    out.write(&Record::End(End {
+        time_ns: sys::monotonic_ns(),
+        exit: ExitStatus::Detached,
+        rusage: Rusage::default(),
+        forwarded_signal: None,
+        peak_threads,
+    }))?;
+    let Out { writer, error } = out;
+    let bytes = writer.bytes();
+    let write_error = match error {
+        Some(e) => Some(e.to_string()),
+        None => match writer.finish() {
+            Ok(_) => None,
+            Err(e) => {
+                eprintln!(
+                    "iotrace: error: writing the trace {}: {e}",
+                    opts.output.display()
+                );
+                Some(e.to_string())
+            }
+        },
+    };
+    drop(signals);
+    if let Some(p) = perf.take() {
+        if opts.defer_teardown && sys::close_fds_after_exit().is_ok() {
+            std::mem::forget(p);
+        }
+    }
+    Ok(RecordOutcome {
+        exit: ExitStatus::Detached,
+        trace: opts.output.clone(),
+        bytes,
+        lost_records,
+        forwarded_signal: stopped_by,
+        missing,
+        write_error,
+    })
 }

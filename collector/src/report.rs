@@ -31,6 +31,9 @@ fn signal_name(sig: i32) -> String {
 
 /// How the child ended, in words.
 pub fn exit_words(summary: &Summary) -> String {
+    if let Some(a) = &summary.attached {
+        return attached_words(a, summary.duration_ns);
+    }
     let mut words = match summary.exit {
         Some(ExitJson::Code(0)) => "exited normally (code 0)".to_owned(),
         Some(ExitJson::Code(c)) => format!("exited with code {c}"),
@@ -39,6 +42,35 @@ pub fn exit_words(summary: &Summary) -> String {
     };
     if let Some(sig) = summary.forwarded_signal {
         let _ = write!(words, "; iotrace forwarded {} to it", signal_name(sig));
+    }
+    words
+}
+
+/// What an attached recording saw: "attached to pid N for 3.00 s; detached, left running".
+fn attached_words(a: &crate::analysis::Attached, duration_ns: u64) -> String {
+    let pids: Vec<String> = a.pids.iter().map(u32::to_string).collect();
+    let who = if pids.len() == 1 {
+        format!("pid {}", pids[0])
+    } else {
+        format!("pids {}", pids.join(","))
+    };
+    let mut words = format!(
+        "attached to {who} for {:.2} s ({} threads then)",
+        duration_ns as f64 / 1e9,
+        a.threads
+    );
+    if !a.detached {
+        words.push_str("; the recording did not finish");
+    } else if a.exited.len() == a.pids.len() {
+        words.push_str("; it exited during the recording (exit status not known to iotrace)");
+    } else if a.exited.is_empty() {
+        words.push_str("; detached, left running");
+    } else {
+        let gone: Vec<String> = a.exited.iter().map(u32::to_string).collect();
+        words.push_str(&format!(
+            "; detached, left running (pid {} exited during it)",
+            gone.join(",")
+        ));
     }
     words
 }
@@ -76,7 +108,12 @@ pub fn text(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(out, " iotrace report for '{}' (pid {})", s.command, s.pid);
     let _ = writeln!(out);
-    let _ = writeln!(out, "   ended:     {}", exit_words(s));
+    let ended = if s.attached.is_some() {
+        "window:"
+    } else {
+        "ended: "
+    };
+    let _ = writeln!(out, "   {ended}    {}", exit_words(s));
     let _ = writeln!(out, "   duration:  {}", duration(s.duration_ns));
     let caps = &s.capabilities;
     let measured = if caps.perf {

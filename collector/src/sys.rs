@@ -300,6 +300,12 @@ pub fn online_cpus() -> Vec<usize> {
 }
 
 /// The effective user id of this process (whose files the analysis trusts, with root's).
+/// The calling thread's kernel tid.
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no arguments and no side effects.
+    unsafe { libc::gettid() }
+}
+
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
     unsafe { libc::geteuid() }

@@ -39,6 +39,10 @@ struct SpanId(u64);
 /// callback returns at its first instruction.
 pub struct IotraceLayer {
     sink: Option<&'static Sink>,
+    /// Hint the global max level OFF while no recorder is attached, so that disabled spans
+    /// cost what they cost with no subscriber. Only for `init()`'s registry + this layer: a
+    /// composed subscriber's other layers must keep their own levels.
+    off_while_detached: bool,
     resources: bool,
     waker_refcounts: bool,
 }
@@ -55,6 +59,7 @@ impl IotraceLayer {
     pub(crate) fn new(sink: Option<&'static Sink>) -> Self {
         IotraceLayer {
             sink,
+            off_while_detached: false,
             resources: false,
             waker_refcounts: false,
         }
@@ -81,6 +86,17 @@ impl IotraceLayer {
     pub fn with_tokio_resources(mut self, record: bool) -> Self {
         self.resources = record;
         self
+    }
+
+    /// See [`IotraceLayer::off_while_detached`].
+    pub(crate) fn off_while_detached(mut self) -> Self {
+        self.off_while_detached = true;
+        self
+    }
+
+    /// Whether this layer can be attached to later (no `IOTRACE_SOCKET`; WIRE.md, "Attaching").
+    pub(crate) fn is_attachable(&self) -> bool {
+        self.sink.is_some_and(|s| s.attachable)
     }
 
     /// Whether this layer sends anything.
@@ -142,6 +158,13 @@ impl<S> Layer<S> for IotraceLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        if self.off_while_detached && !self.on() {
+            return Some(tracing::level_filters::LevelFilter::OFF);
+        }
+        None
+    }
+
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
         if self.skips(meta) {
             return Interest::never();

@@ -1,8 +1,10 @@
 //! The tracing layer a program links so `iotrace record` sees its spans and tokio tasks.
 //!
 //! ```no_run
-//! // First thing in main. Records only when started by `iotrace record` (which sets
-//! // IOTRACE_SOCKET); otherwise this installs nothing and costs nothing.
+//! // First thing in main. Records when started by `iotrace record` (which sets
+//! // IOTRACE_SOCKET), or while `iotrace record -p PID` is attached; otherwise a disabled span
+//! // costs what it costs with no subscriber, and a thread looks for a recorder 5 times a second
+//! // (one `stat`). IOTRACE_ATTACH=0 turns attaching off: nothing is installed then.
 //! iotrace_layer::init();
 //! // ... the program, with `tracing` spans, or tokio built with
 //! // `--cfg tokio_unstable` and feature `tracing` for one span per task.
@@ -42,7 +44,7 @@ use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 
 pub use layer::IotraceLayer;
-pub use sink::SOCKET_ENV;
+pub use sink::{ATTACH_ENV, SOCKET_ENV};
 
 /// The layer, connected to the recorder named by `IOTRACE_SOCKET`.
 ///
@@ -53,22 +55,28 @@ pub fn layer() -> IotraceLayer {
     IotraceLayer::new(sink::get())
 }
 
-/// Installs `registry() + layer()` as the global subscriber when `IOTRACE_SOCKET` is set.
+/// Installs `registry() + layer()` as the global subscriber: recording when `IOTRACE_SOCKET` is
+/// set, or else attachable (recording while `iotrace record -p` is attached; WIRE.md,
+/// "Attaching"), with the global max level held at OFF while detached, so that spans cost what
+/// they cost with no subscriber. With `IOTRACE_ATTACH=0` and no `IOTRACE_SOCKET`, nothing.
 ///
-/// Does nothing if the variable is unset, if the connection fails, or if a global subscriber is
+/// Does nothing if the connection to `IOTRACE_SOCKET` fails, or if a global subscriber is
 /// already installed. Never panics.
 pub fn init() {
-    if std::env::var_os(SOCKET_ENV).is_none_or(|v| v.is_empty()) {
+    let launched = std::env::var_os(SOCKET_ENV).is_some_and(|v| !v.is_empty());
+    if !launched && !sink::attach_enabled() {
         return;
     }
     if tracing::dispatcher::has_been_set() {
         return;
     }
     let layer = layer();
-    if !layer.is_recording() {
+    if !(layer.is_recording() || layer.is_attachable()) {
         return;
     }
-    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(layer.off_while_detached()),
+    );
 }
 
 /// Hands the calling thread's buffered records to the writer thread and waits, at most 200 ms,

@@ -69,6 +69,8 @@ type Spare = (SyncSender<Vec<u8>>, Receiver<Vec<u8>>);
 pub(crate) struct Local {
     buf: Option<Vec<u8>>,
     events: u64,
+    /// The connection the buffered records belong to (see `sink::generation`).
+    gen: u64,
     first: u64,
     tid: u32,
     spare: Option<Spare>,
@@ -108,6 +110,7 @@ impl Local {
         Local {
             buf: None,
             events: 0,
+            gen: 0,
             first: 0,
             tid: 0,
             spare: None,
@@ -191,9 +194,22 @@ impl Local {
         })
     }
 
+    /// Drops buffered records of an earlier connection (an attachable program's recorder
+    /// left and another came): the new one never saw their spans created.
+    #[inline]
+    fn same_connection(&mut self) {
+        if self.events > 0 && self.gen != sink::generation() {
+            self.events = 0;
+            if let Some(b) = self.buf.as_mut() {
+                b.truncate(FRAME_HEADER);
+            }
+        }
+    }
+
     /// Appends an ENTER/EXIT/CLOSE record.
     #[inline]
     pub(crate) fn fixed(&mut self, tag: u8, time: u64, span: u64) {
+        self.same_connection();
         let rec = encode::fixed_record(tag, time, span);
         match &mut self.buf {
             Some(b) if CAP - b.len() >= FIXED_RECORD => b.extend_from_slice(&rec),
@@ -213,6 +229,7 @@ impl Local {
     /// Appends a variable-size record written by `write`; hands off the buffer and retries once
     /// if it does not fit; counts it as dropped if it fits in no buffer.
     pub(crate) fn record(&mut self, time: u64, mut write: impl FnMut(&mut Enc<'_>)) {
+        self.same_connection();
         for _ in 0..2 {
             let mut enc = Enc::new(self.buf_mut(), CAP);
             write(&mut enc);
@@ -233,6 +250,7 @@ impl Local {
         self.events += 1;
         if self.events == 1 {
             self.first = time;
+            self.gen = sink::generation();
             return;
         }
         let full = self

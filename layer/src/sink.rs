@@ -2,13 +2,21 @@
 //! queue of full thread buffers, the flusher thread that alone writes to the socket, the loss
 //! counter, and the once-per-callsite definitions.
 //!
+//! Without `IOTRACE_SOCKET` the sink is *attachable* (unless `IOTRACE_ATTACH=0`): the flusher
+//! looks for a recorder's socket at the process's rendezvous path (WIRE.md, "Attaching") every
+//! [`LOOK`], with one `stat`; when one appears it connects, sends the hello and every callsite
+//! again, and turns recording on; when the recorder leaves it turns recording off and looks
+//! again. Records from an earlier connection are never sent on a later one ([`generation`]).
+//!
 //! The flusher never blocks in the channel's `recv` (see [`flusher`]): it polls while buffers
 //! arrive and, once nothing has come for a few polls, parks with [`ASLEEP`] set; whoever then
 //! queues something unparks it (a futex wake, no lock). An idle program's flusher sleeps.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Mutex, OnceLock};
@@ -22,6 +30,11 @@ use crate::sys;
 
 /// Environment variable that names the recorder's Unix socket.
 pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
+/// Set to `0` to make a program that was not started under `iotrace record` unattachable (the
+/// layer then installs nothing, as before attaching existed).
+pub const ATTACH_ENV: &str = "IOTRACE_ATTACH";
+/// How often an attachable program's flusher looks for a recorder (one `stat` each time).
+pub(crate) const LOOK: Duration = Duration::from_millis(200);
 /// Full buffers that may wait for the flusher; past this, buffers are dropped and counted.
 const QUEUE: usize = 1024;
 /// The flusher sends new callsites and loss counts at least this often.
@@ -52,6 +65,8 @@ enum Msg {
 
 pub(crate) struct Sink {
     tx: SyncSender<Msg>,
+    /// Attachable (no `IOTRACE_SOCKET`): recording turns on while a recorder is attached.
+    pub(crate) attachable: bool,
     pid: u32,
     /// The flusher thread, to unpark when a flush is asked for or when it sleeps.
     flusher: thread::Thread,
@@ -72,6 +87,15 @@ static CALLSITES: Mutex<Callsites> = Mutex::new(Callsites {
 static CALLSITES_PENDING: AtomicBool = AtomicBool::new(false);
 /// Set while the flusher is parked with nothing to do; see [`wake`].
 static ASLEEP: AtomicBool = AtomicBool::new(false);
+/// Bumped at every new connection: a thread's records from an earlier one are dropped rather
+/// than sent to a recorder that never saw their spans created.
+static GEN: AtomicU64 = AtomicU64::new(0);
+
+/// The current connection's number (see [`GEN`]).
+#[inline]
+pub(crate) fn generation() -> u64 {
+    GEN.load(Ordering::Relaxed)
+}
 
 /// The sink, connecting on first use. `None` when `IOTRACE_SOCKET` is unset or unusable.
 pub(crate) fn get() -> Option<&'static Sink> {
@@ -130,8 +154,15 @@ pub(crate) fn send(frame: Frame) -> Result<(), Frame> {
     }
 }
 
+/// Whether a program without `IOTRACE_SOCKET` may be attached to (`IOTRACE_ATTACH` is not `0`).
+pub(crate) fn attach_enabled() -> bool {
+    std::env::var_os(ATTACH_ENV).is_none_or(|v| v != "0")
+}
+
 fn open() -> Option<Sink> {
-    let path = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty())?;
+    let Some(path) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) else {
+        return attach_enabled().then(open_attachable).flatten();
+    };
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -159,7 +190,128 @@ fn open() -> Option<Sink> {
     };
     ON.store(true, Ordering::Relaxed);
     sys::at_exit(exit_hook);
-    Some(Sink { tx, pid, flusher })
+    Some(Sink {
+        tx,
+        attachable: false,
+        pid,
+        flusher,
+    })
+}
+
+/// The sink of a program not started under `iotrace record`: off, with a flusher that looks
+/// for a recorder (see the module's doc).
+fn open_attachable() -> Option<Sink> {
+    let pid = std::process::id();
+    let (tx, rx) = sync_channel(QUEUE);
+    let spawned = thread::Builder::new()
+        .name("iotrace-flush".into())
+        .spawn(move || attach_flusher(rx, pid));
+    // No thread, no attaching: stay off quietly (the program did not ask to be recorded).
+    let flusher = spawned.ok()?.thread().clone();
+    sys::at_exit(exit_hook);
+    Some(Sink {
+        tx,
+        attachable: true,
+        pid,
+        flusher,
+    })
+}
+
+/// Where a recorder that attaches to process `pid` puts its socket (WIRE.md, "Attaching").
+pub(crate) fn rendezvous_path(pid: u32) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join("iotrace"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/iotrace-{}", sys::euid())));
+    dir.join(format!("{pid}.sock"))
+}
+
+/// Connects to the socket at `path` if there is one and it can be trusted: a socket owned by
+/// this user (or root) in a directory of this user's that no one else may enter. The common
+/// case, no recorder, costs one failing `stat`.
+fn try_connect(path: &Path) -> Option<UnixStream> {
+    let meta = std::fs::metadata(path).ok()?;
+    let me = sys::euid();
+    if !meta.file_type().is_socket() || (meta.uid() != me && meta.uid() != 0) {
+        return None;
+    }
+    let dir = std::fs::symlink_metadata(path.parent()?).ok()?;
+    if !dir.is_dir() || dir.uid() != me || dir.mode() & 0o077 != 0 {
+        return None;
+    }
+    UnixStream::connect(path).ok()
+}
+
+/// Waits, detached, until a recorder's socket appears; returns the connection, or `None` when
+/// the queue is gone. What threads queue meanwhile (the end of an earlier connection's records)
+/// is given back unsent; flushes are answered at once.
+fn look(rx: &Receiver<Msg>, path: &Path) -> Option<UnixStream> {
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Frame(mut f)) => {
+                    f.bytes.truncate(FRAME_HEADER);
+                    let _ = f.home.try_send(f.bytes);
+                }
+                Ok(Msg::Flush(ack)) => {
+                    let _ = ack.try_send(());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return None,
+            }
+        }
+        if let Some(stream) = try_connect(path) {
+            return Some(stream);
+        }
+        thread::park_timeout(LOOK);
+    }
+}
+
+/// A new connection: every callsite is defined again (the recorder knows none), records of an
+/// earlier connection are dropped, and recording turns on for every callsite.
+fn begin_session() {
+    {
+        let mut cs = CALLSITES.lock().unwrap_or_else(|p| p.into_inner());
+        cs.seen.clear();
+        cs.chunks.clear();
+    }
+    CALLSITES_PENDING.store(false, Ordering::Release);
+    GEN.fetch_add(1, Ordering::Relaxed);
+    ON.store(true, Ordering::Release);
+    // Re-asks every layer about every callsite (ours now defines each one) and lifts the
+    // global max level our dormant layer held at OFF.
+    tracing::callsite::rebuild_interest_cache();
+}
+
+fn end_session() {
+    ON.store(false, Ordering::Release);
+    tracing::callsite::rebuild_interest_cache();
+}
+
+/// The flusher of an attachable program: look, connect, send until the recorder leaves, repeat.
+fn attach_flusher(rx: Receiver<Msg>, pid: u32) {
+    let path = rendezvous_path(pid);
+    loop {
+        let Some(stream) = look(&rx, &path) else {
+            return;
+        };
+        sys::boost_this_thread(10);
+        begin_session();
+        let mut w = Writer {
+            stream,
+            pid,
+            reported: 0,
+            base: dropped(),
+        };
+        let result = sys::send_all(w.stream.as_raw_fd(), &encode::hello(pid))
+            .and_then(|_| session(&mut w, &rx, true));
+        end_session();
+        sys::boost_this_thread(-10);
+        if let Ok(true) = result {
+            return;
+        }
+    }
 }
 
 /// Queues the definition of `meta` once per process (cold path: runs once per callsite).
@@ -218,11 +370,13 @@ struct Writer {
     stream: UnixStream,
     pid: u32,
     reported: u64,
+    /// Drops counted before this connection (reported counts start from here).
+    base: u64,
 }
 
 impl Writer {
     fn write_frame(&mut self, frame: &mut [u8], tid: u32) -> io::Result<()> {
-        let dropped = dropped();
+        let dropped = dropped().saturating_sub(self.base);
         encode::fill_frame_header(frame, self.pid, tid, dropped);
         sys::send_all(self.stream.as_raw_fd(), frame)?;
         self.reported = dropped;
@@ -244,7 +398,7 @@ impl Writer {
 
     /// Sends an empty frame if the drop count changed since the last frame.
     fn loss(&mut self) -> io::Result<()> {
-        if dropped() == self.reported {
+        if dropped().saturating_sub(self.base) == self.reported {
             return Ok(());
         }
         let mut empty = [0u8; FRAME_HEADER];
@@ -278,9 +432,20 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
         stream,
         pid,
         reported: 0,
+        base: 0,
     };
-    let result = (|| -> io::Result<()> {
-        sys::send_all(w.stream.as_raw_fd(), &encode::hello(pid))?;
+    let result = sys::send_all(w.stream.as_raw_fd(), &encode::hello(pid))
+        .and_then(|_| session(&mut w, &rx, false));
+    if let Err(e) = result {
+        ON.store(false, Ordering::Relaxed);
+        eprintln!("iotrace: the span socket failed ({e}); span recording stops for this process");
+    }
+}
+
+/// Sends what threads queue until the queue is gone (`Ok(true)`), the socket fails, or, with
+/// `watch_peer`, the recorder hangs up (`Ok(false)`; checked once per tick).
+fn session(w: &mut Writer, rx: &Receiver<Msg>, watch_peer: bool) -> io::Result<bool> {
+    {
         // The flusher polls instead of blocking in `recv`: a receiver blocked in std's bounded
         // channel makes every `try_send` take the channel's waker mutex, and then a program
         // thread handing off a buffer can sleep on it (iotrace caught itself doing that: a
@@ -292,9 +457,12 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
         loop {
             let msg = match rx.try_recv() {
                 Ok(m) => m,
-                Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Ok(true),
                 Err(TryRecvError::Empty) => {
                     if last_tick.elapsed() >= TICK {
+                        if watch_peer && sys::peer_gone(w.stream.as_raw_fd()) {
+                            return Ok(false);
+                        }
                         w.callsites()?;
                         w.loss()?;
                         last_tick = Instant::now();
@@ -307,10 +475,10 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
                     // Nothing pending may wait for the wakeup: send it first.
                     w.callsites()?;
                     w.loss()?;
-                    match sleep(&rx) {
+                    match sleep(rx) {
                         Ok(Some(m)) => m,
                         Ok(None) => continue,
-                        Err(_) => return Ok(()),
+                        Err(_) => return Ok(true),
                     }
                 }
             };
@@ -329,9 +497,5 @@ fn flusher(stream: UnixStream, rx: Receiver<Msg>, pid: u32) {
                 }
             }
         }
-    })();
-    if let Err(e) = result {
-        ON.store(false, Ordering::Relaxed);
-        eprintln!("iotrace: the span socket failed ({e}); span recording stops for this process");
     }
 }

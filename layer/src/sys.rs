@@ -67,6 +67,25 @@ pub(crate) fn boost_this_thread(steps: i32) {
     }
 }
 
+/// The effective uid (whose rendezvous directory the layer trusts).
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether the peer of the connected socket `fd` has hung up (or sent something, which a
+/// recorder never does): a zero-timeout poll.
+pub(crate) fn peer_gone(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,11 @@
-//! Without `IOTRACE_SOCKET` the layer installs nothing and costs nothing; with an unusable one it
-//! says so once and stays off. Neither ever panics.
+//! Without `IOTRACE_SOCKET` and with attaching turned off (`IOTRACE_ATTACH=0`) the layer installs
+//! nothing and costs nothing; with an unusable socket it says so once and stays off. Neither ever
+//! panics. (Without either variable the layer is attachable: `tests/attach.rs`.)
 
 #[test]
 fn unset_or_unusable_socket_installs_nothing() {
     std::env::remove_var(iotrace_layer::SOCKET_ENV);
+    std::env::set_var(iotrace_layer::ATTACH_ENV, "0");
     iotrace_layer::init();
     assert!(!tracing::dispatcher::has_been_set());
 

@@ -132,6 +132,7 @@ impl TraceWriter {
             Record::Mmap(r) => self.frame(kind::MMAP, r),
             Record::StackDefs(r) => self.frame(kind::STACK_DEFS, r),
             Record::Samples(r) => self.frame(kind::SAMPLES, r),
+            Record::Attach(r) => self.frame(kind::ATTACH, r),
             Record::Unknown(k) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot write a record of unknown kind {k}"),
@@ -480,6 +481,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, postcard::Error> {
         kind::MMAP => Record::Mmap(de(payload)?),
         kind::STACK_DEFS => Record::StackDefs(de(payload)?),
         kind::SAMPLES => Record::Samples(de(payload)?),
+        kind::ATTACH => Record::Attach(de(payload)?),
         other => Record::Unknown(other),
     })
 }

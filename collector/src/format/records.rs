@@ -24,6 +24,7 @@ pub mod kind {
     pub const MMAP: u8 = 15;
     pub const STACK_DEFS: u8 = 16;
     pub const SAMPLES: u8 = 17;
+    pub const ATTACH: u8 = 18;
 }
 
 /// First record of every trace: what was run, when and by which iotrace.
@@ -180,6 +181,10 @@ pub struct Totals {
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
+    /// The recording attached to running processes (`record -p`) and detached from them,
+    /// leaving them running (or they exited on their own: their status is their parent's to
+    /// read, not iotrace's).
+    Detached,
 }
 
 impl ExitStatus {
@@ -188,6 +193,7 @@ impl ExitStatus {
         match *self {
             ExitStatus::Code(c) => c,
             ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Detached => 0,
         }
     }
 }
@@ -301,6 +307,17 @@ pub struct StackSample {
     pub off_cpu: Option<u16>,
 }
 
+/// The recording attached to running processes (`record -p`) rather than launching one: it
+/// saw them from `time_ns` (the header's start) until the `End`. Right after the header's
+/// records; the names and mappings the processes had then follow as `Comm` and `Mmap`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attach {
+    pub pids: Vec<u32>,
+    pub time_ns: u64,
+    /// Threads the events were opened on (those created later inherit them).
+    pub threads: u32,
+}
+
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -322,6 +339,7 @@ pub enum Record {
     Mmap(Mmap),
     StackDefs(StackDefs),
     Samples(Samples),
+    Attach(Attach),
     /// A kind this reader does not know (written by a newer iotrace); skipped.
     Unknown(u8),
 }

@@ -70,6 +70,13 @@ impl Pending {
         }
     }
 
+    /// Calls `f` with the bytes of every record of type `ty` not yet taken.
+    pub(crate) fn each(&self, ty: u32, f: &mut dyn FnMut(&[u8])) {
+        for e in self.entries.iter().filter(|e| e.ty == ty) {
+            f(&self.bytes[e.start..e.start + e.len]);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

@@ -50,10 +50,23 @@ pub(crate) struct SyscallCounter {
 impl SyscallCounter {
     /// Create the maps and load the programs; `child` counts from its next exec on.
     pub(crate) fn new(child: u32) -> io::Result<Self> {
+        Self::with_procs(&[(child, ARMED)])
+    }
+
+    /// Create the maps and load the programs; the running processes `tgids` count at once
+    /// (an attached process does not exec; its children are followed as a child's are).
+    pub(crate) fn counting(tgids: &[u32]) -> io::Result<Self> {
+        let procs: Vec<(u32, u32)> = tgids.iter().map(|&t| (t, COUNTING)).collect();
+        Self::with_procs(&procs)
+    }
+
+    fn with_procs(initial: &[(u32, u32)]) -> io::Result<Self> {
         let procs = sys::bpf_map(BpfMap::Hash, 4, 4, MAX_PROCS)?;
         let counts = sys::bpf_map(BpfMap::Hash, 8, 8, MAX_COUNTS)?;
         let drops = sys::bpf_map(BpfMap::Array, 4, 8, 1)?;
-        sys::bpf_map_update(&procs, &child.to_ne_bytes(), &ARMED.to_ne_bytes())?;
+        for (tgid, state) in initial {
+            sys::bpf_map_update(&procs, &tgid.to_ne_bytes(), &state.to_ne_bytes())?;
+        }
         let fork_off = fork_child_pid_offset().unwrap_or(FORK_CHILD_PID_DEFAULT);
         let sys_enter = sys::bpf_load_prog(
             BpfProg::RawTracepoint,
@@ -89,6 +102,13 @@ impl SyscallCounter {
             &self.sys_enter.0,
         )?);
         Ok(())
+    }
+
+    /// Stop counting: detach the syscall program (closing its raw tracepoint link). Reading
+    /// the counts walks the map with two syscalls per entry, which takes a while with
+    /// thousands of threads; a running process would go on counting meanwhile.
+    pub(crate) fn stop(&mut self) {
+        self.sys_enter.1 = None;
     }
 
     /// Counts that found the map full.

@@ -177,6 +177,36 @@ fn main() {
                 h.join().expect("join");
             }
         }
+        "churn" => {
+            // Prints its pid, then for SECS seconds keeps two short-lived threads going, each
+            // making exactly 100 one-byte writes to /dev/null: threads created all the time,
+            // for `record -p` to follow.
+            println!("churn {}", std::process::id());
+            let _ = std::io::stdout().flush();
+            let until = std::time::Instant::now() + Duration::from_secs(arg(&args, 1, 5));
+            while std::time::Instant::now() < until {
+                let pair: Vec<_> = (0..2)
+                    .map(|_| {
+                        std::thread::Builder::new()
+                            .name("churn".into())
+                            .spawn(|| {
+                                let mut f = std::fs::OpenOptions::new()
+                                    .write(true)
+                                    .open("/dev/null")
+                                    .expect("open /dev/null");
+                                for _ in 0..100 {
+                                    f.write_all(b"x").expect("write /dev/null");
+                                }
+                                std::thread::sleep(Duration::from_millis(1));
+                            })
+                            .expect("spawn thread")
+                    })
+                    .collect();
+                for h in pair {
+                    h.join().expect("join");
+                }
+            }
+        }
         "fork-on-cpu" => {
             let cpu = arg(&args, 1, 0) as usize;
             // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity
