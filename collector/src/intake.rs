@@ -54,8 +54,10 @@ pub const SOCKET_NAME: &str = "spans.sock";
 const QUEUE: usize = 4096;
 /// Wire bytes of the decoded batches that may wait for the main loop: past this the intake
 /// stops reading (and the programs drop and count events), so a flood of large frames cannot
-/// queue gigabytes while the main loop writes.
-pub const QUEUE_BYTES: usize = 16 << 20;
+/// queue gigabytes while the main loop writes. Decoded, a batch takes about six times its
+/// wire size (a 4 MiB frame of Enter records is 25 MB of events), so 4 MiB is ~25 MB here
+/// and, at the demos' heaviest span rate, most of a second of the main loop falling behind.
+pub const QUEUE_BYTES: usize = 4 << 20;
 
 /// Counters of what the intake received, and what went wrong.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

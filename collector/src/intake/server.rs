@@ -28,8 +28,10 @@ const READS_PER_TURN: usize = 16;
 const PARTIAL_FREE: usize = 128 << 10;
 /// ...while larger ones are read only while all clients' incomplete frames together hold
 /// less than this. Clients that announce large frames and then stall (or trickle) cannot
-/// make the recorder hold more than this plus `PARTIAL_FREE` per client.
-const PARTIAL_BUDGET: usize = 64 << 20;
+/// make the recorder hold more than this plus `PARTIAL_FREE` per client. Buffers are counted
+/// by their capacity, which is what they hold of memory (a growing Vec has up to twice its
+/// length).
+const PARTIAL_BUDGET: usize = 32 << 20;
 /// After accept(2) fails (EMFILE: out of descriptors), the listener rests this long instead
 /// of waking the loop at once with the same pending connection.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -136,6 +138,13 @@ impl Client {
             match self.stream.read(&mut scratch[..room]) {
                 Ok(0) => return self.on_eof(shared),
                 Ok(n) => {
+                    // Up to PARTIAL_FREE a buffer grows to at most that (doubling would give
+                    // every stalled client twice the memory the budget counts on).
+                    let need = self.buf.len() + n;
+                    if need > self.buf.capacity() && need <= PARTIAL_FREE {
+                        let target = (need * 2).min(PARTIAL_FREE);
+                        self.buf.reserve_exact(target - self.buf.len());
+                    }
                     self.buf.extend_from_slice(scratch.get(..n).unwrap_or(&[]));
                     if let Err(e) = self.decode(tx, shared) {
                         shared.bad_client(format!(
@@ -308,11 +317,11 @@ pub(super) fn run(
             fds.push(fd);
         }
         let first_client = fds.len();
-        let buffered: usize = clients.iter().map(|c| c.buf.len()).sum();
+        let mut buffered: usize = clients.iter().map(|c| c.buf.capacity()).sum();
         let over_budget = buffered > PARTIAL_BUDGET;
         fds.extend(clients.iter().map(|c| {
             let mut fd = pollfd(c.stream.as_raw_fd());
-            if over_budget && c.buf.len() >= PARTIAL_FREE {
+            if over_budget && c.buf.capacity() >= PARTIAL_FREE {
                 // Not read until the budget has room; a hang-up is still seen.
                 fd.events = 0;
             }
@@ -360,8 +369,15 @@ pub(super) fn run(
                     // A client that hung up is read to its end (what is left is at most
                     // its socket buffer), so its memory is freed.
                     let hung_up = fd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
-                    let limit = (over_budget && !hung_up).then_some(PARTIAL_FREE);
-                    matches!(c.on_readable(&mut scratch, limit, &tx, &shared), Next::Keep)
+                    // The budget is spent as clients are read, not only between turns: 500
+                    // readable clients in one turn could each take a turn's worth otherwise.
+                    let room = PARTIAL_BUDGET.saturating_sub(buffered);
+                    let limit = (!hung_up).then_some((c.buf.len() + room).max(PARTIAL_FREE));
+                    let before = c.buf.capacity();
+                    let keep =
+                        matches!(c.on_readable(&mut scratch, limit, &tx, &shared), Next::Keep);
+                    buffered = (buffered + c.buf.capacity()).saturating_sub(before);
+                    keep
                 }
                 _ => true,
             }
