@@ -35,6 +35,10 @@ echo "tasks, polls:         $(jq -r '"\(.task_summary.tasks), \(.task_summary.po
 echo "warnings:             $(jq -r '.warnings | length' "$out/report.stdout")"
 measure timeline "$bin/iotrace" timeline "$out/t.data" -o "$out/timeline.html"
 measure export "$bin/iotrace" export "$out/t.data" -o "$out/trace.json"
+# The other export formats, for reference (pprof and firefox take the flamegraphs' stack pass).
+for f in pprof firefox otlp; do
+  measure "export-$f" "$bin/iotrace" export "$out/t.data" --format "$f" -o "$out/export.$f"
+done
 echo "trace size / timeline / export: $(du -h "$out/t.data" | cut -f1) / $(du -h "$out/timeline.html" | cut -f1) / $(du -h "$out/trace.json" | cut -f1)"
 awk -v ev="$events" \
   -v rs="$report_secs" -v rk="$report_kb" -v ts="$timeline_secs" -v tk="$timeline_kb" \
