@@ -476,6 +476,23 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         peak_threads,
     };
     out.write(&Record::End(end))?;
+    let (bytes, write_error) = finish_trace(out, opts);
+    drop(signals);
+    close_perf(perf.take(), opts);
+    Ok(RecordOutcome {
+        exit,
+        trace: opts.output.clone(),
+        bytes,
+        lost_records,
+        forwarded_signal: forwarded,
+        missing,
+        write_error,
+    })
+}
+
+/// Ends the trace file: its size, and the error that stopped writing it, if one did (said
+/// on stderr when it is the final flush).
+fn finish_trace(out: Out, opts: &RecordOptions) -> (u64, Option<String>) {
     let Out { writer, error } = out;
     let bytes = writer.bytes();
     let write_error = match error {
@@ -493,21 +510,17 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
             }
         },
     };
-    drop(signals);
-    if let Some(p) = perf.take() {
+    (bytes, write_error)
+}
+
+/// Closes the perf events, or with `defer_teardown` leaves them to a helper process that
+/// outlives us (closing them waits for the kernel's RCU grace periods).
+fn close_perf(perf: Option<PerfSession>, opts: &RecordOptions) {
+    if let Some(p) = perf {
         if opts.defer_teardown && sys::close_fds_after_exit().is_ok() {
             std::mem::forget(p);
         }
     }
-    Ok(RecordOutcome {
-        exit,
-        trace: opts.output.clone(),
-        bytes,
-        lost_records,
-        forwarded_signal: forwarded,
-        missing,
-        write_error,
-    })
 }
 
 /// A private directory (mode 0700) for the span socket, removed when dropped.
@@ -839,27 +852,9 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         forwarded_signal: None,
         peak_threads,
     }))?;
-    let Out { writer, error } = out;
-    let bytes = writer.bytes();
-    let write_error = match error {
-        Some(e) => Some(e.to_string()),
-        None => match writer.finish() {
-            Ok(_) => None,
-            Err(e) => {
-                eprintln!(
-                    "iotrace: error: writing the trace {}: {e}",
-                    opts.output.display()
-                );
-                Some(e.to_string())
-            }
-        },
-    };
+    let (bytes, write_error) = finish_trace(out, opts);
     drop(signals);
-    if let Some(p) = perf.take() {
-        if opts.defer_teardown && sys::close_fds_after_exit().is_ok() {
-            std::mem::forget(p);
-        }
-    }
+    close_perf(perf.take(), opts);
     Ok(RecordOutcome {
         exit: ExitStatus::Detached,
         trace: opts.output.clone(),

@@ -92,8 +92,9 @@ fn a_child_forked_on_another_cpu_than_its_exec_is_named_and_symbolized() {
     for (exec_cpu, fork_cpu) in [(0, 1), (1, 0)] {
         for run in 0..RUNS {
             let (name, named, total) = child_after_fork(&dir, run, exec_cpu, fork_cpu);
-            // 150 ms of burn_cpu at 999 Hz: well over 100 samples, nearly all in burn_cpu.
-            if name != "fixture" || total < 50 || named * 10 < total * 9 {
+            // 150 ms of burn_cpu at 999 Hz: up to 150 samples, nearly all in burn_cpu. Fewer
+            // when the CPU is shared (one CI run got 38): 20 still shows the symbols work.
+            if name != "fixture" || total < 20 || named * 10 < total * 9 {
                 bad.push(format!(
                     "exec on CPU {exec_cpu}, fork on CPU {fork_cpu}, run {run}: child named {name:?}, {named} of {total} samples in burn_cpu"
                 ));

@@ -1,7 +1,7 @@
 //! What the pprof, Firefox and OTLP exports share: their error, their outcome, and the time
 //! window.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::format::FormatError;
@@ -65,4 +65,21 @@ pub(crate) fn no_samples(trace: &Path, fold: &StackFold, own_left_out: u64) -> S
         "none fall in --from/--to".to_owned()
     };
     format!("{}: no stack samples to export ({why})", trace.display())
+}
+
+/// A writer that counts the bytes written through it (`bytes`), for the outcome line.
+pub(super) struct Counting<W: Write> {
+    pub(super) w: W,
+    pub(super) bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.w.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
 }

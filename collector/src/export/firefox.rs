@@ -29,7 +29,7 @@ use fxprof_processed_profile::{
     Timestamp,
 };
 
-use super::common::{absolute, no_samples, window, ExportError, FormatOutcome};
+use super::common::{absolute, no_samples, window, Counting, ExportError, FormatOutcome};
 use crate::analysis::{syscall_name, Summarizer, INSTRUMENTATION_THREAD};
 use crate::flamegraph::{native_frames, need_frames, stack_pass, thread_name, NamedFrame};
 use crate::format::{Record, Switch, TraceReader};
@@ -662,22 +662,5 @@ fn name_tasks(b: &mut Builder, batch: &SpanBatch, task_callsites: &HashMap<(u32,
             m.location = location;
             b.poll_marker(tid, s, e, m);
         }
-    }
-}
-
-/// Counts the bytes written.
-struct Counting<W: Write> {
-    w: W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.w.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
     }
 }

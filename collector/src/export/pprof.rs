@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::common::{absolute, no_samples, window, ExportError, FormatOutcome};
+use super::common::{absolute, no_samples, window, Counting, ExportError, FormatOutcome};
 use crate::analysis::INSTRUMENTATION_THREAD;
 use crate::flamegraph::{native_frames, need_frames, stack_pass, thread_name, NamedFrame};
 use crate::stacks::{Need, SpaceId, StackFold, StackItem};
@@ -440,23 +440,6 @@ fn num_label(m: &mut Pb, strings: &mut StringTable, key: &str, value: i64) {
     l.int(1, strings.id(key));
     l.int(3, value);
     m.bytes(3, &l.0);
-}
-
-/// Counts the uncompressed bytes written.
-struct Counting<W: Write> {
-    w: W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.w.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
-    }
 }
 
 #[cfg(test)]
