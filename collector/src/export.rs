@@ -201,46 +201,39 @@ fn write_perfetto<W: Write>(
     for (tid, pid) in tids {
         for iv in col.thread_ivs(tid).map_err(TrackError::Read)? {
             let (ts, dur) = (iv.start.saturating_sub(base), iv.end - iv.start);
-            if iv.state == BLOCKED {
-                let (name, sc) = blocked.entry(iv.syscall).or_insert_with(|| {
+            let blocked_names = (iv.state == BLOCKED).then(|| {
+                &*blocked.entry(iv.syscall).or_insert_with(|| {
                     let sc = if iv.syscall == Switch::NO_SYSCALL {
                         "unknown".to_owned()
                     } else {
                         syscall_name(iv.syscall)
                     };
                     (js(&format!("blocked: {sc}")), js(&sc))
-                });
-                let l = o.begin();
-                l.s("{\"ph\":\"X\",\"cat\":\"thread_state\",\"name\":")
-                    .s(name)
-                    .s(",\"pid\":")
-                    .n(pid)
-                    .s(",\"tid\":")
-                    .n(tid)
-                    .s(",\"ts\":")
-                    .us(ts)
-                    .s(",\"dur\":")
-                    .us(dur)
-                    .s(",\"args\":{\"syscall\":")
-                    .s(sc);
+                })
+            });
+            let name = match blocked_names {
+                Some((name, _)) => name,
+                None => &state_names[usize::from(iv.state).min(STATES.len() - 1)],
+            };
+            let l = o.begin();
+            l.s("{\"ph\":\"X\",\"cat\":\"thread_state\",\"name\":")
+                .s(name)
+                .s(",\"pid\":")
+                .n(pid)
+                .s(",\"tid\":")
+                .n(tid)
+                .s(",\"ts\":")
+                .us(ts)
+                .s(",\"dur\":")
+                .us(dur);
+            if let Some((_, sc)) = blocked_names {
+                l.s(",\"args\":{\"syscall\":").s(sc);
                 if let Some(s) = iv.stack {
                     l.s(",\"stack_id\":").n(s);
                 }
-                l.s("}}");
-            } else {
-                o.begin()
-                    .s("{\"ph\":\"X\",\"cat\":\"thread_state\",\"name\":")
-                    .s(&state_names[usize::from(iv.state).min(STATES.len() - 1)])
-                    .s(",\"pid\":")
-                    .n(pid)
-                    .s(",\"tid\":")
-                    .n(tid)
-                    .s(",\"ts\":")
-                    .us(ts)
-                    .s(",\"dur\":")
-                    .us(dur)
-                    .s("}");
+                l.s("}");
             }
+            l.s("}");
             o.end().map_err(we)?;
         }
     }

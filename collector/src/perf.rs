@@ -298,6 +298,26 @@ fn sampled_base(
         .sample(SampleFlag::IDENTIFIER | SampleFlag::TID | SampleFlag::TIME | SampleFlag::CPU);
 }
 
+/// A CPU's leader for `pid`: a dummy event carrying the switch, comm, task and (with stacks)
+/// mmap records, launched or attached alike.
+fn leader_builder(
+    pid: libc::pid_t,
+    cpu: usize,
+    kernel: bool,
+    start: Start,
+    opts: &PerfOptions,
+) -> Builder<'static> {
+    let mut b = Builder::new(Software::DUMMY);
+    sampled_base(&mut b, pid, cpu, kernel, start);
+    b.context_switch(true)
+        .task(true)
+        .comm(true)
+        .comm_exec(true)
+        .mmap(opts.stacks())
+        .mmap2(opts.stacks());
+    b
+}
+
 impl PerfSession {
     /// Open every event on the held child `pid`. Fails only if no perf event at all can be
     /// opened; partial failures are listed in [`PerfSession::missing`].
@@ -344,15 +364,8 @@ impl PerfSession {
         let mut leaders = Vec::new();
         for &cpu in &cpus {
             let open = |kernel: bool| {
-                let mut b = Builder::new(Software::DUMMY);
-                sampled_base(&mut b, pid, cpu, kernel, start);
-                b.context_switch(true)
-                    .task(true)
-                    .comm(true)
-                    .comm_exec(true)
-                    .mmap(opts.stacks())
-                    .mmap2(opts.stacks())
-                    .wakeup_watermark(opts.ring_bytes / 4);
+                let mut b = leader_builder(pid, cpu, kernel, start, opts);
+                b.wakeup_watermark(opts.ring_bytes / 4);
                 b.build()
             };
             let counter = match open(kernel) {
@@ -546,15 +559,7 @@ impl PerfSession {
                     ring._followers.push(c);
                     Ok::<_, io::Error>(())
                 };
-                let mut b = Builder::new(Software::DUMMY);
-                sampled_base(&mut b, pid, cpu, kernel, start);
-                b.context_switch(true)
-                    .task(true)
-                    .comm(true)
-                    .comm_exec(true)
-                    .mmap(opts.stacks())
-                    .mmap2(opts.stacks());
-                follow(b, None)?;
+                follow(leader_builder(pid, cpu, kernel, start, &opts), None)?;
                 if let Some(tp) = syscall_tp {
                     let mut b = Builder::new(Tracepoint::with_id(tp));
                     sampled_base(&mut b, pid, cpu, kernel, start);

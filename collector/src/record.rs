@@ -267,16 +267,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut perf = None;
     if opts.perf {
         match PerfSession::open(pid, &opts.perf_options) {
-            Ok(session) => {
-                caps.perf = true;
-                caps.kernel = session.kernel;
-                caps.syscalls = session.has_syscalls();
-                caps.missing.extend(session.missing.iter().cloned());
-                for note in &session.notes {
-                    eprintln!("iotrace: note: {note}");
-                }
-                perf = Some(session);
-            }
+            Ok(session) => perf = Some(adopt(&mut caps, session)),
             Err(e) => caps.missing.push(format!(
                 "perf was not used: {e}; per-thread switches and CPU time come from /proc only"
             )),
@@ -490,6 +481,18 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     })
 }
 
+/// Notes what an opened perf session gives the recording in `caps`; its notes go to stderr.
+fn adopt(caps: &mut Capabilities, session: PerfSession) -> PerfSession {
+    caps.perf = true;
+    caps.kernel = session.kernel;
+    caps.syscalls = session.has_syscalls();
+    caps.missing.extend(session.missing.iter().cloned());
+    for note in &session.notes {
+        eprintln!("iotrace: note: {note}");
+    }
+    session
+}
+
 /// Ends the trace file: its size, and the error that stopped writing it, if one did (said
 /// on stderr when it is the final flush).
 fn finish_trace(out: Out, opts: &RecordOptions) -> (u64, Option<String>) {
@@ -638,14 +641,7 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         match PerfSession::attach(&pids, &opts.perf_options) {
             Ok((session, opened)) => {
                 threads = opened.len() as u32;
-                caps.perf = true;
-                caps.kernel = session.kernel;
-                caps.syscalls = session.has_syscalls();
-                caps.missing.extend(session.missing.iter().cloned());
-                for note in &session.notes {
-                    eprintln!("iotrace: note: {note}");
-                }
-                perf = Some(session);
+                perf = Some(adopt(&mut caps, session));
             }
             Err(e) => caps.missing.push(format!(
                 "perf was not used: {e}; per-thread switches and CPU time come from /proc only"
