@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod flamegraph;
 mod timeline;
+use iotrace_collector::perf::CallGraph;
 use iotrace_collector::{analysis, record, report};
 
 const EXAMPLES: &str = "\
@@ -189,6 +190,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CallGraphArg {
+    Auto,
+    Fp,
+    FpCfi,
+    Dwarf,
+}
+
 #[derive(clap::Args)]
 struct RecordArgs {
     /// Trace file to write.
@@ -220,6 +229,22 @@ struct RecordArgs {
     /// Used anyway where the BPF counter cannot be loaded.
     #[arg(long)]
     syscall_samples: bool,
+    /// How user stacks are walked. `fp`: the kernel's frame-pointer walk only (cheapest; a
+    /// frameless leaf such as glibc's `clock_nanosleep` hides its caller). `fp-cfi`: frame
+    /// pointers, with the frames at the leaf unwound from the binary's CFI (.eh_frame) out of
+    /// a small copy of the stack taken with each sample. `dwarf`: the whole stack from CFI,
+    /// for binaries built without frame pointers (as `perf record --call-graph dwarf`).
+    /// `auto`: `fp-cfi` if the program's executable keeps frame pointers, else `dwarf`. The
+    /// stack copies are unwound by the recorder and never written to the trace.
+    #[arg(long, value_enum, default_value_t = CallGraphArg::Auto, value_name = "MODE")]
+    call_graph: CallGraphArg,
+    /// Bytes of user stack copied with each sample, for `dwarf` (default 8192) and for
+    /// switch-out stacks with `fp-cfi` (default 1024; its on-CPU samples, at most -F a
+    /// second, copy at least 8192). At most 65528. Deeper stacks need more; more costs the
+    /// program and the rings more. Stacks cut short by it end in
+    /// `[unwind stopped: stack copy too small]` (dwarf).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(8..=65528))]
+    stack_copy: Option<u32>,
     /// Attach to running processes instead of launching a command: their existing threads and
     /// every thread or child they start while recorded. Ends at Ctrl-C, SIGTERM or
     /// --duration, and detaches, leaving them running (they are never signalled or ptraced).
@@ -289,6 +314,19 @@ fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     opts.perf_options.frequency_hz = if args.no_samples { 0 } else { args.frequency };
     opts.perf_options.off_cpu_stacks = !args.no_samples;
     opts.perf_options.syscall_samples = args.syscall_samples;
+    // A copy is a whole number of u64s (the kernel rounds down otherwise).
+    let copy = |default: u32| args.stack_copy.map_or(default, |b| b & !7);
+    opts.auto_call_graph = args.call_graph == CallGraphArg::Auto;
+    opts.stack_copy = args.stack_copy.map(|b| b & !7);
+    opts.perf_options.call_graph = match args.call_graph {
+        CallGraphArg::Fp => CallGraph::Fp,
+        CallGraphArg::Auto | CallGraphArg::FpCfi => CallGraph::FpCfi {
+            copy: copy(CallGraph::LEAF_COPY),
+        },
+        CallGraphArg::Dwarf => CallGraph::Dwarf {
+            copy: copy(CallGraph::DWARF_COPY),
+        },
+    };
     opts.defer_teardown = true;
     let outcome = match record::record(&opts) {
         Ok(o) => o,

@@ -16,6 +16,7 @@ pub mod fuzz;
 mod kallsyms;
 mod merge;
 mod syscount;
+pub mod unwind;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::io;
@@ -30,6 +31,8 @@ use crate::format::{
 };
 use crate::sys;
 use callchain::{SampleBatch, StackInterner};
+pub use unwind::CallGraph;
+use unwind::Unwinding;
 
 const RECORD_LOST: u32 = 2;
 const RECORD_COMM: u32 = 3;
@@ -73,6 +76,9 @@ pub struct PerfOptions {
     /// the program a ring write per syscall, but names each switch-out's syscall from the
     /// last syscall entry rather than from its kernel stack.
     pub syscall_samples: bool,
+    /// How user stacks are walked (frame pointers, with or without CFI for the leaf frames,
+    /// or CFI for the whole stack).
+    pub call_graph: CallGraph,
 }
 
 /// The default on-CPU sampling frequency: not a multiple of common timer rates, so samples
@@ -86,6 +92,9 @@ impl Default for PerfOptions {
             frequency_hz: DEFAULT_FREQUENCY_HZ,
             off_cpu_stacks: true,
             syscall_samples: false,
+            call_graph: CallGraph::FpCfi {
+                copy: CallGraph::LEAF_COPY,
+            },
         }
     }
 }
@@ -225,6 +234,8 @@ pub struct PerfSession {
     switch_ids: Vec<u64>,
     stacks: StackInterner,
     chain_buf: Vec<u64>,
+    /// The CFI unwinder of user stacks, unless the call graph is frame pointers only.
+    unwind: Option<Unwinding>,
     sampling: Option<Sampling>,
     /// The kernel accepted include_kernel (exact switch and syscall counting).
     pub kernel: bool,
@@ -296,6 +307,33 @@ fn sampled_base(
         .one_cpu(cpu)
         .sample_id_all(true)
         .sample(SampleFlag::IDENTIFIER | SampleFlag::TID | SampleFlag::TIME | SampleFlag::CPU);
+}
+
+/// A stack sampling event (cpu-clock or switch-out) on `cpu` for `pid`: the kernel's
+/// callchain, and with a CFI call graph the user registers and a copy of the top of the user
+/// stack (`user`: whether user stacks are wanted at all).
+fn stack_builder(
+    ev: Software,
+    pid: libc::pid_t,
+    cpu: usize,
+    kernel: bool,
+    start: Start,
+    opts: &PerfOptions,
+    user: bool,
+) -> Builder<'static> {
+    let mut b = Builder::new(ev);
+    sampled_base(&mut b, pid, cpu, kernel, start);
+    b.sample(SampleFlag::CALLCHAIN)
+        .exclude_callchain_kernel(!kernel);
+    let copy = opts.call_graph.copy_bytes(ev == Software::CPU_CLOCK);
+    if user && copy > 0 {
+        b.sample(SampleFlag::REGS_USER | SampleFlag::STACK_USER)
+            .sample_regs_user(unwind::REGS_MASK)
+            .sample_stack_user(copy);
+    }
+    let dwarf = matches!(opts.call_graph, CallGraph::Dwarf { .. });
+    b.exclude_callchain_user(!user || dwarf);
+    b
 }
 
 /// A CPU's leader for `pid`: a dummy event carrying the switch, comm, task and (with stacks)
@@ -524,6 +562,8 @@ impl PerfSession {
             switch_ids,
             stacks: StackInterner::default(),
             chain_buf: Vec::with_capacity(128),
+            unwind: (opts.stacks() && opts.call_graph != CallGraph::Fp)
+                .then(|| Unwinding::new(opts.call_graph)),
             sampling,
             kernel,
             missing,
@@ -572,22 +612,16 @@ impl PerfSession {
                     b.sample_period(1);
                     follow(b, Some(&mut self.fault_ids))?;
                 }
-                let stack = |ev: Software| {
-                    let mut b = Builder::new(ev);
-                    sampled_base(&mut b, pid, cpu, kernel, start);
-                    b.sample(SampleFlag::CALLCHAIN)
-                        .exclude_callchain_kernel(!kernel);
-                    b
-                };
+                let stack =
+                    |ev, user| stack_builder(ev, pid, cpu, kernel, start, &opts, user);
                 if !self.clock_ids.is_empty() {
-                    let mut b = stack(Software::CPU_CLOCK);
+                    let mut b = stack(Software::CPU_CLOCK, true);
                     b.sample_frequency(opts.frequency_hz);
                     follow(b, Some(&mut self.clock_ids))?;
                 }
                 if !self.switch_ids.is_empty() {
-                    let mut b = stack(Software::CONTEXT_SWITCHES);
-                    b.sample_period(1)
-                        .exclude_callchain_user(!opts.off_cpu_stacks);
+                    let mut b = stack(Software::CONTEXT_SWITCHES, opts.off_cpu_stacks);
+                    b.sample_period(1);
                     follow(b, Some(&mut self.switch_ids))?;
                 }
             }
@@ -749,6 +783,7 @@ impl PerfSession {
                 switch_ids: &self.switch_ids,
                 stacks: &mut self.stacks,
                 chain_buf: &mut self.chain_buf,
+                unwind: self.unwind.as_mut(),
                 syscalls: &mut self.syscalls,
                 faults: &mut self.faults,
                 last_syscall: &mut self.last_syscall,
@@ -866,6 +901,7 @@ struct RecordState<'a> {
     switch_ids: &'a [u64],
     stacks: &'a mut StackInterner,
     chain_buf: &'a mut Vec<u64>,
+    unwind: Option<&'a mut Unwinding>,
     syscalls: &'a mut HashMap<(u32, u16), u64>,
     faults: &'a mut HashMap<u32, u64>,
     last_syscall: &'a mut HashMap<u32, u16>,
@@ -887,11 +923,11 @@ impl RecordState<'_> {
         } else if self.fault_ids.contains(&s.id) {
             *self.faults.entry(s.tid).or_insert(0) += 1;
         } else if self.clock_ids.contains(&s.id) {
-            let chain = parse_callchain(data, self.chain_buf);
+            let chain = sample_chain(data, s.pid, self.chain_buf, self.unwind.as_deref_mut());
             let stack = self.stacks.intern(s.pid, chain);
             cpu.samples.push(s.time, s.tid, stack, None);
         } else if self.switch_ids.contains(&s.id) {
-            let chain = parse_callchain(data, self.chain_buf);
+            let chain = sample_chain(data, s.pid, self.chain_buf, self.unwind.as_deref_mut());
             cpu.samples.hold(s.pid, s.tid, s.time, chain);
         }
     }
@@ -932,6 +968,25 @@ impl RecordState<'_> {
     }
 }
 
+/// The callchain of a stack sample: the kernel's, with its user part unwound again from CFI
+/// when the sample carries user registers and a stack copy.
+fn sample_chain<'b>(
+    data: &[u8],
+    pid: u32,
+    buf: &'b mut Vec<u64>,
+    unwind: Option<&'b mut Unwinding>,
+) -> &'b [u64] {
+    let chain = parse_callchain(data, buf);
+    let tail = data.get(SAMPLE_BODY + 8 + 8 * chain.len()..);
+    match (unwind, tail) {
+        (Some(u), Some(tail)) => match u.unwind(pid, chain, tail) {
+            Some(c) => c,
+            None => chain,
+        },
+        _ => chain,
+    }
+}
+
 /// Write a CPU's pending stack nodes, then its samples (nodes always precede their users).
 fn flush_samples(
     batch: &mut SampleBatch,
@@ -959,10 +1014,8 @@ fn open_stack_events(
     missing: &mut Vec<String>,
 ) -> (Vec<u64>, Vec<u64>, Option<Sampling>) {
     let open = |ev: Software, ring: &Ring, configure: &dyn Fn(&mut Builder<'_>)| {
-        let mut b = Builder::new(ev);
-        sampled_base(&mut b, pid, ring.cpu as usize, kernel, start);
-        b.sample(SampleFlag::CALLCHAIN)
-            .exclude_callchain_kernel(!kernel);
+        let user = ev != Software::CONTEXT_SWITCHES || opts.off_cpu_stacks;
+        let mut b = stack_builder(ev, pid, ring.cpu as usize, kernel, start, opts, user);
         configure(&mut b);
         let c = b.build()?;
         sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
@@ -997,9 +1050,8 @@ fn open_stack_events(
     // With syscalls counted in the kernel, the switch-out stack also names the syscall, so
     // it is taken (kernel half only) even when off-CPU stacks are not wanted.
     if (opts.off_cpu_stacks || name_syscalls) && kernel {
-        let user = opts.off_cpu_stacks;
         match open_all(Software::CONTEXT_SWITCHES, &|b| {
-            b.sample_period(1).exclude_callchain_user(!user);
+            b.sample_period(1);
         }) {
             Ok(ids) => switch_ids = ids,
             Err(e) => missing.push(format!(
@@ -1046,6 +1098,9 @@ fn other_record(
             if let Some(c) = parse_comm(data, misc & MISC_COMM_EXEC != 0) {
                 if c.exec {
                     st.stacks.exec(c.pid);
+                    if let Some(u) = st.unwind.as_deref_mut() {
+                        u.forget(c.pid);
+                    }
                 }
                 out(Record::Comm(c))?;
             }
@@ -1059,6 +1114,13 @@ fn other_record(
             let tid = u32_at(data, 8);
             let ptid = u32_at(data, 12);
             let time_ns = u64_at(data, 16);
+            if let Some(u) = st.unwind.as_deref_mut() {
+                if ty == RECORD_FORK && pid != ppid {
+                    u.fork(ppid, pid);
+                } else if ty == RECORD_EXIT && pid == tid {
+                    u.forget(pid);
+                }
+            }
             if ty == RECORD_FORK {
                 out(Record::Fork(Fork {
                     pid,
@@ -1087,6 +1149,9 @@ fn other_record(
         }
         RECORD_MMAP2 => {
             if let Some(m) = parse_mmap2(data, misc & MISC_MMAP_BUILD_ID != 0) {
+                if let Some(u) = st.unwind.as_deref_mut() {
+                    u.mmap(&m);
+                }
                 out(Record::Mmap(m))?;
             }
         }
@@ -1096,6 +1161,19 @@ fn other_record(
 }
 
 impl PerfSession {
+    /// A mapping the rings did not carry (an attached process's, read from /proc): the
+    /// unwinder learns it too.
+    pub fn observe_mmap(&mut self, m: &Mmap) {
+        if let Some(u) = self.unwind.as_mut() {
+            u.mmap(m);
+        }
+    }
+
+    /// The call graph's unwinding figures, when user stacks are unwound from CFI.
+    pub fn unwind_counts(&self) -> Option<(CallGraph, unwind::UnwindCounts)> {
+        self.unwind.as_ref().map(|u| (u.mode, u.counts))
+    }
+
     /// Whole-run counts, as `perf stat` would print them.
     pub fn totals(&mut self) -> Totals {
         let read = |c: &mut Vec<Counter>| {

@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,6 +45,12 @@ pub struct RecordOptions {
     /// End the recording after this long (attached recordings; a launched one ends with the
     /// command).
     pub duration: Option<Duration>,
+    /// Pick `perf_options.call_graph` by whether the program's executable keeps frame
+    /// pointers (`--call-graph auto`, the default): frame pointers with CFI leaves if it
+    /// does, the whole stack from CFI if not.
+    pub auto_call_graph: bool,
+    /// With `auto_call_graph`: the stack copy size the user asked for (else the mode's default).
+    pub stack_copy: Option<u32>,
 }
 
 impl RecordOptions {
@@ -59,6 +65,8 @@ impl RecordOptions {
             defer_teardown: false,
             attach: Vec::new(),
             duration: None,
+            auto_call_graph: true,
+            stack_copy: None,
         }
     }
 }
@@ -266,7 +274,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     };
     let mut perf = None;
     if opts.perf {
-        match PerfSession::open(pid, &opts.perf_options) {
+        match PerfSession::open(pid, &perf_options(opts, &path)) {
             Ok(session) => perf = Some(adopt(&mut caps, session)),
             Err(e) => caps.missing.push(format!(
                 "perf was not used: {e}; per-thread switches and CPU time come from /proc only"
@@ -481,6 +489,28 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     })
 }
 
+/// The perf options of a recording of `exe`, with `--call-graph auto` decided.
+fn perf_options(opts: &RecordOptions, exe: &Path) -> PerfOptions {
+    let mut perf = opts.perf_options.clone();
+    if opts.auto_call_graph && perf.frequency_hz + u64::from(perf.off_cpu_stacks) > 0 {
+        perf.call_graph = crate::perf::unwind::auto_call_graph(Some(exe));
+        if let (
+            crate::perf::CallGraph::FpCfi { copy } | crate::perf::CallGraph::Dwarf { copy },
+            Some(asked),
+        ) = (&mut perf.call_graph, opts.stack_copy)
+        {
+            *copy = asked;
+        }
+        if let crate::perf::CallGraph::Dwarf { copy } = perf.call_graph {
+            eprintln!(
+                "iotrace: note: {} keeps no frame pointers: stacks are unwound from its CFI (--call-graph dwarf, {copy}-byte stack copies)",
+                std::fs::read_link(exe).unwrap_or_else(|_| exe.to_owned()).display()
+            );
+        }
+    }
+    perf
+}
+
 /// Notes what an opened perf session gives the recording in `caps`; its notes go to stderr.
 fn adopt(caps: &mut Capabilities, session: PerfSession) -> PerfSession {
     caps.perf = true;
@@ -638,7 +668,8 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut perf = None;
     let mut threads = 0u32;
     if opts.perf {
-        match PerfSession::attach(&pids, &opts.perf_options) {
+        let exe = PathBuf::from(format!("/proc/{}/exe", pids[0]));
+        match PerfSession::attach(&pids, &perf_options(opts, &exe)) {
             Ok((session, opened)) => {
                 threads = opened.len() as u32;
                 perf = Some(adopt(&mut caps, session));
@@ -689,6 +720,9 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     // mapping made since is in the rings too (twice is harmless; missing is not).
     for &pid in &pids {
         for r in crate::attach::synthesize(pid, start_ns) {
+            if let (Record::Mmap(m), Some(p)) = (&r, perf.as_mut()) {
+                p.observe_mmap(m);
+            }
             writer.write(&r).map_err(write_err)?;
         }
     }

@@ -29,6 +29,7 @@ use blazesym::symbolize::{Input, Reason, Symbolized, Symbolizer};
 
 pub use kallsyms::KernelSymbols;
 
+use crate::format::UnwindStop;
 use crate::stacks::{StackFold, Strings};
 
 /// Why a frame has no name.
@@ -50,6 +51,8 @@ pub enum Unknown {
     Vdso,
     /// Kernel symbols are not readable here, or the trace is from another boot.
     Kernel,
+    /// A marker frame: the recorder's CFI unwinding of the user stack stopped there.
+    Unwind(UnwindStop),
 }
 
 impl Unknown {
@@ -64,6 +67,7 @@ impl Unknown {
             Unknown::NoSymbol => "no symbol for address",
             Unknown::Vdso => "vdso",
             Unknown::Kernel => "kernel symbols unavailable",
+            Unknown::Unwind(stop) => stop.as_str(),
         }
     }
 }
@@ -131,7 +135,7 @@ impl Symbols {
 
 /// Kernel addresses are in the upper half on every 64-bit Linux architecture iotrace runs on.
 pub fn is_kernel(addr: u64) -> bool {
-    addr >= 0xffff_0000_0000_0000
+    addr >= 0xffff_0000_0000_0000 && UnwindStop::from_addr(addr).is_none()
 }
 
 /// What a user address resolves to before symbol lookup.
@@ -166,6 +170,7 @@ pub fn symbolize(
     // (frame, where, pid of its address space, looked-up address)
     let mut user: Vec<(FrameKey, Place, Option<u32>, u64)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut names = HashMap::new();
     for key in frames {
         if !seen.insert(key) {
             continue;
@@ -173,6 +178,12 @@ pub fn symbolize(
         let Some((addr, space)) = fold.stacks.frame(key.0) else {
             continue;
         };
+        if let Some(stop) = UnwindStop::from_addr(addr) {
+            stats.frames += 1;
+            *stats.unknown.entry(Unknown::Unwind(stop)).or_insert(0) += 1;
+            names.insert(key, fold.strings.intern(&format!("[{}]", stop.as_str())));
+            continue;
+        }
         let addr = if key.1 { addr.saturating_sub(1) } else { addr };
         if is_kernel(addr) {
             kernel.push((key, addr));
@@ -208,7 +219,6 @@ pub fn symbolize(
         .enable_code_info(false)
         .enable_inlined_fns(false)
         .build();
-    let mut names = HashMap::new();
     let strings = &mut fold.strings;
 
     // User frames, one batch per file.

@@ -1,7 +1,7 @@
 //! Every raw syscall the recorder makes outside the perf crate: the held fork/exec of the
 //! child, pidfd, wait4, redirecting a perf event into another event's ring buffer, and the
 //! bpf(2) calls of the syscall counter (maps, program load, attach).
-//! All `unsafe` of the collector lives here.
+//! Read-only file maps for the unwinder. All `unsafe` of the collector lives here.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -555,4 +555,12 @@ pub fn bpf_map_u64_entries(map: &OwnedFd) -> io::Result<Vec<(u64, u64)>> {
         }
         key = Some(next);
     }
+}
+
+/// Map a file read-only (the recorder's CFI unwinder reads `.eh_frame` and `.text` from it).
+pub fn map_file(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and private; a file truncated under it would fault on
+    // access, which the recorder accepts for the program's own binaries (perf and samply map
+    // them the same way).
+    unsafe { memmap2::Mmap::map(file) }
 }

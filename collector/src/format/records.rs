@@ -286,6 +286,50 @@ pub struct StackNode {
     pub addr: u64,
 }
 
+/// Why a user stack unwound from CFI (`record --call-graph dwarf`) stopped short. The outermost
+/// frame of such a stack is then a marker, [`UnwindStop::addr`]: an address in the top page of
+/// the address space, where no code lives, so that every lost frame is counted by its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnwindStop {
+    /// The stack copy ended before the outermost frame (`--stack-copy` is too small).
+    Truncated = 1,
+    /// The code's file has no call frame information (`.eh_frame` / `.debug_frame`).
+    NoUnwindInfo = 2,
+    /// The address is in no mapped file: JIT-compiled or anonymous code.
+    NotMapped = 3,
+    /// The unwind information or the stack made no sense (a corrupt stack, a bad rule).
+    Failed = 4,
+}
+
+impl UnwindStop {
+    /// Marker addresses are `BASE + reason`.
+    pub const BASE: u64 = 0xffff_ffff_ffff_e000;
+
+    pub fn addr(self) -> u64 {
+        Self::BASE + self as u64
+    }
+
+    pub fn from_addr(addr: u64) -> Option<Self> {
+        Some(match addr.checked_sub(Self::BASE)? {
+            1 => UnwindStop::Truncated,
+            2 => UnwindStop::NoUnwindInfo,
+            3 => UnwindStop::NotMapped,
+            4 => UnwindStop::Failed,
+            _ => return None,
+        })
+    }
+
+    /// The reason as reports print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnwindStop::Truncated => "unwind stopped: stack copy too small",
+            UnwindStop::NoUnwindInfo => "unwind stopped: no unwind info",
+            UnwindStop::NotMapped => "unwind stopped: JIT or unmapped code",
+            UnwindStop::Failed => "unwind stopped: unwinding failed",
+        }
+    }
+}
+
 /// Stack samples taken on one CPU, in that CPU's order, with delta-encoded times.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {

@@ -29,6 +29,7 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             "ffffffff81000000 T __x64_sys_read\nffffffff81001000 T ksys_write\nffffffff81002000 T other\n",
         ))
     });
+    let mut unwind = super::Unwinding::new(super::CallGraph::Dwarf { copy: 64 });
     let mut rest = input;
     while rest.len() >= 8 {
         let ty = u32_at(rest, 0);
@@ -45,6 +46,7 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             switch_ids: &[4],
             stacks: &mut stacks,
             chain_buf: &mut chain_buf,
+            unwind: Some(&mut unwind),
             syscalls: &mut syscalls,
             faults: &mut faults,
             last_syscall: &mut last_syscall,
