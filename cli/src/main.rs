@@ -239,8 +239,8 @@ struct RecordArgs {
     #[arg(long, value_enum, default_value_t = CallGraphArg::Auto, value_name = "MODE")]
     call_graph: CallGraphArg,
     /// Bytes of user stack copied with each sample, for `dwarf` (default 8192) and for
-    /// switch-out stacks with `fp-cfi` (default 1024; its on-CPU samples, at most -F a
-    /// second, copy at least 8192). At most 65528. Deeper stacks need more; more costs the
+    /// switch-out stacks with `fp-cfi` (default 256; its on-CPU samples, at most -F a
+    /// second, copy at least 2048). At most 65528. Deeper stacks need more; more costs the
     /// program and the rings more. Stacks cut short by it end in
     /// `[unwind stopped: stack copy too small]` (dwarf).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(8..=65528))]

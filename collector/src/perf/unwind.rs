@@ -49,15 +49,23 @@ pub enum CallGraph {
     Fp,
     /// Frame pointers, with the frames at the leaf unwound from CFI out of a copy of the top of
     /// the stack: `copy` bytes at switch-outs (frequent: a syscall wrapper needs little), at
-    /// least [`CallGraph::DWARF_COPY`] for on-CPU samples (at most `-F` a second).
+    /// least [`CallGraph::LEAF_ON_CPU_COPY`] for on-CPU samples (at most `-F` a second).
     FpCfi { copy: u32 },
     /// CFI for the whole stack, out of a `copy`-byte copy (binaries without frame pointers).
     Dwarf { copy: u32 },
 }
 
 impl CallGraph {
-    /// Default stack copy for [`CallGraph::FpCfi`]: enough for a few frameless libc frames.
-    pub const LEAF_COPY: u32 = 1024;
+    /// Default stack copy for [`CallGraph::FpCfi`] at switch-outs: enough for the frameless
+    /// libc frames of a syscall wrapper (64 bytes reach `sleep_a_lot` through glibc's
+    /// `nanosleep`). Switch-outs come at any rate (≈ 50k/s for a thread per connection at a
+    /// thousand connections), so each byte counts in the rings.
+    pub const LEAF_COPY: u32 = 256;
+    /// The least stack copy of [`CallGraph::FpCfi`] for on-CPU samples, which come at most
+    /// `-F` times a second per CPU: room for deeper frameless code (glibc's `qsort_r` keeps
+    /// a 1 KiB buffer on its stack). 8192 lost records at a thousand busy threads on two
+    /// CPUs when the recorder was starved; 2048 did not (scripts/bench-unwind.sh).
+    pub const LEAF_ON_CPU_COPY: u32 = 2048;
     /// Default stack copy for [`CallGraph::Dwarf`], as `perf record --call-graph dwarf`.
     pub const DWARF_COPY: u32 = 8192;
 
@@ -66,7 +74,7 @@ impl CallGraph {
     pub fn copy_bytes(self, on_cpu: bool) -> u32 {
         match self {
             CallGraph::Fp => 0,
-            CallGraph::FpCfi { copy } if on_cpu => copy.max(Self::DWARF_COPY),
+            CallGraph::FpCfi { copy } if on_cpu => copy.max(Self::LEAF_ON_CPU_COPY),
             CallGraph::FpCfi { copy } | CallGraph::Dwarf { copy } => copy,
         }
     }

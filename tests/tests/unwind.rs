@@ -1,0 +1,274 @@
+//! Stacks through code without frame pointers (issue 8): the recorder unwinds user stacks
+//! from the binary's CFI (`record --call-graph`). The C program `tests/c/stacks.c` blocks and
+//! burns through glibc, whose functions keep no frame pointers: `nanosleep` →
+//! `clock_nanosleep` for a known second, and a `qsort` comparator that burns the CPU.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use iotrace_tests::*;
+
+/// The tests of this file run one at a time: off-CPU time includes the wait for a CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `tests/c/stacks.c` built with `flags` into `dir`, or `None` (skipped) without gcc.
+fn build_c(test: &str, dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
+    if !require_tool(test, "gcc") {
+        return None;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/stacks.c");
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg("-g")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc {flags:?} failed");
+    Some(out)
+}
+
+fn folded(trace: &Path, args: &[&str]) -> (Vec<(String, u64)>, String) {
+    let mut all = vec!["flamegraph", trace.to_str().unwrap(), "--folded"];
+    all.extend_from_slice(args);
+    let out = run_iotrace(&all);
+    assert!(
+        out.status.success(),
+        "flamegraph {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = parse_folded(&String::from_utf8_lossy(&out.stdout));
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, n) = l.trim_end().rsplit_once(' ')?;
+            Some((stack.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn weight(lines: &[(String, u64)], keep: impl Fn(&[&str]) -> bool) -> u64 {
+    lines
+        .iter()
+        .filter(|(s, _)| keep(&s.split(';').collect::<Vec<_>>()))
+        .map(|l| l.1)
+        .sum()
+}
+
+fn record_ok(trace: &Path, extra: &[&str], cmd: &[&str]) -> String {
+    let out = record(trace, extra, cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "record {extra:?} {cmd:?}: {stderr}");
+    stderr
+}
+
+/// Whether `outer` calls `inner` directly somewhere in `frames` (outermost first).
+fn calls(frames: &[&str], outer: &str, inner: &str) -> bool {
+    frames
+        .windows(2)
+        .any(|w| w[0] == outer && w[1] == inner)
+}
+
+#[test]
+fn sleep_a_lot_keeps_its_second_off_cpu_through_frameless_nanosleep() {
+    let test = "sleep_a_lot_keeps_its_second_off_cpu_through_frameless_nanosleep";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("unwind-sleep");
+    let Some(exe) = build_c(test, &dir, "stacks", &["-O1", "-fno-omit-frame-pointer"]) else {
+        return;
+    };
+    let exe = exe.to_str().unwrap();
+    let fp = dir.join("fp.data");
+    record_ok(&fp, &["--call-graph", "fp"], &[exe, "sleep"]);
+    let (lines, _) = folded(&fp, &["--kind", "offcpu"]);
+    let fp_only = weight(&lines, |f| f.contains(&"sleep_a_lot"));
+    eprintln!("--call-graph fp: sleep_a_lot holds {fp_only} µs off-CPU (glibc's clock_nanosleep is frameless)");
+
+    // The default (auto: frame pointers, with CFI for the leaf frames).
+    let trace = dir.join("t.data");
+    record_ok(&trace, &[], &[exe, "sleep"]);
+    let (lines, _) = folded(&trace, &["--kind", "offcpu"]);
+    let us = weight(&lines, |f| f.contains(&"sleep_a_lot"));
+    eprintln!("--call-graph auto: sleep_a_lot holds {us} µs off-CPU");
+    assert!(
+        (900_000..=1_100_000).contains(&us),
+        "sleep_a_lot holds {us} µs off-CPU, expected 1 s ± 10%\n{lines:#?}"
+    );
+    // Its path: main;sleep_a_lot;…nanosleep…;do_nanosleep.
+    let path_ok = weight(&lines, |f| {
+        let Some(at) = f.iter().position(|&x| x == "sleep_a_lot") else {
+            return false;
+        };
+        at > 0
+            && f[at - 1] == "main"
+            && f.get(at + 1).is_some_and(|x| x.contains("nanosleep"))
+            && f.last().is_some_and(|x| x.starts_with("do_nanosleep"))
+    });
+    assert!(
+        path_ok * 100 >= us * 95,
+        "{path_ok} of {us} µs have the path main;sleep_a_lot;…nanosleep…;do_nanosleep\n{lines:#?}"
+    );
+}
+
+#[test]
+fn burn_cpu_in_a_qsort_comparator_keeps_qsort_and_its_caller() {
+    let test = "burn_cpu_in_a_qsort_comparator_keeps_qsort_and_its_caller";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("unwind-qsort");
+    let Some(exe) = build_c(test, &dir, "stacks", &["-O1", "-fno-omit-frame-pointer"]) else {
+        return;
+    };
+    let trace = dir.join("t.data");
+    record_ok(&trace, &[], &[exe.to_str().unwrap(), "qsort"]);
+    let (lines, _) = folded(&trace, &[]);
+    let burn = weight(&lines, |f| f.last() == Some(&"burn_cpu"));
+    assert!(burn >= 200, "only {burn} samples in burn_cpu in 0.5 s of CPU time\n{lines:#?}");
+    // glibc's qsort is qsort_r (qsort calls it, or is an alias of it).
+    let through = weight(&lines, |f| {
+        f.last() == Some(&"burn_cpu")
+            && (calls(f, "sort_many", "qsort") || calls(f, "sort_many", "qsort_r"))
+            && calls(f, "main", "sort_many")
+            && f.contains(&"compare")
+    });
+    eprintln!("burn_cpu: {through} of {burn} samples under main;sort_many;qsort…;compare");
+    assert!(
+        through * 100 >= burn * 95,
+        "{through} of {burn} burn_cpu samples keep main;sort_many;qsort;…;compare\n{lines:#?}"
+    );
+}
+
+/// The share of the folded weight whose stack reaches `main`.
+fn reach_main(lines: &[(String, u64)]) -> (u64, u64) {
+    let all: u64 = lines.iter().map(|l| l.1).sum();
+    (weight(lines, |f| f.contains(&"main")), all)
+}
+
+#[test]
+fn dwarf_mode_reaches_main_on_a_binary_without_frame_pointers_as_perf_does() {
+    let test = "dwarf_mode_reaches_main_on_a_binary_without_frame_pointers_as_perf_does";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("unwind-dwarf");
+    let Some(exe) = build_c(test, &dir, "stacks", &["-O2", "-fomit-frame-pointer"]) else {
+        return;
+    };
+    let exe = exe.to_str().unwrap();
+
+    // auto sees that the binary keeps no frame pointers, and says so.
+    let on = dir.join("on.data");
+    let stderr = record_ok(&on, &[], &[exe, "qsort"]);
+    assert!(
+        stderr.contains("keeps no frame pointers") && stderr.contains("--call-graph dwarf"),
+        "auto did not choose dwarf: {stderr}"
+    );
+    let (lines, _) = folded(&on, &[]);
+    let (main, all) = reach_main(&lines);
+    assert!(all >= 200, "only {all} on-CPU samples in 0.5 s of CPU time");
+    let off = dir.join("off.data");
+    record_ok(&off, &["--call-graph", "dwarf"], &[exe, "sleep"]);
+    let (off_lines, _) = folded(&off, &["--kind", "offcpu"]);
+    let (off_main, off_all) = reach_main(&off_lines);
+    let (fp, _) = {
+        let t = dir.join("fp.data");
+        record_ok(&t, &["--call-graph", "fp"], &[exe, "qsort"]);
+        reach_main(&folded(&t, &[]).0)
+    };
+    eprintln!(
+        "iotrace --call-graph dwarf: on-CPU {main} of {all} samples reach main ({:.1}%), off-CPU {off_main} of {off_all} µs ({:.1}%); --call-graph fp: {fp} on-CPU samples reach main",
+        100.0 * main as f64 / all.max(1) as f64,
+        100.0 * off_main as f64 / off_all.max(1) as f64,
+    );
+    assert!(
+        main * 100 >= all * 95,
+        "on-CPU: {main} of {all} reach main\n{lines:#?}"
+    );
+    assert!(
+        off_main * 100 >= off_all * 95,
+        "off-CPU: {off_main} of {off_all} µs reach main\n{off_lines:#?}"
+    );
+
+    // perf record --call-graph dwarf on the same binary, for comparison.
+    if !perf_binary(&format!("{test} (the comparison with perf record)")) {
+        return;
+    }
+    let data = dir.join("perf.data");
+    let status = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "999"])
+        .args(["--call-graph", "dwarf", "-o"])
+        .arg(&data)
+        .args(["--", exe, "qsort"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("perf record");
+    assert!(status.success());
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .output()
+        .expect("perf script");
+    let mut collapsed = Vec::new();
+    inferno::collapse::Collapse::collapse(
+        &mut inferno::collapse::perf::Folder::default(),
+        &script.stdout[..],
+        &mut collapsed,
+    )
+    .expect("inferno collapses perf script output");
+    let theirs = parse_folded(&String::from_utf8_lossy(&collapsed));
+    let (perf_main, perf_all) = reach_main(&theirs);
+    eprintln!(
+        "perf record --call-graph dwarf: on-CPU {:.1}% of the cpu-clock weight reaches main",
+        100.0 * perf_main as f64 / perf_all.max(1) as f64
+    );
+    assert!(perf_all > 0, "perf recorded no samples");
+}
+
+#[test]
+fn stacks_cut_by_a_small_copy_end_in_a_counted_reason() {
+    let test = "stacks_cut_by_a_small_copy_end_in_a_counted_reason";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("unwind-cut");
+    let Some(exe) = build_c(test, &dir, "stacks", &["-O2", "-fomit-frame-pointer"]) else {
+        return;
+    };
+    let trace = dir.join("t.data");
+    // 64 bytes hold burn_cpu's and compare's frames, not qsort's recursion.
+    record_ok(
+        &trace,
+        &["--call-graph", "dwarf", "--stack-copy", "64"],
+        &[exe.to_str().unwrap(), "qsort"],
+    );
+    let (lines, stderr) = folded(&trace, &[]);
+    let all: u64 = lines.iter().map(|l| l.1).sum();
+    let cut = weight(&lines, |f| {
+        f.get(1) == Some(&"[unwind stopped: stack copy too small]")
+    });
+    assert!(
+        cut * 2 >= all && all > 0,
+        "{cut} of {all} samples end in the reason\n{lines:#?}"
+    );
+    assert!(
+        stderr.contains("unwind stopped: stack copy too small"),
+        "the flamegraph's summary does not count the reason: {stderr}"
+    );
+}
