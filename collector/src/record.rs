@@ -549,11 +549,41 @@ fn finish_trace(out: Out, opts: &RecordOptions) -> (u64, Option<String>) {
 /// Closes the perf events, or with `defer_teardown` leaves them to a helper process that
 /// outlives us (closing them waits for the kernel's RCU grace periods).
 fn close_perf(perf: Option<PerfSession>, opts: &RecordOptions) {
+    if let Some(line) = perf.as_ref().and_then(unwind_note) {
+        eprintln!("iotrace: note: {line}");
+    }
     if let Some(p) = perf {
         if opts.defer_teardown && sys::close_fds_after_exit().is_ok() {
             std::mem::forget(p);
         }
     }
+}
+
+/// One line when a fair share (≥ 5%) of the stacks unwound from CFI stopped short, with what
+/// to do about it.
+fn unwind_note(perf: &PerfSession) -> Option<String> {
+    let (mode, c) = perf.unwind_counts()?;
+    let short = c.truncated + c.no_unwind_info + c.not_mapped + c.failed;
+    if c.unwound == 0 || short * 20 < c.unwound {
+        return None;
+    }
+    let mut why = Vec::new();
+    for (n, reason) in [
+        (c.truncated, "stack copy too small: raise --stack-copy"),
+        (c.no_unwind_info, "code without unwind info"),
+        (c.not_mapped, "JIT or unmapped code"),
+        (c.failed, "unwinding failed"),
+    ] {
+        if n > 0 {
+            why.push(format!("{n} {reason}"));
+        }
+    }
+    Some(format!(
+        "{short} of {} user stacks unwound from CFI (--call-graph {}) stopped short ({}); they end in an `[unwind stopped: …]` frame",
+        c.unwound,
+        mode.name(),
+        why.join(", ")
+    ))
 }
 
 /// A private directory (mode 0700) for the span socket, removed when dropped.

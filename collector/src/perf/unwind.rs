@@ -178,16 +178,27 @@ impl FileCfi {
     }
 }
 
+/// What an executable mapping holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Code {
+    /// A file with call frame information.
+    Cfi,
+    /// A file without (or one that could not be read).
+    NoCfi,
+    /// Anonymous memory: JIT-compiled code.
+    Anon,
+}
+
 /// One process's modules.
 #[derive(Clone, Default)]
 struct Space {
     unwinder: UnwinderX86_64<Bytes>,
-    /// (start, end, has CFI) of every file mapping added.
-    ranges: Vec<(u64, u64, bool)>,
+    /// (start, end, what) of every executable mapping seen.
+    ranges: Vec<(u64, u64, Code)>,
 }
 
 impl Space {
-    fn place(&self, addr: u64) -> Option<bool> {
+    fn place(&self, addr: u64) -> Option<Code> {
         self.ranges
             .iter()
             .find(|&&(s, e, _)| addr >= s && addr < e)
@@ -203,6 +214,8 @@ pub struct UnwindCounts {
     /// Samples whose CFI frames stopped short and were continued by the kernel's chain after
     /// a frame both share.
     pub joined: u64,
+    /// Frames of the kernel's chain dropped after CFI frames: in no executable mapping.
+    pub dropped: u64,
     pub truncated: u64,
     pub no_unwind_info: u64,
     pub not_mapped: u64,
@@ -237,7 +250,13 @@ impl Unwinding {
 
     /// An executable mapping of process `m.pid`.
     pub(crate) fn mmap(&mut self, m: &Mmap) {
-        if m.filename.starts_with('[') || m.filename.starts_with("//") || m.len == 0 {
+        if m.len == 0 {
+            return;
+        }
+        let end = m.addr.saturating_add(m.len);
+        if m.filename.starts_with('[') || m.filename.starts_with("//") {
+            let space = self.spaces.entry(m.pid).or_default();
+            space.ranges.push((m.addr, end, Code::Anon));
             return;
         }
         let key = (m.filename.clone(), m.ino);
@@ -247,13 +266,12 @@ impl Unwinding {
             .or_insert_with(|| FileCfi::load(Path::new(&m.filename)).map(Arc::new))
             .clone();
         let space = self.spaces.entry(m.pid).or_default();
-        let end = m.addr.saturating_add(m.len);
         let Some(file) = file else {
-            space.ranges.push((m.addr, end, false));
+            space.ranges.push((m.addr, end, Code::NoCfi));
             return;
         };
         let Some(bias) = file.bias(m.addr, m.pgoff) else {
-            space.ranges.push((m.addr, end, false));
+            space.ranges.push((m.addr, end, Code::NoCfi));
             return;
         };
         let module = self
@@ -269,7 +287,8 @@ impl Unwinding {
             })
             .clone();
         space.ranges.retain(|&(s, e, _)| e <= m.addr || s >= end);
-        space.ranges.push((m.addr, end, file.has_cfi));
+        let code = if file.has_cfi { Code::Cfi } else { Code::NoCfi };
+        space.ranges.push((m.addr, end, code));
         space.unwinder.add_module(module);
     }
 
@@ -324,7 +343,17 @@ impl Unwinding {
                         }
                         None => 1,
                     };
-                    out.extend(user.iter().skip(from).copied());
+                    // Frames of the chain that lie in no executable mapping are what a
+                    // frame-pointer walk reads through code that uses %rbp for data (Rust's
+                    // std is built without frame pointers): heap addresses, small numbers.
+                    let space = self.spaces.get(&pid);
+                    for &addr in user.iter().skip(from) {
+                        if space.is_some_and(|s| s.place(addr).is_some()) {
+                            out.push(addr);
+                        } else {
+                            self.counts.dropped += 1;
+                        }
+                    }
                 }
             }
             CallGraph::Dwarf { .. } => {
@@ -376,8 +405,8 @@ impl Unwinding {
                 Err(e) => {
                     let last = self.frames.last().copied().unwrap_or(ip);
                     return Some(match (e, space.place(last)) {
-                        (_, None) => UnwindStop::NotMapped,
-                        (_, Some(false)) => UnwindStop::NoUnwindInfo,
+                        (_, None | Some(Code::Anon)) => UnwindStop::NotMapped,
+                        (_, Some(Code::NoCfi)) => UnwindStop::NoUnwindInfo,
                         (Error::CouldNotReadStack(a), _)
                             if a >= sp.saturating_add(stack.len() as u64) =>
                         {
