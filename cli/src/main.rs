@@ -44,6 +44,11 @@ EXAMPLES:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Name each frame by its function in the symbol table only: no functions inlined at it
+    /// (shown as `name (inlined)`, innermost last) and no `file:line` from DWARF. Faster on big
+    /// binaries; flamegraphs then merge inlined code into its caller, as before.
+    #[arg(long, global = true)]
+    no_inline: bool,
 }
 
 #[derive(Subcommand)]
@@ -438,6 +443,7 @@ fn cmd_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    iotrace_collector::symbolize::set_inline(!cli.no_inline);
     let result = match cli.command {
         Command::Record(a) => cmd_record(a),
         Command::Report(a) => cmd_report(a),

@@ -612,8 +612,7 @@ impl PerfSession {
                     b.sample_period(1);
                     follow(b, Some(&mut self.fault_ids))?;
                 }
-                let stack =
-                    |ev, user| stack_builder(ev, pid, cpu, kernel, start, &opts, user);
+                let stack = |ev, user| stack_builder(ev, pid, cpu, kernel, start, &opts, user);
                 if !self.clock_ids.is_empty() {
                     let mut b = stack(Software::CPU_CLOCK, true);
                     b.sample_frequency(opts.frequency_hz);

@@ -112,6 +112,37 @@ impl SymbolStats {
     }
 }
 
+/// What symbolizing one address gave.
+type Named = Result<Resolved, Unknown>;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Resolved {
+    name: u32,
+    detail: Option<Box<Detail>>,
+}
+
+/// A frame's source location and the functions inlined at it, from DWARF.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detail {
+    /// `file:line` in the frame's function (its call to the first inlined function, if any).
+    pub location: Option<u32>,
+    /// Functions inlined at the address, outermost first, each with its own `file:line`;
+    /// their names end in ` (inlined)`, as `perf script` prints them.
+    pub inlined: Box<[(u32, Option<u32>)]>,
+}
+
+static INLINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether frames expand to the functions inlined at them (the default; the CLI's
+/// `--no-inline` turns it off for the process).
+pub fn set_inline(on: bool) {
+    INLINE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn inline_on() -> bool {
+    INLINE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A frame to name: a stack node and whether its address is a return address.
 pub type FrameKey = (u32, bool);
 
@@ -120,9 +151,26 @@ pub type FrameKey = (u32, bool);
 pub struct Symbols {
     names: HashMap<FrameKey, u32>,
     jit: HashSet<FrameKey>,
+    details: HashMap<FrameKey, Box<Detail>>,
 }
 
 impl Symbols {
+    /// The frame's `file:line` and inlined functions, when the file has DWARF for it.
+    pub fn detail(&self, key: FrameKey) -> Option<&Detail> {
+        self.details.get(&key).map(|d| &**d)
+    }
+
+    /// The frame's functions, outermost first: its own (as [`Symbols::get`]) then those
+    /// inlined at it, each with its `file:line` and whether it is inlined.
+    pub fn frames(&self, key: FrameKey) -> Vec<(Option<u32>, Option<u32>, bool)> {
+        let mut out = vec![(self.get(key), None, false)];
+        if let Some(d) = self.detail(key) {
+            out[0].1 = d.location;
+            out.extend(d.inlined.iter().map(|&(n, l)| (Some(n), l, true)));
+        }
+        out
+    }
+
     pub fn get(&self, key: FrameKey) -> Option<u32> {
         self.names.get(&key).copied()
     }
@@ -215,10 +263,12 @@ pub fn symbolize(
         user.push((key, place, fold.spaces.pid(space), addr));
     }
 
+    let inline = inline_on();
     let symbolizer = Symbolizer::builder()
-        .enable_code_info(false)
-        .enable_inlined_fns(false)
+        .enable_code_info(inline)
+        .enable_inlined_fns(inline)
         .build();
+    let mut details: HashMap<FrameKey, Box<Detail>> = HashMap::new();
     let strings = &mut fold.strings;
 
     // User frames, one batch per file.
@@ -228,7 +278,7 @@ pub fn symbolize(
             per_file.entry(*file).or_default().push(*offset);
         }
     }
-    let mut resolved: HashMap<(usize, u64), Result<u32, Unknown>> = HashMap::new();
+    let mut resolved: HashMap<(usize, u64), Named> = HashMap::new();
     for (file, mut offsets) in per_file {
         offsets.sort_unstable();
         offsets.dedup();
@@ -240,7 +290,7 @@ pub fn symbolize(
                     debug_syms: false,
                     ..Elf::new(&entry.path)
                 });
-                let mut results: Vec<Result<u32, Unknown>> =
+                let mut results: Vec<Named> =
                     match symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
                         Ok(list) => list.iter().map(|s| named(s, strings)).collect(),
                         Err(_) => vec![Err(Unknown::NoSymbol); offsets.len()],
@@ -265,6 +315,11 @@ pub fn symbolize(
                         }
                     }
                 }
+                // Names stay the symbol table's (whole paths: DWARF names functions without
+                // their module); DWARF adds file:line and the functions inlined there.
+                if inline {
+                    add_details(&symbolizer, &entry.path, &offsets, &mut results, strings);
+                }
                 results
             }
         };
@@ -280,14 +335,19 @@ pub fn symbolize(
             Place::File { file, offset } => (
                 resolved
                     .get(&(file, offset))
-                    .copied()
+                    .cloned()
                     .unwrap_or(Err(Unknown::NoSymbol)),
                 Some(files[file].path.to_string_lossy().into_owned()),
             ),
             Place::Unknown(why, file) => (Err(why), file),
         };
         let id = match (result, pid) {
-            (Ok(id), _) => id,
+            (Ok(r), _) => {
+                if let Some(d) = r.detail {
+                    details.insert(key, d);
+                }
+                r.name
+            }
             (Err(why), Some(pid)) if jit_maps && may_be_jit(why) => {
                 by_pid.entry(pid).or_default().push((key, addr, why, file));
                 continue;
@@ -333,7 +393,14 @@ pub fn symbolize(
         names.insert(key, id);
     }
     drop(vdso);
-    (Symbols { names, jit }, stats)
+    (
+        Symbols {
+            names,
+            jit,
+            details,
+        },
+        stats,
+    )
 }
 
 /// A frame a JIT map may name: frame, looked-up address, why it has no name otherwise, file.
@@ -349,6 +416,28 @@ fn may_be_jit(why: Unknown) -> bool {
     )
 }
 
+/// File:line and inlined functions from the file's DWARF, for the addresses named.
+fn add_details(
+    symbolizer: &Symbolizer,
+    path: &Path,
+    offsets: &[u64],
+    results: &mut [Named],
+    strings: &mut Strings,
+) {
+    let src = Source::Elf(Elf {
+        debug_syms: true,
+        ..Elf::new(path)
+    });
+    let Ok(list) = symbolizer.symbolize(&src, Input::FileOffset(offsets)) else {
+        return;
+    };
+    for (r, s) in results.iter_mut().zip(list.iter()) {
+        if let (Ok(named_here), Ok(from_dwarf)) = (r.as_mut(), named(s, strings)) {
+            named_here.detail = from_dwarf.detail;
+        }
+    }
+}
+
 /// Names from the symbol table of the file's separate debug file, found by build id; `None`
 /// when there is no such file.
 fn from_debug_file(
@@ -356,7 +445,7 @@ fn from_debug_file(
     path: &Path,
     offsets: &[u64],
     strings: &mut Strings,
-) -> Option<Vec<Result<u32, Unknown>>> {
+) -> Option<Vec<Named>> {
     let id = blazesym::helper::read_elf_build_id(path).ok()??;
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let debug = PathBuf::from(format!(
@@ -459,12 +548,52 @@ fn file_slot(
     files.len() - 1
 }
 
-fn named(s: &Symbolized<'_>, strings: &mut Strings) -> Result<u32, Unknown> {
+fn named(s: &Symbolized<'_>, strings: &mut Strings) -> Named {
     match s {
-        Symbolized::Sym(sym) => Ok(strings.intern(&sanitize(&sym.name))),
+        Symbolized::Sym(sym) => {
+            let at = |c: Option<&blazesym::symbolize::CodeInfo<'_>>, strings: &mut Strings| {
+                let c = c?;
+                let line = c.line?;
+                Some(strings.intern(&format!("{}:{line}", short_path(&c.to_path()))))
+            };
+            let name = strings.intern(&sanitize(&sym.name));
+            let location = at(sym.code_info.as_deref(), strings);
+            let inlined: Box<[(u32, Option<u32>)]> = sym
+                .inlined
+                .iter()
+                .map(|f| {
+                    let name = format!("{} (inlined)", sanitize(&f.name));
+                    (strings.intern(&name), at(f.code_info.as_ref(), strings))
+                })
+                .collect();
+            let detail = (location.is_some() || !inlined.is_empty())
+                .then(|| Box::new(Detail { location, inlined }));
+            Ok(Resolved { name, detail })
+        }
         Symbolized::Unknown(Reason::MissingSyms) => Err(Unknown::Stripped),
         Symbolized::Unknown(_) => Err(Unknown::NoSymbol),
     }
+}
+
+/// A source path as people read it: a crate's path from its name in cargo's registry
+/// (`tokio-1.48.0/src/…`), Rust's own sources from `library/`, a path under the current
+/// directory relative to it; else whole.
+fn short_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if let Some(at) = text.find("/.cargo/registry/src/") {
+        let rest = &text[at + "/.cargo/registry/src/".len()..];
+        // Past the index's folder (`index.crates.io-…/`).
+        return rest.split_once('/').map_or(rest, |(_, r)| r).to_owned();
+    }
+    if let Some(rest) = text.strip_prefix("/rustc/") {
+        return rest.split_once('/').map_or(rest, |(_, r)| r).to_owned();
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Ok(rel) = path.strip_prefix(&cwd) {
+            return rel.to_string_lossy().into_owned();
+        }
+    }
+    text.into_owned()
 }
 
 /// Folded stacks separate frames with `;`: keep it out of names (Rust's `[u8; 8]`).

@@ -166,6 +166,23 @@ fn tokio_blocking_handler_is_warned_and_blocks_for_every_sleep() {
         text.contains("WARNING:") && text.contains("in clock_nanosleep"),
         "{text}"
     );
+    // The message sends the reader to the line that sleeps: std::thread::sleep (found through
+    // glibc's frameless clock_nanosleep by the recorder's CFI unwinding), then the demo's own
+    // source line, from DWARF.
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../instrumented-demos/src/strategy/tokio.rs"),
+    )
+    .unwrap();
+    let line = 1 + src
+        .lines()
+        .position(|l| l.contains("WaitMode::Blocking => std::thread::sleep"))
+        .expect("the demo's blocking sleep");
+    let at = format!("instrumented-demos/src/strategy/tokio.rs:{line}");
+    for w in warnings {
+        let m = w["message"].as_str().unwrap();
+        assert!(m.contains("std::thread") && m.contains("sleep"), "{m}");
+        assert!(m.contains(&at), "the message does not name {at}: {m}");
+    }
 }
 
 #[test]

@@ -73,9 +73,7 @@ fn record_ok(trace: &Path, extra: &[&str], cmd: &[&str]) -> String {
 
 /// Whether `outer` calls `inner` directly somewhere in `frames` (outermost first).
 fn calls(frames: &[&str], outer: &str, inner: &str) -> bool {
-    frames
-        .windows(2)
-        .any(|w| w[0] == outer && w[1] == inner)
+    frames.windows(2).any(|w| w[0] == outer && w[1] == inner)
 }
 
 #[test]
@@ -137,7 +135,10 @@ fn burn_cpu_in_a_qsort_comparator_keeps_qsort_and_its_caller() {
     record_ok(&trace, &[], &[exe.to_str().unwrap(), "qsort"]);
     let (lines, _) = folded(&trace, &[]);
     let burn = weight(&lines, |f| f.last() == Some(&"burn_cpu"));
-    assert!(burn >= 200, "only {burn} samples in burn_cpu in 0.5 s of CPU time\n{lines:#?}");
+    assert!(
+        burn >= 200,
+        "only {burn} samples in burn_cpu in 0.5 s of CPU time\n{lines:#?}"
+    );
     // glibc's qsort is qsort_r (qsort calls it, or is an alias of it).
     let through = weight(&lines, |f| {
         f.last() == Some(&"burn_cpu")
@@ -270,5 +271,40 @@ fn stacks_cut_by_a_small_copy_end_in_a_counted_reason() {
     assert!(
         stderr.contains("unwind stopped: stack copy too small"),
         "the flamegraph's summary does not count the reason: {stderr}"
+    );
+}
+
+#[test]
+fn an_inlined_function_is_a_frame_of_its_own_unless_no_inline() {
+    let test = "an_inlined_function_is_a_frame_of_its_own_unless_no_inline";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("unwind-inline");
+    let Some(exe) = build_c(test, &dir, "stacks", &["-O2", "-fno-omit-frame-pointer"]) else {
+        return;
+    };
+    let trace = dir.join("t.data");
+    record_ok(&trace, &[], &[exe.to_str().unwrap(), "inline"]);
+    let (lines, _) = folded(&trace, &[]);
+    let all: u64 = lines.iter().map(|l| l.1).sum();
+    let inlined = weight(&lines, |f| calls(f, "main", "hot_inlined (inlined)"));
+    eprintln!("hot_inlined: {inlined} of {all} on-CPU samples, as an inlined frame under main");
+    assert!(
+        all >= 200 && inlined * 2 >= all,
+        "{inlined} of {all} samples under main;hot_inlined (inlined)\n{lines:#?}"
+    );
+    // --no-inline: the symbol table only, as before.
+    let out = run_iotrace(&[
+        "flamegraph",
+        trace.to_str().unwrap(),
+        "--folded",
+        "--no-inline",
+    ]);
+    let plain = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !plain.contains("hot_inlined"),
+        "{plain}"
     );
 }

@@ -257,7 +257,7 @@ pub fn export(
         msg.bytes(field::SAMPLE_TYPE, &vt.0);
     }
     let period_ns = 1_000_000_000 / fold.frequency_hz.max(1);
-    let mut locations: HashMap<FrameKey, u64> = HashMap::new();
+    let mut locations: HashMap<(FrameKey, &str), u64> = HashMap::new();
     let mut functions: HashMap<&str, u64> = HashMap::new();
     let mut mappings = Mappings {
         main: pass
@@ -282,7 +282,8 @@ pub fn export(
         ids.clear();
         for f in frames.iter().rev() {
             let next = locations.len() as u64 + 1;
-            let id = *locations.entry(f.key).or_insert_with(|| {
+            // By frame and name: the functions inlined at one address are locations of their own.
+            let id = *locations.entry((f.key, f.name)).or_insert_with(|| {
                 let next_fn = functions.len() as u64 + 1;
                 let function = *functions.entry(f.name).or_insert_with(|| {
                     let mut m = Pb::default();

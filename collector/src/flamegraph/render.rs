@@ -115,16 +115,26 @@ pub(crate) fn native_frames<'a>(
     out: &mut Vec<NamedFrame<'a>>,
 ) -> Option<String> {
     out.clear();
-    out.extend(frame_keys(&fold.stacks, leaf).map(|(key, kernel)| {
-        NamedFrame {
+    for (key, kernel) in frame_keys(&fold.stacks, leaf) {
+        let jit = symbols.is_jit(key);
+        // Innermost first: the functions inlined at the frame, then its own.
+        if let Some(d) = symbols.detail(key) {
+            out.extend(d.inlined.iter().rev().map(|&(name, _)| NamedFrame {
+                key,
+                name: fold.strings.get(name),
+                kernel,
+                jit,
+            }));
+        }
+        out.push(NamedFrame {
             key,
             name: symbols
                 .get(key)
                 .map_or("[unknown]", |id| fold.strings.get(id)),
             kernel,
-            jit: symbols.is_jit(key),
-        }
-    }));
+            jit,
+        });
+    }
     out.reverse();
     let syscall = off_cpu?;
     while out.len() > 1 && out.last().is_some_and(|f| SCHEDULER.contains(&f.name)) {

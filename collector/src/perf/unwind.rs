@@ -122,9 +122,11 @@ impl FileCfi {
         let obj = object::File::parse(&**map).ok()?;
         let data = |name: &str| {
             let s = obj.section_by_name(name)?;
-            let (off, len) = s.compressed_file_range().ok().filter(|r| {
-                r.format == object::CompressionFormat::None
-            }).map(|r| (r.offset, r.compressed_size))?;
+            let (off, len) = s
+                .compressed_file_range()
+                .ok()
+                .filter(|r| r.format == object::CompressionFormat::None)
+                .map(|r| (r.offset, r.compressed_size))?;
             let start = usize::try_from(off).ok()?;
             let end = start.checked_add(usize::try_from(len).ok()?)?;
             (end <= map.len()).then(|| Bytes {
@@ -174,7 +176,11 @@ impl FileCfi {
             .loads
             .iter()
             .find(|&&(off, _, size)| pgoff >= off & !0xfff && pgoff < off + size.max(1))?;
-        Some(addr.wrapping_sub(pgoff).wrapping_add(off).wrapping_sub(vaddr))
+        Some(
+            addr.wrapping_sub(pgoff)
+                .wrapping_add(off)
+                .wrapping_sub(vaddr),
+        )
     }
 }
 
@@ -278,12 +284,7 @@ impl Unwinding {
             .modules
             .entry((m.filename.clone(), m.ino, m.addr, bias))
             .or_insert_with(|| {
-                Module::new(
-                    m.filename.clone(),
-                    m.addr..end,
-                    bias,
-                    file.sections.clone(),
-                )
+                Module::new(m.filename.clone(), m.addr..end, bias, file.sections.clone())
             })
             .clone();
         space.ranges.retain(|&(s, e, _)| e <= m.addr || s >= end);

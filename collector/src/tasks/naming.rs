@@ -33,7 +33,9 @@ fn frame_keys(stacks: &StackTable, leaf: u32) -> Vec<(FrameKey, bool)> {
         .collect()
 }
 
-/// Frame names of `ids`, innermost first, each with whether it is a kernel frame.
+/// Frame names of `ids`, innermost first, each with whether it is a kernel frame. A frame
+/// with functions inlined at it comes out as one name per function (` (inlined)`), and a name
+/// whose place is known from DWARF ends in ` at file:line`.
 pub fn stack_names(
     trace: &Path,
     ids: &[StackId],
@@ -71,18 +73,23 @@ pub(crate) fn names_in(
         .collect();
     let need: HashSet<FrameKey> = keys.values().flatten().map(|k| k.0).collect();
     let (symbols, _) = symbolize::symbolize(fold, need, kernel);
+    let named = |name: Option<u32>, at: Option<u32>| {
+        let mut text = name.map_or("[unknown]", |s| fold.strings.get(s)).to_owned();
+        if let Some(at) = at {
+            text.push_str(" at ");
+            text.push_str(fold.strings.get(at));
+        }
+        text
+    };
     keys.into_iter()
         .map(|(id, frames)| {
-            let names = frames
-                .into_iter()
-                .map(|(key, kernel)| {
-                    let name = symbols
-                        .get(key)
-                        .map_or("[unknown]", |s| fold.strings.get(s))
-                        .to_owned();
-                    (name, kernel)
-                })
-                .collect();
+            let mut names = Vec::new();
+            for (key, kernel) in frames {
+                // Innermost first: the functions inlined at the frame, then its own.
+                for (name, at, _) in symbols.frames(key).into_iter().rev() {
+                    names.push((named(name, at), kernel));
+                }
+            }
             (id, names)
         })
         .collect()
@@ -99,6 +106,27 @@ pub fn name_warning_stacks(trace: &Path, warnings: &mut [Warning]) {
         return;
     };
     apply_warning_names(&names, warnings);
+}
+
+/// Whether a frame name (`name at file:line`) is in the program's own sources: not Rust's
+/// `library/`, not a crate from cargo's registry (`tokio-1.54.1/src/…`), not a distribution's
+/// build tree (`./time/…`, `/build/…`) or a system path.
+fn is_own_code(name: &str) -> bool {
+    let Some((_, at)) = name.rsplit_once(" at ") else {
+        return false;
+    };
+    let first = at.split('/').next().unwrap_or("");
+    let versioned = first.rsplit_once('-').is_some_and(|(_, v)| {
+        v.split('.').count() >= 3
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    });
+    let system = ["/usr/", "/build/", "/rustc/", "/lib/"]
+        .iter()
+        .any(|p| at.starts_with(p))
+        || at.contains("/.rustup/")
+        || at.contains("/.cargo/");
+    at.contains('/') && !system && !at.starts_with('.') && first != "library" && !versioned
 }
 
 /// Fills in the stacks of `warnings` from `names` and adds their first user frames to the
@@ -119,12 +147,26 @@ pub(crate) fn apply_warning_names(
             .iter()
             .filter(|(_, kernel)| !kernel)
             .map(|(name, _)| name.as_str())
-            .skip_while(|name| name.ends_with(w.syscall.as_str()))
+            .skip_while(|name| {
+                let function = name.split(" at ").next().unwrap_or(name);
+                function.ends_with(w.syscall.as_str())
+            })
             .take(MESSAGE_FRAMES)
             .collect();
         for f in &user {
             w.message.push_str(" ← ");
             w.message.push_str(f);
+        }
+        // The first frame of the program's own code, if the first ones are not: that is the
+        // line to go and read.
+        let own = frames
+            .iter()
+            .filter(|(_, kernel)| !kernel)
+            .map(|(name, _)| name.as_str())
+            .find(|name| is_own_code(name));
+        if let Some(own) = own.filter(|own| !user.contains(own)) {
+            w.message.push_str(" ← … ← ");
+            w.message.push_str(own);
         }
         w.stack = Some(frames.iter().map(|(name, _)| name.clone()).collect());
     }
