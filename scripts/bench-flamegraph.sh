@@ -4,7 +4,7 @@
 # Then times writing the on-CPU SVG both ways, best of 3:
 #   iotrace flamegraph TRACE -o iotrace.svg
 #   perf script | inferno-collapse-perf | inferno-flamegraph > perf.svg
-# and prints the ratio (target <= 0.5) and the bytes per sample of each file (target <= 200
+# and prints the ratio (target <= 0.5), the cost of inlined frames (vs --no-inline; target <= 2) and the bytes per sample of each file (target <= 200
 # for iotrace's stack records). Needs root (README.md: what less gets) and perf; installs
 # inferno's binaries once into target/bench-tools (cargo install, for this bench only).
 #   usage: scripts/bench-flamegraph.sh [SECONDS]   (default 30)
@@ -48,6 +48,7 @@ perf_pipeline() {
     "$tools/bin/inferno-flamegraph" >"$out/perf.svg"
 }
 t_iot=$(best "$iotrace" flamegraph "$out/t.iotrace" -o "$out/iotrace.svg")
+t_plain=$(best "$iotrace" --no-inline flamegraph "$out/t.iotrace" -o "$out/plain.svg")
 t_perf=$(best perf_pipeline)
 stats=$("$iotrace" flamegraph "$out/t.iotrace" -o "$out/iotrace.svg" 2>&1)
 samples=$(sed -n 's/.*(trace: \([0-9]*\) on-CPU samples, \([0-9]*\) off-CPU.*/\1 \2/p' <<<"$stats")
@@ -57,10 +58,11 @@ trace_bytes=$(stat -c %s "$out/t.iotrace")
 perf_bytes=$(stat -c %s "$out/perf.data")
 requests=$(sed -n 's/.*"requests": *\([0-9]*\).*/\1/p' "$out/load.json")
 read -r on off <<<"$samples"
-awk -v ti="$t_iot" -v tp="$t_perf" -v on="$on" -v off="$off" -v ps="$per_sample" \
+awk -v ti="$t_iot" -v tpl="$t_plain" -v tp="$t_perf" -v on="$on" -v off="$off" -v ps="$per_sample" \
   -v tb="$trace_bytes" -v pb="$perf_bytes" -v pn="$perf_samples" -v req="$requests" -v secs="$secs" 'BEGIN {
   printf "load:                         %d s, 64 connections, %d requests\n", secs, req
   printf "iotrace flamegraph (on-CPU):  %d ms   (%d on-CPU samples, %d off-CPU stacks in the trace)\n", ti, on, off
+  printf "the same with --no-inline:    %d ms   (inlined frames and file:line cost %.2fx; target <= 2)\n", tpl, ti / tpl
   printf "perf script | inferno:        %d ms   (%d samples)\n", tp, pn
   printf "ratio iotrace/perf:           %.3f   (target <= 0.5)\n", ti / tp
   printf "iotrace bytes per sample:     %d   (stack records only; target <= 200)\n", ps
