@@ -5,7 +5,12 @@
 # Targets (issue "span layer/demos/compare"): req/s >= 0.97, CPU/request <= 1.5,
 # peak RSS + <= 20 MiB, <= 100 bytes per request. CPU per request is the figure to trust on 2
 # noisy cores; req/s moves +-15% run to run.
-#   usage: [SAMPLES=1] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
+# SAMPLES=1 keeps stack sampling on and records once per call-graph mode, side by side: `fp`
+# (the kernel's frame-pointer chain only, no stack copies) and `fp-cfi` (the default for this
+# demo: user registers and a copy of the stack top with each sample, the leaf unwound from CFI).
+# Targets with fp-cfi (issue "stacks that name the user's code"): CPU/request <= 1.15 x bare,
+# <= 32 bytes per stack sample in the file. MODES="fp fp-cfi dwarf" picks other modes.
+#   usage: [SAMPLES=1 [MODES=...]] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -15,22 +20,24 @@ bin=target/release
 out=$(mktemp -d)
 trap 'rm -rf "$out"; kill $(jobs -p) 2>/dev/null || true' EXIT
 tick=$(getconf CLK_TCK)
-# Spans, switches and syscall counts on; stack sampling (a separate feature) off when available.
-record_flags=()
-# SAMPLES=1 keeps stack sampling on too (the flamegraph feature), to see what it adds.
-if [ "${SAMPLES:-0}" != 1 ] && "$bin/iotrace" record --help | grep -q -- --no-samples; then
-  record_flags+=(--no-samples)
+# Spans, switches and syscall counts on; stack sampling (a separate feature) off, or on with
+# one recording per call-graph mode.
+if [ "${SAMPLES:-0}" = 1 ]; then
+  read -r -a modes <<<"${MODES:-fp fp-cfi}"
+else
+  modes=(nosamples)
 fi
 
-# run MODE -> prints "requests req_per_s p99_us cpu_ns hwm_bytes trace_bytes recorder_cpu_ns"
+# run MODE -> prints "requests req_per_s p99_us cpu_ns hwm_bytes trace_bytes recorder_cpu_ns
+# stack_samples bytes_per_sample"
 run() {
   local mode=$1 fifo=$out/fifo.$RANDOM
   mkfifo "$fifo"
-  if [ "$mode" = bare ]; then
-    "$bin/tokio" --port 0 >"$fifo" 2>/dev/null &
-  else
-    "$bin/iotrace" record -q "${record_flags[@]}" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null &
-  fi
+  case $mode in
+    bare) "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+    nosamples) "$bin/iotrace" record -q --no-samples -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+    *) "$bin/iotrace" record -q --call-graph "$mode" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+  esac
   local top=$!
   exec 3<"$fifo"
   local line addr
@@ -47,36 +54,69 @@ run() {
   wait "$top" || true
   exec 3<&-
   rm -f "$fifo"
-  local bytes=0
-  [ "$mode" = bare ] || bytes=$(stat -c %s "$out/t.iotrace")
-  python3 - "$out/load.json" "$cpu" "$hwm" "$bytes" "$rcpu" <<'PY'
+  local bytes=0 stacks=0 per=0
+  if [ "$mode" != bare ]; then
+    bytes=$(stat -c %s "$out/t.iotrace")
+    if [ "$mode" != nosamples ]; then
+      # "flamegraph, wall: ... (trace: N on-CPU samples, M off-CPU stacks, B bytes each) ..."
+      local stats
+      stats=$("$bin/iotrace" flamegraph "$out/t.iotrace" --kind wall --folded -o /dev/null 2>&1 | grep 'flamegraph,' || true)
+      stacks=$(sed -n 's/.*(trace: \([0-9]*\) on-CPU samples, \([0-9]*\) off-CPU.*/\1 + \2/p' <<<"$stats")
+      stacks=$((${stacks:-0}))
+      per=$(sed -n 's/.* \([0-9]*\) bytes each.*/\1/p' <<<"$stats")
+    fi
+  fi
+  python3 - "$out/load.json" "$cpu" "$hwm" "$bytes" "$rcpu" "$stacks" "${per:-0}" <<'PY'
 import json, sys
 l = json.load(open(sys.argv[1]))
-print(l["requests"], l["req_per_s"], l["latency_us"]["p99"], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+print(l["requests"], l["req_per_s"], l["latency_us"]["p99"], *sys.argv[2:8])
 PY
 }
 
-: >"$out/bare"; : >"$out/rec"
+: >"$out/bare"
+for m in "${modes[@]}"; do : >"$out/rec.$m"; done
 for ((i = 1; i <= rounds; i++)); do
   run bare >>"$out/bare"
-  run rec >>"$out/rec"
+  for m in "${modes[@]}"; do run "$m" >>"$out/rec.$m"; done
   echo "round $i/$rounds done" >&2
 done
-python3 - "$out/bare" "$out/rec" <<'PY'
-import sys
+samples=${SAMPLES:-0}
+python3 - "$samples" "$out/bare" "${modes[@]/#/$out/rec.}" <<'PY'
+import os, sys
 def load(p):
     rows = [list(map(float, l.split())) for l in open(p) if l.strip()]
     n = len(rows)
     req = sum(r[0] for r in rows)
+    stacks = sum(r[7] for r in rows)
     return dict(rps=sum(r[1] for r in rows) / n, p99=sum(r[2] for r in rows) / n,
                 cpu=sum(r[3] for r in rows) / req, hwm=max(r[4] for r in rows),
-                bytes=sum(r[5] for r in rows) / req, rcpu=sum(r[6] for r in rows) / req)
-b, r = load(sys.argv[1]), load(sys.argv[2])
-print(f"{'':22}{'bare':>12}{'recorded':>12}{'ratio':>9}   target")
-print(f"{'req/s':22}{b['rps']:12.0f}{r['rps']:12.0f}{r['rps']/b['rps']:9.3f}   >= 0.97")
-print(f"{'p99 latency (us)':22}{b['p99']:12.0f}{r['p99']:12.0f}{r['p99']/b['p99']:9.3f}")
-print(f"{'demo CPU us/request':22}{b['cpu']/1e3:12.2f}{r['cpu']/1e3:12.2f}{r['cpu']/b['cpu']:9.3f}   <= 1.5")
-print(f"{'demo peak RSS (MiB)':22}{b['hwm']/2**20:12.1f}{r['hwm']/2**20:12.1f}{(r['hwm']-b['hwm'])/2**20:+9.1f}   <= +20 MiB")
-print(f"{'trace bytes/request':22}{'':12}{r['bytes']:12.1f}{'':9}   <= 100")
-print(f"{'recorder CPU us/req':22}{'':12}{r['rcpu']/1e3:12.2f}   (iotrace itself, not in the ratio)")
+                bytes=sum(r[5] for r in rows) / req, rcpu=sum(r[6] for r in rows) / req,
+                stacks=stacks / n,
+                per=sum(r[8] * r[7] for r in rows) / stacks if stacks else 0)
+samples = sys.argv[1] == "1"
+b = load(sys.argv[2])
+recs = [(os.path.basename(p).removeprefix("rec."), load(p)) for p in sys.argv[3:]]
+names = ["recorded" if m == "nosamples" else m for m, _ in recs]
+cpu_target = "<= 1.15 (fp-cfi)" if samples else "<= 1.5"
+head = f"{'':22}{'bare':>10}" + "".join(f"{n:>10}{'ratio':>8}" for n in names)
+print(head + "   target")
+def row(label, key, scale=1.0, fmt="10.0f", target="", ratio=True):
+    line = f"{label:22}{b[key]*scale:{fmt}}"
+    for _, r in recs:
+        line += f"{r[key]*scale:{fmt}}" + (f"{r[key]/b[key]:8.3f}" if ratio else " " * 8)
+    print(line + ("   " + target if target else ""))
+row("req/s", "rps", target=">= 0.97")
+row("p99 latency (us)", "p99")
+row("demo CPU us/request", "cpu", 1e-3, "10.2f", cpu_target)
+line = f"{'demo peak RSS (MiB)':22}{b['hwm']/2**20:10.1f}"
+for _, r in recs:
+    line += f"{r['hwm']/2**20:10.1f}{(r['hwm']-b['hwm'])/2**20:+8.1f}"
+print(line + "   <= +20 MiB")
+def only_rec(label, f, target=""):
+    print(f"{label:22}{'':10}" + "".join(f"{f(r):>10}{'':8}" for _, r in recs) + ("   " + target if target else ""))
+only_rec("trace bytes/request", lambda r: f"{r['bytes']:.1f}", "<= 100")
+if samples:
+    only_rec("stack samples/run", lambda r: f"{r['stacks']:.0f}")
+    only_rec("bytes/stack sample", lambda r: f"{r['per']:.1f}", "<= 32 (fp-cfi)")
+only_rec("recorder CPU us/req", lambda r: f"{r['rcpu']/1e3:.2f}", "(iotrace itself, not in the ratio)")
 PY

@@ -264,67 +264,32 @@ pub fn symbolize(
     }
 
     let inline = inline_on();
-    let symbolizer = Symbolizer::builder()
-        .enable_code_info(inline)
-        .enable_inlined_fns(inline)
-        .build();
     let mut details: HashMap<FrameKey, Box<Detail>> = HashMap::new();
     let strings = &mut fold.strings;
 
-    // User frames, one batch per file.
+    // User frames, one batch per file, the files resolved on worker threads (loading a
+    // file's DWARF is most of the time, and files are independent).
     let mut per_file: HashMap<usize, Vec<u64>> = HashMap::new();
     for (_, place, _, _) in &user {
         if let Place::File { file, offset } = place {
             per_file.entry(*file).or_default().push(*offset);
         }
     }
+    let mut jobs: Vec<(usize, Vec<u64>)> = per_file
+        .into_iter()
+        .map(|(file, mut offsets)| {
+            offsets.sort_unstable();
+            offsets.dedup();
+            (file, offsets)
+        })
+        .collect();
+    // The biggest batches first, so that they run side by side; file order otherwise.
+    jobs.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    let found = resolve_files(&files, &jobs, inline);
     let mut resolved: HashMap<(usize, u64), Named> = HashMap::new();
-    for (file, mut offsets) in per_file {
-        offsets.sort_unstable();
-        offsets.dedup();
-        let entry = &files[file];
-        let results = match entry.problem {
-            Some(p) => vec![Err(p); offsets.len()],
-            None => {
-                let src = Source::Elf(Elf {
-                    debug_syms: false,
-                    ..Elf::new(&entry.path)
-                });
-                let mut results: Vec<Named> =
-                    match symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
-                        Ok(list) => list.iter().map(|s| named(s, strings)).collect(),
-                        Err(_) => vec![Err(Unknown::NoSymbol); offsets.len()],
-                    };
-                // A stripped file may have its symbols in a separate debug file: first the
-                // symbol table of /usr/lib/debug/.build-id/…, then (slow) debug information.
-                let stripped: Vec<usize> = (0..offsets.len())
-                    .filter(|&i| results[i] == Err(Unknown::Stripped))
-                    .collect();
-                if !stripped.is_empty() {
-                    let retry: Vec<u64> = stripped.iter().map(|&i| offsets[i]).collect();
-                    let found =
-                        from_debug_file(&symbolizer, &entry.path, &retry, strings).or_else(|| {
-                            let src = Source::Elf(Elf::new(&entry.path));
-                            let list =
-                                symbolizer.symbolize(&src, Input::FileOffset(&retry)).ok()?;
-                            Some(list.iter().map(|s| named(s, strings)).collect())
-                        });
-                    for (&i, r) in stripped.iter().zip(found.unwrap_or_default()) {
-                        if r.is_ok() {
-                            results[i] = r;
-                        }
-                    }
-                }
-                // Names stay the symbol table's (whole paths: DWARF names functions without
-                // their module); DWARF adds file:line and the functions inlined there.
-                if inline {
-                    add_details(&symbolizer, &entry.path, &offsets, &mut results, strings);
-                }
-                results
-            }
-        };
-        for (offset, r) in offsets.into_iter().zip(results) {
-            resolved.insert((file, offset), r);
+    for ((file, offsets), found) in jobs.into_iter().zip(found) {
+        for (offset, r) in offsets.into_iter().zip(found) {
+            resolved.insert((file, offset), r.map(|f| f.intern(strings)));
         }
     }
     // Unnamed frames a JIT map may name, by process.
@@ -416,14 +381,133 @@ fn may_be_jit(why: Unknown) -> bool {
     )
 }
 
-/// File:line and inlined functions from the file's DWARF, for the addresses named.
-fn add_details(
+/// What a file offset resolves to, with its strings owned (resolved off the main thread).
+type Found = Result<Owned, Unknown>;
+
+#[derive(Debug, Clone)]
+struct Owned {
+    name: String,
+    location: Option<String>,
+    inlined: Vec<(String, Option<String>)>,
+}
+
+impl Owned {
+    fn intern(self, strings: &mut Strings) -> Resolved {
+        let name = strings.intern(&self.name);
+        let location = self.location.map(|l| strings.intern(&l));
+        let inlined: Box<[(u32, Option<u32>)]> = self
+            .inlined
+            .into_iter()
+            .map(|(n, l)| (strings.intern(&n), l.map(|l| strings.intern(&l))))
+            .collect();
+        let detail = (location.is_some() || !inlined.is_empty())
+            .then(|| Box::new(Detail { location, inlined }));
+        Resolved { name, detail }
+    }
+}
+
+/// Each job's offsets resolved in its file, on up to four threads (one symbolizer each);
+/// the results in the jobs' order.
+fn resolve_files(files: &[FileEntry], jobs: &[(usize, Vec<u64>)], inline: bool) -> Vec<Vec<Found>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(jobs.len());
+    if threads <= 1 {
+        let symbolizer = new_symbolizer(inline);
+        return jobs
+            .iter()
+            .map(|(file, offsets)| resolve_file(&symbolizer, &files[*file], offsets, inline))
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<Vec<Found>>> = (0..jobs.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let symbolizer = new_symbolizer(inline);
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((file, offsets)) = jobs.get(i) else {
+                            return done;
+                        };
+                        done.push((i, resolve_file(&symbolizer, &files[*file], offsets, inline)));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            // A worker that panicked (a bug in a parser) leaves its files unnamed, not the
+            // whole analysis dead.
+            for (i, found) in worker.join().unwrap_or_default() {
+                out[i] = Some(found);
+            }
+        }
+    });
+    out.into_iter()
+        .zip(jobs)
+        .map(|(found, (_, offsets))| {
+            found.unwrap_or_else(|| vec![Err(Unknown::NoSymbol); offsets.len()])
+        })
+        .collect()
+}
+
+fn new_symbolizer(inline: bool) -> Symbolizer {
+    Symbolizer::builder()
+        .enable_code_info(inline)
+        .enable_inlined_fns(inline)
+        .build()
+}
+
+/// The offsets (sorted, distinct) resolved in one file: names from its symbol table (or its
+/// separate debug file's), then file:line and inlined functions from DWARF if `inline`.
+fn resolve_file(
     symbolizer: &Symbolizer,
-    path: &Path,
+    entry: &FileEntry,
     offsets: &[u64],
-    results: &mut [Named],
-    strings: &mut Strings,
-) {
+    inline: bool,
+) -> Vec<Found> {
+    if let Some(p) = entry.problem {
+        return vec![Err(p); offsets.len()];
+    }
+    let src = Source::Elf(Elf {
+        debug_syms: false,
+        ..Elf::new(&entry.path)
+    });
+    let mut results: Vec<Found> = match symbolizer.symbolize(&src, Input::FileOffset(offsets)) {
+        Ok(list) => list.iter().map(owned).collect(),
+        Err(_) => vec![Err(Unknown::NoSymbol); offsets.len()],
+    };
+    // A stripped file may have its symbols in a separate debug file: first the symbol table
+    // of /usr/lib/debug/.build-id/…, then (slow) debug information.
+    let stripped: Vec<usize> = (0..offsets.len())
+        .filter(|&i| matches!(results[i], Err(Unknown::Stripped)))
+        .collect();
+    if !stripped.is_empty() {
+        let retry: Vec<u64> = stripped.iter().map(|&i| offsets[i]).collect();
+        let found = from_debug_file(symbolizer, &entry.path, &retry).or_else(|| {
+            let src = Source::Elf(Elf::new(&entry.path));
+            let list = symbolizer.symbolize(&src, Input::FileOffset(&retry)).ok()?;
+            Some(list.iter().map(owned).collect())
+        });
+        for (&i, r) in stripped.iter().zip(found.unwrap_or_default()) {
+            if r.is_ok() {
+                results[i] = r;
+            }
+        }
+    }
+    // Names stay the symbol table's (whole paths: DWARF names functions without their
+    // module); DWARF adds file:line and the functions inlined there.
+    if inline {
+        add_details(symbolizer, &entry.path, offsets, &mut results);
+    }
+    results
+}
+
+/// File:line and inlined functions from the file's DWARF, for the addresses named.
+fn add_details(symbolizer: &Symbolizer, path: &Path, offsets: &[u64], results: &mut [Found]) {
     let src = Source::Elf(Elf {
         debug_syms: true,
         ..Elf::new(path)
@@ -432,20 +516,16 @@ fn add_details(
         return;
     };
     for (r, s) in results.iter_mut().zip(list.iter()) {
-        if let (Ok(named_here), Ok(from_dwarf)) = (r.as_mut(), named(s, strings)) {
-            named_here.detail = from_dwarf.detail;
+        if let (Ok(named_here), Ok(from_dwarf)) = (r.as_mut(), owned(s)) {
+            named_here.location = from_dwarf.location;
+            named_here.inlined = from_dwarf.inlined;
         }
     }
 }
 
 /// Names from the symbol table of the file's separate debug file, found by build id; `None`
 /// when there is no such file.
-fn from_debug_file(
-    symbolizer: &Symbolizer,
-    path: &Path,
-    offsets: &[u64],
-    strings: &mut Strings,
-) -> Option<Vec<Named>> {
+fn from_debug_file(symbolizer: &Symbolizer, path: &Path, offsets: &[u64]) -> Option<Vec<Found>> {
     let id = blazesym::helper::read_elf_build_id(path).ok()??;
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let debug = PathBuf::from(format!(
@@ -479,7 +559,7 @@ fn from_debug_file(
                 if v == 0 {
                     Err(Unknown::NoSymbol)
                 } else {
-                    named(s, strings)
+                    owned(s)
                 }
             })
             .collect(),
@@ -548,27 +628,28 @@ fn file_slot(
     files.len() - 1
 }
 
-fn named(s: &Symbolized<'_>, strings: &mut Strings) -> Named {
+fn owned(s: &Symbolized<'_>) -> Found {
     match s {
         Symbolized::Sym(sym) => {
-            let at = |c: Option<&blazesym::symbolize::CodeInfo<'_>>, strings: &mut Strings| {
+            let at = |c: Option<&blazesym::symbolize::CodeInfo<'_>>| {
                 let c = c?;
                 let line = c.line?;
-                Some(strings.intern(&format!("{}:{line}", short_path(&c.to_path()))))
+                Some(format!("{}:{line}", short_path(&c.to_path())))
             };
-            let name = strings.intern(&sanitize(&sym.name));
-            let location = at(sym.code_info.as_deref(), strings);
-            let inlined: Box<[(u32, Option<u32>)]> = sym
-                .inlined
-                .iter()
-                .map(|f| {
-                    let name = format!("{} (inlined)", sanitize(&f.name));
-                    (strings.intern(&name), at(f.code_info.as_ref(), strings))
-                })
-                .collect();
-            let detail = (location.is_some() || !inlined.is_empty())
-                .then(|| Box::new(Detail { location, inlined }));
-            Ok(Resolved { name, detail })
+            Ok(Owned {
+                name: sanitize(&sym.name),
+                location: at(sym.code_info.as_deref()),
+                inlined: sym
+                    .inlined
+                    .iter()
+                    .map(|f| {
+                        (
+                            format!("{} (inlined)", sanitize(&f.name)),
+                            at(f.code_info.as_ref()),
+                        )
+                    })
+                    .collect(),
+            })
         }
         Symbolized::Unknown(Reason::MissingSyms) => Err(Unknown::Stripped),
         Symbolized::Unknown(_) => Err(Unknown::NoSymbol),

@@ -182,6 +182,11 @@ fn tokio_blocking_handler_is_warned_and_blocks_for_every_sleep() {
         let m = w["message"].as_str().unwrap();
         assert!(m.contains("std::thread") && m.contains("sleep"), "{m}");
         assert!(m.contains(&at), "the message does not name {at}: {m}");
+        // The handler that called the sleep, by its path.
+        assert!(
+            m.contains("strategy::tokio::handle"),
+            "the message does not name the handler: {m}"
+        );
     }
 }
 

@@ -308,3 +308,131 @@ fn an_inlined_function_is_a_frame_of_its_own_unless_no_inline() {
         "{plain}"
     );
 }
+
+/// Debian's nginx: two workers serving a static page on `port`, logs and pid file in `dir`.
+fn nginx_config(dir: &Path, port: u16) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    // The workers run as www-data.
+    for d in [dir, &www] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(www.join("index.html"), "x".repeat(612)).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\ndaemon off;\nmaster_process on;\npid {dir}/nginx.pid;\n\
+             error_log {dir}/logs/error.log;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {dir}/www; }} }}\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// nginx under `iotrace record EXTRA`, driven by `iotrace load` for 2 s, then stopped
+/// gracefully (SIGQUIT to its master). Returns the trace.
+fn record_nginx(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let port = free_port();
+    let conf = nginx_config(dir, port);
+    let trace = dir.join(format!("{name}.data"));
+    let mut args = vec!["record", "-q", "-o", trace.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "nginx", "-p", dir.to_str().unwrap(), "-c"]);
+    args.push(conf.to_str().unwrap());
+    let mut rec = Command::new(iotrace())
+        .args(&args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn iotrace record");
+    let up = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if !up {
+        let _ = rec.kill();
+        panic!(
+            "nginx did not listen on 127.0.0.1:{port}: {}",
+            std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+        );
+    }
+    let url = format!("http://127.0.0.1:{port}/");
+    let load = run_iotrace(&["load", &url, "-c", "8", "-d", "2s", "--json"]);
+    let pid = std::fs::read_to_string(dir.join("nginx.pid")).expect("nginx.pid");
+    let _ = Command::new("kill").args(["-QUIT", pid.trim()]).status();
+    let status = rec.wait().expect("wait for iotrace record");
+    assert!(
+        status.success(),
+        "iotrace record {extra:?} -- nginx: {status}"
+    );
+    let load: serde_json::Value = serde_json::from_slice(&load.stdout).expect("load --json");
+    assert!(
+        load["requests"].as_u64().unwrap_or(0) > 100 && load["errors"].as_u64() == Some(0),
+        "load against nginx: {load}"
+    );
+    trace
+}
+
+/// The on-CPU samples of nginx's own processes (master and workers), and how many of them
+/// reach `main` (the workers are forked from the master, so their stacks start there too) or
+/// the worker's loop.
+fn nginx_reach(trace: &Path) -> (u64, u64, Vec<(String, u64)>) {
+    let (lines, _) = folded(trace, &["--kind", "oncpu"]);
+    let ours: Vec<(String, u64)> = lines
+        .into_iter()
+        .filter(|(s, _)| s.starts_with("nginx"))
+        .collect();
+    let all: u64 = ours.iter().map(|l| l.1).sum();
+    let reach = weight(&ours, |f| {
+        f.iter()
+            .any(|&x| x == "main" || x.starts_with("ngx_worker_process_cycle"))
+    });
+    (reach, all, ours)
+}
+
+/// Debian's nginx is built without frame pointers (as most distribution packages are): the
+/// DWARF mode unwinds it from `.eh_frame`, and `auto` chooses that mode for it.
+#[test]
+fn nginx_without_frame_pointers_reaches_main_in_dwarf_mode() {
+    let test = "nginx_without_frame_pointers_reaches_main_in_dwarf_mode";
+    if !perf_available(test) || !require_tool(test, "nginx") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("unwind-nginx");
+    let dwarf = record_nginx(&dir, "dwarf", &["--call-graph", "dwarf"]);
+    let (reach, all, lines) = nginx_reach(&dwarf);
+    let fp = record_nginx(&dir, "fp", &["--call-graph", "fp"]);
+    let (fp_reach, fp_all, _) = nginx_reach(&fp);
+    eprintln!(
+        "nginx --call-graph dwarf: {reach} of {all} on-CPU samples reach main ({:.1}%); --call-graph fp: {fp_reach} of {fp_all} ({:.1}%)",
+        100.0 * reach as f64 / all.max(1) as f64,
+        100.0 * fp_reach as f64 / fp_all.max(1) as f64
+    );
+    assert!(
+        all >= 200,
+        "only {all} on-CPU samples of nginx in 2 s of load\n{lines:#?}"
+    );
+    let top: Vec<_> = {
+        let mut l = lines.clone();
+        l.sort_by_key(|x| std::cmp::Reverse(x.1));
+        l.truncate(20);
+        l
+    };
+    assert!(
+        reach * 100 >= all * 90,
+        "{reach} of {all} nginx samples reach main or ngx_worker_process_cycle; heaviest stacks:\n{top:#?}"
+    );
+}
