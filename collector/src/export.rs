@@ -21,7 +21,7 @@ use std::path::Path;
 
 use crate::analysis::syscall_name;
 use crate::format::Switch;
-use crate::tasks::TaskKey;
+use crate::tasks::{StackId, TaskKey};
 use crate::timeline::{
     collect, Collected, OutFile, TimelineError, TimelineOptions, TrackError, BLOCKED, STATES,
 };
@@ -111,7 +111,14 @@ pub fn export(
     opts: &TimelineOptions,
 ) -> Result<ExportOutcome, TimelineError> {
     let ExportFormat::Perfetto = format;
-    let (summary, col) = collect(trace, opts, false)?;
+    let (summary, mut col) = collect(trace, opts, true)?;
+    // The blocked slices' stacks, named once each (the heaviest, as the timeline's hovers).
+    let ids = crate::timeline::heaviest_stacks(&col.stack_time);
+    let stacks = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        col.name_stacks(&ids)
+    };
     let write_err = |error| TimelineError::Write {
         path: out.to_owned(),
         error,
@@ -121,7 +128,7 @@ pub fn export(
         events: 0,
         line: Line::default(),
     };
-    write_perfetto(&summary, &col, &mut o).map_err(|e| match e {
+    write_perfetto(&summary, &col, &stacks, &mut o).map_err(|e| match e {
         TrackError::Read(e) => TimelineError::Spill(e),
         TrackError::Write(e) => write_err(e),
     })?;
@@ -145,6 +152,7 @@ impl std::fmt::Display for Us {
 fn write_perfetto<W: Write>(
     summary: &crate::analysis::Summary,
     col: &Collected,
+    stacks: &HashMap<StackId, Vec<(String, bool)>>,
     o: &mut Out<W>,
 ) -> Result<(), TrackError> {
     let base = col.start_ns;
@@ -196,6 +204,9 @@ fn write_perfetto<W: Write>(
     let state_names: Vec<String> = STATES.iter().map(|s| js(s)).collect();
     // (name, syscall) of a blocked slice, as JSON strings, by syscall.
     let mut blocked: HashMap<u16, (String, String)> = HashMap::new();
+    // A named stack in a line (its first frames past the syscall's wrapper, and the program's
+    // own first frame), as a JSON string, by (stack, syscall).
+    let mut stack_lines: HashMap<(StackId, u16), Option<String>> = HashMap::new();
     let mut tids: Vec<(u32, u32)> = col.threads.iter().map(|(&t, &(p, _))| (t, p)).collect();
     tids.sort();
     for (tid, pid) in tids {
@@ -230,6 +241,13 @@ fn write_perfetto<W: Write>(
                 l.s(",\"args\":{\"syscall\":").s(sc);
                 if let Some(s) = iv.stack {
                     l.s(",\"stack_id\":").n(s);
+                    if let Some(line) = stack_lines.entry((s, iv.syscall)).or_insert_with(|| {
+                        let frames = stacks.get(&s)?;
+                        let sc = syscall_name(iv.syscall);
+                        Some(js(&crate::tasks::naming::short_stack(frames, &sc)))
+                    }) {
+                        l.s(",\"stack\":").s(line);
+                    }
                 }
                 l.s("}");
             }

@@ -291,6 +291,8 @@ pub struct Collected {
     pub(crate) intervals: u64,
     /// The stack tree and mappings, built in the same pass when the caller names stacks.
     stacks: Option<Stacks>,
+    /// Blocked time by off-CPU stack (gathered when `stacks` is), to name the heaviest.
+    pub(crate) stack_time: FxHashMap<StackId, u64>,
     /// Each task track's latest stretches, held back and put in order before they are stored
     /// (the analysis emits a poll after the idle and scheduled stretches that follow it).
     pending: Vec<Vec<TaskIv>>,
@@ -451,6 +453,9 @@ impl Sink for Collected {
             ThreadState::Runnable => (RUNNABLE, 0, None),
             ThreadState::Blocked { syscall, stack } => (BLOCKED, syscall, stack),
         };
+        if let (Some(s), Some(_)) = (stack, &self.stacks) {
+            *self.stack_time.entry(s).or_insert(0) += end - start;
+        }
         let track = match self.threads.get(&iv.tid) {
             Some(&(_, t)) => t,
             None => {
@@ -554,7 +559,7 @@ pub fn collect(
 
 impl Collected {
     /// Frame names of `ids`, from the stack tree built during [`collect`] (empty without it).
-    fn name_stacks(&mut self, ids: &[StackId]) -> page::StackNames {
+    pub(crate) fn name_stacks(&mut self, ids: &[StackId]) -> page::StackNames {
         let Some(mut st) = self.stacks.take() else {
             return page::StackNames::new();
         };
@@ -578,7 +583,17 @@ pub struct TimelineOutcome {
 }
 
 /// Most distinct off-CPU stacks named for the page (those with the most blocked time).
-const MAX_NAMED_STACKS: usize = 2000;
+pub(crate) const MAX_NAMED_STACKS: usize = 2000;
+
+/// The off-CPU stacks with the most blocked time, at most [`MAX_NAMED_STACKS`], heaviest first.
+pub(crate) fn heaviest_stacks<S: std::hash::BuildHasher>(
+    time: &std::collections::HashMap<StackId, u64, S>,
+) -> Vec<StackId> {
+    let mut ids: Vec<(StackId, u64)> = time.iter().map(|(&s, &t)| (s, t)).collect();
+    ids.sort_by_key(|&(s, t)| (std::cmp::Reverse(t), s));
+    ids.truncate(MAX_NAMED_STACKS);
+    ids.into_iter().map(|(s, _)| s).collect()
+}
 
 /// Reads `trace` and writes its timeline page to `out`.
 pub fn write_timeline(
@@ -600,10 +615,7 @@ pub fn write_timeline(
         page::TrackError::Write(e) => write_err(e),
     })?;
     // Name the stacks of the warnings and of the blocked stretches with the most time.
-    let mut ids: Vec<(StackId, u64)> = tracks.stack_time.iter().map(|(&s, &t)| (s, t)).collect();
-    ids.sort_by_key(|&(s, t)| (std::cmp::Reverse(t), s));
-    ids.truncate(MAX_NAMED_STACKS);
-    let mut ids: Vec<StackId> = ids.into_iter().map(|(s, _)| s).collect();
+    let mut ids = heaviest_stacks(&tracks.stack_time);
     ids.extend(summary.warnings.iter().filter_map(|w| w.stack_id));
     let names = if ids.is_empty() {
         page::StackNames::new()

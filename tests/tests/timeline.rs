@@ -441,4 +441,24 @@ fn perfetto_export_parses_and_every_track_runs_forward() {
     assert!(names
         .iter()
         .any(|n| n.starts_with("blocked: clock_nanosleep")));
+    // Every blocking sleep's slice carries its stack, named down to the handler's line.
+    let sleeps: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["name"] == "blocked: clock_nanosleep")
+        .collect();
+    let named = sleeps
+        .iter()
+        .filter(|e| {
+            e["args"]["stack"].as_str().is_some_and(|st| {
+                st.contains("std::thread") && st.contains("strategy::tokio::handle")
+            })
+        })
+        .count();
+    assert!(
+        named as u64 >= s.requests && named * 10 >= sleeps.len() * 9,
+        "{named} of {} clock_nanosleep slices name std::thread…sleep and the handler ({} requests): {:?}",
+        sleeps.len(),
+        s.requests,
+        sleeps.first().map(|e| &e["args"])
+    );
 }

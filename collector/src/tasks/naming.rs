@@ -129,6 +129,36 @@ fn is_own_code(name: &str) -> bool {
     at.contains('/') && !system && !at.starts_with('.') && first != "library" && !versioned
 }
 
+/// A blocked stack in a line, innermost first: the first user frames past the libc wrapper
+/// of `syscall` (which the reader already sees named), then, if those are not the program's
+/// own code, `…` and its first frame that is (the line to go and read).
+pub(crate) fn short_stack(frames: &[(String, bool)], syscall: &str) -> String {
+    let user: Vec<&str> = frames
+        .iter()
+        .filter(|(_, kernel)| !kernel)
+        .map(|(name, _)| name.as_str())
+        .skip_while(|name| {
+            let function = name.split(" at ").next().unwrap_or(name);
+            function.ends_with(syscall)
+        })
+        .take(MESSAGE_FRAMES)
+        .collect();
+    let mut out = user.join(" ← ");
+    let own = frames
+        .iter()
+        .filter(|(_, kernel)| !kernel)
+        .map(|(name, _)| name.as_str())
+        .find(|name| is_own_code(name));
+    if let Some(own) = own.filter(|own| !user.contains(own)) {
+        if !out.is_empty() {
+            out.push_str(" ← ");
+        }
+        out.push_str("… ← ");
+        out.push_str(own);
+    }
+    out
+}
+
 /// Fills in the stacks of `warnings` from `names` and adds their first user frames to the
 /// messages.
 pub(crate) fn apply_warning_names(
@@ -142,31 +172,10 @@ pub(crate) fn apply_warning_names(
         if frames.is_empty() {
             continue;
         }
-        // The libc wrapper of the syscall the message already names adds nothing.
-        let user: Vec<&str> = frames
-            .iter()
-            .filter(|(_, kernel)| !kernel)
-            .map(|(name, _)| name.as_str())
-            .skip_while(|name| {
-                let function = name.split(" at ").next().unwrap_or(name);
-                function.ends_with(w.syscall.as_str())
-            })
-            .take(MESSAGE_FRAMES)
-            .collect();
-        for f in &user {
+        let short = short_stack(frames, &w.syscall);
+        if !short.is_empty() {
             w.message.push_str(" ← ");
-            w.message.push_str(f);
-        }
-        // The first frame of the program's own code, if the first ones are not: that is the
-        // line to go and read.
-        let own = frames
-            .iter()
-            .filter(|(_, kernel)| !kernel)
-            .map(|(name, _)| name.as_str())
-            .find(|name| is_own_code(name));
-        if let Some(own) = own.filter(|own| !user.contains(own)) {
-            w.message.push_str(" ← … ← ");
-            w.message.push_str(own);
+            w.message.push_str(&short);
         }
         w.stack = Some(frames.iter().map(|(name, _)| name.clone()).collect());
     }
