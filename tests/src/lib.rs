@@ -310,3 +310,60 @@ pub fn record_demo(strategy: &str, trace: &Path) -> (std::process::Child, String
     let addr = listening(&mut child);
     (child, addr)
 }
+
+/// Folded stacks (`a;b;c COUNT` lines) as (stack, count) pairs.
+pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, n) = l.trim_end().rsplit_once(' ')?;
+            Some((stack.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `iotrace flamegraph TRACE --folded ARGS`: its stacks, and its stderr (the summary line).
+pub fn folded_stacks(trace: &Path, args: &[&str]) -> (Vec<(String, u64)>, String) {
+    let mut all = vec![
+        "flamegraph",
+        trace.to_str().expect("utf-8 path"),
+        "--folded",
+    ];
+    all.extend_from_slice(args);
+    let out = run_iotrace(&all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "flamegraph {args:?} failed: {err}");
+    (parse_folded(&String::from_utf8_lossy(&out.stdout)), err)
+}
+
+/// `perf record -q -e cpu-clock -F 999 RECORD_ARGS -o DATA -- CMD`, then `perf script` folded
+/// by inferno's own perf collapser: the reference the stack tests compare with.
+pub fn perf_record_folded(data: &Path, record_args: &[&str], cmd: &[&str]) -> Vec<(String, u64)> {
+    let status = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "999"])
+        .args(record_args)
+        .arg("-o")
+        .arg(data)
+        .arg("--")
+        .args(cmd)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("perf record");
+    assert!(
+        status.success(),
+        "perf record {record_args:?} -- {cmd:?}: {status}"
+    );
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(data)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("perf script");
+    let mut collapsed = Vec::new();
+    inferno::collapse::Collapse::collapse(
+        &mut inferno::collapse::perf::Folder::default(),
+        &script.stdout[..],
+        &mut collapsed,
+    )
+    .expect("inferno collapses perf script output");
+    parse_folded(&String::from_utf8_lossy(&collapsed))
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use iotrace_tests::*;
 
@@ -22,24 +22,7 @@ fn fx() -> String {
 
 /// `iotrace flamegraph TRACE ARGS… --folded`, parsed into (stack, weight) lines.
 fn folded(trace: &Path, args: &[&str]) -> Vec<(String, u64)> {
-    let mut all = vec!["flamegraph", trace.to_str().unwrap(), "--folded"];
-    all.extend_from_slice(args);
-    let out = run_iotrace(&all);
-    assert!(
-        out.status.success(),
-        "flamegraph {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_folded(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn parse_folded(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, n) = l.trim_end().rsplit_once(' ')?;
-            Some((stack.to_owned(), n.parse().ok()?))
-        })
-        .collect()
+    folded_stacks(trace, args).0
 }
 
 fn total(lines: &[(String, u64)]) -> u64 {
@@ -99,29 +82,7 @@ fn burn_cpu_holds_the_on_cpu_samples_and_leaves_agree_with_perf() {
     ) {
         return;
     }
-    let data = dir.join("perf.data");
-    let status = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
-        .arg(&data)
-        .args(["--", &fx, "spin", "1500"])
-        .stderr(Stdio::null())
-        .status()
-        .expect("perf record");
-    assert!(status.success());
-    let script = Command::new("perf")
-        .args(["script", "-i"])
-        .arg(&data)
-        .stderr(Stdio::null())
-        .output()
-        .expect("perf script");
-    let mut collapsed = Vec::new();
-    inferno::collapse::Collapse::collapse(
-        &mut inferno::collapse::perf::Folder::default(),
-        &script.stdout[..],
-        &mut collapsed,
-    )
-    .expect("inferno collapses perf script output");
-    let theirs = parse_folded(&String::from_utf8_lossy(&collapsed));
+    let theirs = perf_record_folded(&dir.join("perf.data"), &["-g"], &[&fx, "spin", "1500"]);
     let their_top: BTreeSet<String> = top_leaves(&theirs, 5).into_iter().map(|l| l.0).collect();
     assert_eq!(
         top,
@@ -424,12 +385,7 @@ fn no_samples_records_no_stacks_and_says_so() {
 
 /// `iotrace flamegraph TRACE ARGS… --folded`: the parsed lines and stderr.
 fn folded_with_stderr(trace: &Path, args: &[&str]) -> (Vec<(String, u64)>, String) {
-    let mut all = vec!["flamegraph", trace.to_str().unwrap(), "--folded"];
-    all.extend_from_slice(args);
-    let out = run_iotrace(&all);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "flamegraph {args:?} failed: {err}");
-    (parse_folded(&String::from_utf8_lossy(&out.stdout)), err)
+    folded_stacks(trace, args)
 }
 
 #[test]

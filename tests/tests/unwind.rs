@@ -35,25 +35,7 @@ fn build_c(test: &str, dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf
 }
 
 fn folded(trace: &Path, args: &[&str]) -> (Vec<(String, u64)>, String) {
-    let mut all = vec!["flamegraph", trace.to_str().unwrap(), "--folded"];
-    all.extend_from_slice(args);
-    let out = run_iotrace(&all);
-    assert!(
-        out.status.success(),
-        "flamegraph {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = parse_folded(&String::from_utf8_lossy(&out.stdout));
-    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn parse_folded(text: &str) -> Vec<(String, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, n) = l.trim_end().rsplit_once(' ')?;
-            Some((stack.to_owned(), n.parse().ok()?))
-        })
-        .collect()
+    folded_stacks(trace, args)
 }
 
 fn weight(lines: &[(String, u64)], keep: impl Fn(&[&str]) -> bool) -> u64 {
@@ -209,30 +191,11 @@ fn dwarf_mode_reaches_main_on_a_binary_without_frame_pointers_as_perf_does() {
     if !perf_binary(&format!("{test} (the comparison with perf record)")) {
         return;
     }
-    let data = dir.join("perf.data");
-    let status = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-F", "999"])
-        .args(["--call-graph", "dwarf", "-o"])
-        .arg(&data)
-        .args(["--", exe, "qsort"])
-        .stderr(Stdio::null())
-        .status()
-        .expect("perf record");
-    assert!(status.success());
-    let script = Command::new("perf")
-        .args(["script", "-i"])
-        .arg(&data)
-        .stderr(Stdio::null())
-        .output()
-        .expect("perf script");
-    let mut collapsed = Vec::new();
-    inferno::collapse::Collapse::collapse(
-        &mut inferno::collapse::perf::Folder::default(),
-        &script.stdout[..],
-        &mut collapsed,
-    )
-    .expect("inferno collapses perf script output");
-    let theirs = parse_folded(&String::from_utf8_lossy(&collapsed));
+    let theirs = perf_record_folded(
+        &dir.join("perf.data"),
+        &["--call-graph", "dwarf"],
+        &[exe, "qsort"],
+    );
     let (perf_main, perf_all) = reach_main(&theirs);
     eprintln!(
         "perf record --call-graph dwarf: on-CPU {:.1}% of the cpu-clock weight reaches main",
