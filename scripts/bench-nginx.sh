@@ -6,7 +6,9 @@
 # tracepoint, perf's software-event output, BPF), and whether the syscall counts equal perf's
 # own counter. Target (issue "Right on real servers"): req/s ratio >= 0.85 with samples on,
 # <= 5% of samples in iotrace's tracing frames.
-#   usage: scripts/bench-nginx.sh [PAIRS] [SECONDS] [CONNECTIONS]   (default 5 pairs of 3 s, 64)
+# RECORD_FLAGS adds flags to `iotrace record` (e.g. RECORD_FLAGS="--call-graph fp": nginx keeps
+# no frame pointers, so the default, auto, unwinds its stacks from CFI with 8 KiB copies).
+#   usage: [RECORD_FLAGS=...] scripts/bench-nginx.sh [PAIRS] [SECONDS] [CONNECTIONS]   (default 5 pairs of 3 s, 64)
 # Needs root (perf and BPF); installs nginx with apt-get if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +46,7 @@ run() {
   local mode=$1
   case $mode in
     bare) "${nginx_cmd[@]}" 2>/dev/null & ;;
-    iotrace) "$bin/iotrace" record -q -o "$out/nginx.iotrace" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    iotrace) "$bin/iotrace" record -q ${RECORD_FLAGS:-} -o "$out/nginx.iotrace" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
     perf) perf record -q -g -F 999 -o "$out/perf.data" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
   esac
   local top=$!
