@@ -11,6 +11,7 @@
 mod common;
 pub mod firefox;
 pub mod otlp;
+mod pftrace;
 pub mod pprof;
 
 pub use common::{ExportError, FormatOutcome};
@@ -31,6 +32,9 @@ use crate::timeline::{
 pub enum ExportFormat {
     /// Chrome trace event JSON (Perfetto, chrome://tracing).
     Perfetto,
+    /// Perfetto's own protobuf trace (ui.perfetto.dev, trace_processor): the same content in
+    /// about a third of the bytes.
+    Pftrace,
 }
 
 /// What [`export`] wrote.
@@ -110,7 +114,6 @@ pub fn export(
     format: ExportFormat,
     opts: &TimelineOptions,
 ) -> Result<ExportOutcome, TimelineError> {
-    let ExportFormat::Perfetto = format;
     let (summary, mut col) = collect(trace, opts, true)?;
     // The blocked slices' stacks, named once each (the heaviest, as the timeline's hovers).
     let ids = crate::timeline::heaviest_stacks(&col.stack_time);
@@ -123,18 +126,28 @@ pub fn export(
         path: out.to_owned(),
         error,
     };
-    let mut o = Out {
-        w: OutFile::create(out).map_err(write_err)?,
-        events: 0,
-        line: Line::default(),
-    };
-    write_perfetto(&summary, &col, &stacks, &mut o).map_err(|e| match e {
+    let track_err = |e| match e {
         TrackError::Read(e) => TimelineError::Spill(e),
         TrackError::Write(e) => write_err(e),
-    })?;
-    let bytes = o.w.finish().map_err(write_err)?;
+    };
+    let mut w = OutFile::create(out).map_err(write_err)?;
+    let events = match format {
+        ExportFormat::Perfetto => {
+            let mut o = Out {
+                w: &mut w,
+                events: 0,
+                line: Line::default(),
+            };
+            write_perfetto(&summary, &col, &stacks, &mut o).map_err(track_err)?;
+            o.events
+        }
+        ExportFormat::Pftrace => {
+            pftrace::write(&summary, &col, &stacks, &mut w).map_err(track_err)?
+        }
+    };
+    let bytes = w.finish().map_err(write_err)?;
     Ok(ExportOutcome {
-        events: o.events,
+        events,
         bytes,
         truncated: summary.truncated.clone(),
     })

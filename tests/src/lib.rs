@@ -367,3 +367,59 @@ pub fn perf_record_folded(data: &Path, record_args: &[&str], cmd: &[&str]) -> Ve
     .expect("inferno collapses perf script output");
     parse_folded(&String::from_utf8_lossy(&collapsed))
 }
+
+/// A Python venv under target/ (`target/NAME`) with PyPI `packages`, made once, in which
+/// `python -c IMPORTS` succeeds; `None` (skipped loudly) when it cannot be made, except in CI
+/// (`CI=true` or `IOTRACE_REQUIRE_PERF=1`), where that is a failure.
+pub fn python_venv(test: &str, name: &str, packages: &[&str], imports: &str) -> Option<PathBuf> {
+    let venv = iotrace()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", imports])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output();
+    let why = match made {
+        Ok(o) if o.status.success() => {
+            let pip = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q"])
+                .args(packages)
+                .output();
+            match pip {
+                Ok(o) if o.status.success() && ready(&python) => return Some(python),
+                Ok(o) => format!(
+                    "pip could not install {packages:?}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => format!("no pip in the venv ({e})"),
+            }
+        }
+        Ok(o) => format!(
+            "python3 -m venv failed (apt-get install python3-venv): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("no python3 ({e})"),
+    };
+    let strict = std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true");
+    if strict {
+        panic!("{test}: {why} (.ci/run provides python3-venv and PyPI; CI makes this a failure)");
+    }
+    skip(
+        test,
+        &format!("{why}; set IOTRACE_REQUIRE_PERF=1 to make this a failure"),
+    );
+    None
+}

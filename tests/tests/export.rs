@@ -139,47 +139,12 @@ fn pprof_of_burn_cpu_reads_in_go_tool_pprof_with_burn_cpu_first() {
 
 /// A venv under target/ with the OTLP protos, made once; `None` when pip cannot get them.
 fn otlp_python(test: &str) -> Option<PathBuf> {
-    let venv = iotrace()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("otlp-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, google.protobuf.json_format"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output();
-    let why = match made {
-        Ok(o) if o.status.success() => {
-            let pip = Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "opentelemetry-proto", "protobuf"])
-                .output();
-            match pip {
-                Ok(o) if o.status.success() && ready(&python) => return Some(python),
-                Ok(o) => format!(
-                    "pip could not install opentelemetry-proto: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => format!("no pip in the venv ({e})"),
-            }
-        }
-        Ok(o) => format!(
-            "python3 -m venv failed (apt-get install python3-venv): {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => format!("no python3 ({e})"),
-    };
-    missing(test, &why);
-    None
+    python_venv(
+        test,
+        "otlp-venv",
+        &["opentelemetry-proto", "protobuf"],
+        "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, google.protobuf.json_format",
+    )
 }
 
 /// Decodes OTLP/JSON with the official protos as a collector does (ids are hex in OTLP/JSON;

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use iotrace_tests::*;
 use serde_json::Value;
@@ -460,5 +461,141 @@ fn perfetto_export_parses_and_every_track_runs_forward() {
         sleeps.len(),
         s.requests,
         sleeps.first().map(|e| &e["args"])
+    );
+}
+
+/// Decodes a `.pftrace` with Perfetto's own Python module (PyPI's `perfetto`) and prints, as
+/// JSON: slices begun on thread and on task tracks, counter values, slices by name, the
+/// blocked slices whose `stack` names the handler, and whether every track's slices begin
+/// before they end, never nest and never go back in time.
+const DECODE_PFTRACE: &str = r#"
+import json, sys, collections
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+t = Trace()
+t.ParseFromString(open(sys.argv[1], "rb").read())
+kinds, names, arg_names, strings = {}, {}, {}, {}
+begins = collections.Counter()
+by_name = collections.Counter()
+counters = handler = 0
+ok = True
+open_at, last = {}, {}
+seen_first = False
+for p in t.packet:
+    assert p.trusted_packet_sequence_id == 1, p
+    if not seen_first:
+        assert p.sequence_flags & 1 and p.first_packet_on_sequence, p
+        seen_first = True
+    d = p.interned_data
+    for e in d.event_names: names[e.iid] = e.name
+    for e in d.debug_annotation_names: arg_names[e.iid] = e.name
+    for e in d.debug_annotation_string_values: strings[e.iid] = e.str.decode()
+    if p.HasField("track_descriptor"):
+        td = p.track_descriptor
+        kinds[td.uuid] = "thread" if td.HasField("thread") else "process" if td.HasField("process") else "counter" if td.HasField("counter") else "task"
+        continue
+    ev = p.track_event
+    assert ev.track_uuid in kinds, ("event before its track", ev)
+    kind = kinds[ev.track_uuid]
+    ts = p.timestamp
+    if ts < last.get(ev.track_uuid, 0): ok = False
+    last[ev.track_uuid] = ts
+    if ev.type == TrackEvent.TYPE_SLICE_BEGIN:
+        if ev.track_uuid in open_at: ok = False
+        open_at[ev.track_uuid] = ts
+        begins[kind] += 1
+        name = names[ev.name_iid]
+        by_name[name] += 1
+        args = {arg_names[a.name_iid]: strings.get(a.string_value_iid) if a.HasField("string_value_iid") else a.uint_value for a in ev.debug_annotations}
+        if name == "blocked: clock_nanosleep" and "strategy::tokio::handle" in (args.get("stack") or "") and "std::thread" in args["stack"]:
+            handler += 1
+    elif ev.type == TrackEvent.TYPE_SLICE_END:
+        if open_at.pop(ev.track_uuid, None) is None or ts < 0: ok = False
+    elif ev.type == TrackEvent.TYPE_COUNTER:
+        assert kind == "counter"
+        counters += 1
+print(json.dumps({"begins": begins, "counters": counters, "by_name": by_name, "handler": handler, "ok": ok and not open_at}))
+"#;
+
+#[test]
+fn pftrace_export_decodes_with_perfettos_protos_and_holds_what_the_json_does() {
+    let test = "pftrace_export_decodes_with_perfettos_protos_and_holds_what_the_json_does";
+    if !perf_available(test) {
+        return;
+    }
+    let Some(python) = python_venv(
+        test,
+        "perfetto-venv",
+        &["perfetto", "protobuf"],
+        "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+    ) else {
+        return;
+    };
+    let _serial = serial();
+    let dir = temp_dir("tl-pftrace");
+    let s = scenario("tokio-blocking", &dir);
+    let export = |format: &str, name: &str| {
+        let out = dir.join(name);
+        let o = run_iotrace(&[
+            "export",
+            s.trace.to_str().unwrap(),
+            "--format",
+            format,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let json = export("perfetto", "trace.json");
+    let pf = export("pftrace", "trace.pftrace");
+    let out = Command::new(&python)
+        .args(["-c", DECODE_PFTRACE])
+        .arg(&pf)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "the official protos do not decode it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("decoder output");
+    assert_eq!(
+        got["ok"], true,
+        "a track's slices overlap or go back: {got}"
+    );
+
+    // The same slices as the JSON export: thread states (X), task stretches (b), counters (C).
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    let count = |ph: &str| events.iter().filter(|e| e["ph"] == ph).count() as u64;
+    assert_eq!(got["begins"]["thread"].as_u64(), Some(count("X")), "{got}");
+    assert_eq!(got["begins"]["task"].as_u64(), Some(count("b")), "{got}");
+    assert_eq!(got["counters"].as_u64(), Some(count("C")), "{got}");
+    let sleeps = events
+        .iter()
+        .filter(|e| e["name"] == "blocked: clock_nanosleep")
+        .count() as u64;
+    assert_eq!(
+        got["by_name"]["blocked: clock_nanosleep"].as_u64(),
+        Some(sleeps)
+    );
+    // Every request's blocking sleep, with its stack down to the handler.
+    let handler = got["handler"].as_u64().unwrap();
+    assert!(
+        handler >= s.requests && handler * 10 >= sleeps * 9,
+        "{handler} of {sleeps} sleeps name the handler ({} requests)",
+        s.requests
+    );
+    let (pf_bytes, json_bytes) = (
+        std::fs::metadata(&pf).unwrap().len(),
+        std::fs::metadata(&json).unwrap().len(),
+    );
+    eprintln!(
+        "pftrace {pf_bytes} bytes vs JSON {json_bytes} ({:.2}×)",
+        json_bytes as f64 / pf_bytes as f64
+    );
+    assert!(
+        pf_bytes * 2 < json_bytes,
+        "{pf_bytes} vs {json_bytes} bytes"
     );
 }
