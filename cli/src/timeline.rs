@@ -119,10 +119,15 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value = "perfetto")]
     format: FormatArg,
-    /// The file to write [default: trace.json, profile.pb.gz, profile.json or spans.json, by
-    /// format].
+    /// The file to write [default: trace.json, trace.pftrace, profile.pb.gz, profile.json or
+    /// spans.json, by format].
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
+    /// firefox: the most markers (blocked stretches, polls, spans) in the profile, the longest
+    /// kept; the profile is held in memory, by the exporter and by the profiler. Samples are
+    /// never left out.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    max_markers: usize,
     #[command(flatten)]
     window: WindowArgs,
 }
@@ -232,7 +237,8 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             (out.truncated, out.notes, (out.bytes, line))
         }
         FormatArg::Firefox => {
-            let out = export::firefox::export(&args.file, &output, &opts).with_context(context)?;
+            let out = export::firefox::export(&args.file, &output, &opts, args.max_markers)
+                .with_context(context)?;
             let line = format!("{} samples; load it in profiler.firefox.com", out.items);
             (out.truncated, out.notes, (out.bytes, line))
         }

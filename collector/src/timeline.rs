@@ -25,7 +25,7 @@ use crate::tasks::{
 
 mod outfile;
 mod page;
-mod store;
+pub(crate) mod store;
 
 pub(crate) use outfile::OutFile;
 pub(crate) use page::TrackError;

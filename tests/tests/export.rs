@@ -421,6 +421,71 @@ fn firefox_profile_has_the_processed_format_structure_with_burn_cpu_sampled() {
         }
     }
     assert!(naps >= 5, "{naps} blocked markers of 20 ms");
+
+    // --max-markers keeps the longest markers, says how many it left out, and no others.
+    let durations = |p: &serde_json::Value| -> Vec<f64> {
+        let mut d = Vec::new();
+        for t in p["threads"].as_array().unwrap() {
+            let m = &t["markers"];
+            for i in 0..m["length"].as_u64().unwrap() as usize {
+                d.push(m["endTime"][i].as_f64().unwrap() - m["startTime"][i].as_f64().unwrap());
+            }
+        }
+        d
+    };
+    let all = durations(&p);
+    let max = all.len() / 2;
+    assert!(max >= 3, "only {} markers", all.len());
+    let capped = dir.join("capped.json");
+    let o = run_iotrace(&[
+        "export",
+        trace.to_str().unwrap(),
+        "--format",
+        "firefox",
+        "--max-markers",
+        &max.to_string(),
+        "-o",
+        capped.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let q: serde_json::Value = serde_json::from_slice(&std::fs::read(&capped).unwrap()).unwrap();
+    check_processed_profile(&q);
+    let kept = durations(&q);
+    assert!(
+        !kept.is_empty() && kept.len() <= max,
+        "{} kept of at most {max}",
+        kept.len()
+    );
+    assert!(
+        err.contains(&format!("left out {} markers", all.len() - kept.len())),
+        "{err}"
+    );
+    let shortest = kept.iter().copied().fold(f64::INFINITY, f64::min);
+    let longer = all.iter().filter(|&&d| d >= shortest).count();
+    assert_eq!(
+        longer,
+        kept.len(),
+        "the kept markers are not the longest ({shortest} ms and up)"
+    );
+    let sampled = |p: &serde_json::Value| -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = p["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let n = t["samples"]["length"].as_u64().unwrap_or(0) as usize;
+                (t["name"].as_str().unwrap_or("").to_owned(), n)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sampled(&q),
+        sampled(&p),
+        "samples were left out with the markers"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fxprof_processed_profile::{
@@ -38,6 +38,7 @@ use crate::stacks::{Need, StackFold, StackItem};
 use crate::symbolize::{self, Symbols};
 use crate::tasks::identity::{self, Class};
 use crate::tasks::{Sink, TaskInterval, TaskKey, TaskPhase, ThreadInterval, ThreadState};
+use crate::timeline::store::Store;
 use crate::timeline::TimelineOptions;
 
 struct BlockedMarker {
@@ -210,6 +211,120 @@ struct Builder<'a> {
     pending_spans: HashMap<(u32, u64), Vec<Stretch>>,
     samples: u64,
     own_left_out: u64,
+    markers: MarkerBuffer,
+}
+
+/// A marker's kind and fields, as kept until the pass ends.
+#[derive(Clone, Copy)]
+enum Pending {
+    Blocked {
+        syscall: StringHandle,
+    },
+    Poll(PollMarker),
+    Span {
+        name: StringHandle,
+        target: StringHandle,
+    },
+}
+
+/// The markers of the pass, held compactly (varints in the timeline's spillable store, with a
+/// count per power-of-two duration) until it ends; then only the longest `max` go into the
+/// profile, which is built in memory and would otherwise grow with every poll and span of the
+/// recording.
+struct MarkerBuffer {
+    store: Store,
+    tracks: HashMap<ThreadHandle, usize>,
+    threads: Vec<ThreadHandle>,
+    strings: Vec<StringHandle>,
+    string_ids: HashMap<StringHandle, u64>,
+    /// Markers by floor(log2(duration in ns)).
+    by_log2: [u64; 65],
+    max: usize,
+}
+
+impl MarkerBuffer {
+    fn new(max: usize) -> Self {
+        MarkerBuffer {
+            store: Store::default(),
+            tracks: HashMap::new(),
+            threads: Vec::new(),
+            strings: Vec::new(),
+            string_ids: HashMap::new(),
+            by_log2: [0; 65],
+            max,
+        }
+    }
+
+    fn string(&mut self, h: StringHandle) -> u64 {
+        *self.string_ids.entry(h).or_insert_with(|| {
+            self.strings.push(h);
+            self.strings.len() as u64 - 1
+        })
+    }
+
+    fn push(&mut self, thread: ThreadHandle, start: u64, end: u64, m: Pending) {
+        let track = match self.tracks.get(&thread) {
+            Some(&t) => t,
+            None => {
+                let t = self.store.track();
+                self.tracks.insert(thread, t);
+                self.threads.push(thread);
+                t
+            }
+        };
+        let dur = end.saturating_sub(start);
+        self.by_log2[log2_bucket(dur)] += 1;
+        let ids: [u64; 3] = match m {
+            Pending::Blocked { syscall } => [self.string(syscall), 0, 0],
+            Pending::Poll(p) => [
+                self.string(p.name),
+                self.string(p.task),
+                self.string(p.location),
+            ],
+            Pending::Span { name, target } => [self.string(name), self.string(target), 0],
+        };
+        self.store.push(track, start, end, |enc| match m {
+            Pending::Blocked { .. } => {
+                enc.byte(0);
+                enc.uint(ids[0]);
+            }
+            Pending::Poll(p) => {
+                enc.byte(1);
+                for id in ids {
+                    enc.uint(id);
+                }
+                enc.uint((p.on_cpu_ms * 1e6) as u64);
+                enc.uint((p.blocked_ms * 1e6) as u64);
+            }
+            Pending::Span { .. } => {
+                enc.byte(2);
+                enc.uint(ids[0]);
+                enc.uint(ids[1]);
+            }
+        });
+    }
+
+    /// The shortest duration bucket kept so that at most `max` markers are: markers of
+    /// `bucket ≥` it go in. Returns (bucket, markers left out).
+    fn cut(&self) -> (usize, u64) {
+        let mut kept = 0u64;
+        for b in (0..self.by_log2.len()).rev() {
+            if kept + self.by_log2[b] > self.max as u64 {
+                let out: u64 = self.by_log2[..=b].iter().sum();
+                return (b + 1, out);
+            }
+            kept += self.by_log2[b];
+        }
+        (0, 0)
+    }
+}
+
+fn log2_bucket(ns: u64) -> usize {
+    if ns == 0 {
+        0
+    } else {
+        64 - ns.leading_zeros() as usize
+    }
 }
 
 impl<'a> Builder<'a> {
@@ -394,21 +509,92 @@ impl<'a> Builder<'a> {
         let Some(thread) = self.thread(tid, 0) else {
             return;
         };
-        let timing = MarkerTiming::Interval(self.ts(s), self.ts(e));
-        let marker = SpanMarker {
+        let m = Pending::Span {
             name: names.0,
-            category: self.span_category,
             target: names.1,
         };
-        self.profile.add_marker(thread, timing, marker);
+        self.markers.push(thread, s, e, m);
     }
 
     fn poll_marker(&mut self, tid: u32, start: u64, end: u64, m: PollMarker) {
         let Some(thread) = self.thread(tid, 0) else {
             return;
         };
-        let timing = MarkerTiming::Interval(self.ts(start), self.ts(end));
-        self.profile.add_marker(thread, timing, m);
+        self.markers.push(thread, start, end, Pending::Poll(m));
+    }
+
+    /// The longest buffered markers into the profile; returns those left out and the shortest
+    /// duration kept (ns).
+    fn add_markers(&mut self) -> Result<(u64, u64), io::Error> {
+        let (cut, left_out) = self.markers.cut();
+        let min_ns = if cut == 0 { 0 } else { 1u64 << (cut - 1) };
+        let blocked_name = self.profile.intern_string("blocked");
+        for i in 0..self.markers.threads.len() {
+            let thread = self.markers.threads[i];
+            let track = self.markers.tracks[&thread];
+            let (mut dec, _) = self.markers.store.read(track)?;
+            while let Some((start, end)) = dec.next_stretch() {
+                let kind = dec.byte();
+                let mut id = || {
+                    let i = dec.uint() as usize;
+                    self.markers.strings.get(i).copied()
+                };
+                let pending = match kind {
+                    0 => id().map(|syscall| Pending::Blocked { syscall }),
+                    1 => match (id(), id(), id()) {
+                        (Some(name), Some(task), Some(location)) => {
+                            let on_cpu_ms = dec.uint() as f64 / 1e6;
+                            let blocked_ms = dec.uint() as f64 / 1e6;
+                            Some(Pending::Poll(PollMarker {
+                                name,
+                                category: self.task_category,
+                                task,
+                                location,
+                                on_cpu_ms,
+                                blocked_ms,
+                            }))
+                        }
+                        _ => None,
+                    },
+                    _ => match (id(), id()) {
+                        (Some(name), Some(target)) => Some(Pending::Span { name, target }),
+                        _ => None,
+                    },
+                };
+                let Some(pending) = pending else {
+                    break;
+                };
+                if log2_bucket(end.saturating_sub(start)) < cut {
+                    continue;
+                }
+                let timing = MarkerTiming::Interval(self.ts(start), self.ts(end));
+                match pending {
+                    Pending::Blocked { syscall } => {
+                        let m = BlockedMarker {
+                            name: blocked_name,
+                            category: self.blocked,
+                            syscall,
+                        };
+                        self.profile.add_marker(thread, timing, m);
+                    }
+                    Pending::Poll(m) => {
+                        self.profile.add_marker(thread, timing, m);
+                    }
+                    Pending::Span { name, target } => {
+                        let m = SpanMarker {
+                            name,
+                            category: self.span_category,
+                            target,
+                        };
+                        self.profile.add_marker(thread, timing, m);
+                    }
+                }
+            }
+        }
+        if let Some(e) = self.markers.store.take_error() {
+            return Err(e);
+        }
+        Ok((left_out, min_ns))
     }
 }
 
@@ -437,13 +623,8 @@ impl Sink for Markers<'_, '_> {
         } else {
             syscall_name(syscall)
         };
-        let marker = BlockedMarker {
-            name: b.profile.intern_string("blocked"),
-            category: b.blocked,
-            syscall: b.profile.intern_string(&sc),
-        };
-        let timing = MarkerTiming::Interval(b.ts(s), b.ts(e));
-        b.profile.add_marker(thread, timing, marker);
+        let syscall = b.profile.intern_string(&sc);
+        b.markers.push(thread, s, e, Pending::Blocked { syscall });
     }
 
     fn task_interval(&mut self, iv: &TaskInterval) {
@@ -488,6 +669,7 @@ pub fn export(
     trace: &Path,
     out: &Path,
     opts: &TimelineOptions,
+    max_markers: usize,
 ) -> Result<FormatOutcome, ExportError> {
     let rel = window(opts)?;
     let need = Need {
@@ -557,6 +739,7 @@ pub fn export(
         pending_spans: HashMap::new(),
         samples: 0,
         own_left_out: 0,
+        markers: MarkerBuffer::new(max_markers),
     };
 
     // Second pass: samples, markers.
@@ -602,14 +785,19 @@ pub fn export(
             }
         }
     }
-    let samples = b.samples;
-    let own_left_out = b.own_left_out;
-    let profile = b.profile;
-
     let write_err = |error| ExportError::Write {
         path: out.to_owned(),
         error,
     };
+    let spill_err = |error| ExportError::Write {
+        path: PathBuf::from("(the temporary file markers wait in)"),
+        error,
+    };
+    let (left_out, min_ns) = b.add_markers().map_err(spill_err)?;
+    let samples = b.samples;
+    let own_left_out = b.own_left_out;
+    let profile = b.profile;
+
     let file = std::fs::File::create(out).map_err(write_err)?;
     let mut w = Counting {
         w: io::BufWriter::new(file),
@@ -628,6 +816,12 @@ pub fn export(
                 )
             })
             .into_iter()
+            .chain((left_out > 0).then(|| {
+                format!(
+                    "left out {left_out} markers shorter than {} (the profile keeps the longest, at most --max-markers {max_markers}; samples are all in it)",
+                    crate::report::duration(min_ns)
+                )
+            }))
             .collect(),
     })
 }
