@@ -20,7 +20,7 @@
 //! roots of those closed in the last 10 s of span time, for late children). Spans never closed
 //! are left out and counted.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -90,55 +90,130 @@ struct Exporter<W: Write> {
     window: (u64, u64),
     hostname: String,
     command: Vec<String>,
-    callsites: HashMap<(u32, u64), CallsiteInfo>,
-    spans: HashMap<(u32, u64), Open>,
-    lineage: HashMap<(u32, u64), Lineage>,
-    entered: HashMap<(u32, u32, u64), u64>,
+    callsites: FxHashMap<(u32, u64), CallsiteInfo>,
+    spans: FxHashMap<(u32, u64), Open>,
+    lineage: FxHashMap<(u32, u64), Lineage>,
+    entered: FxHashMap<(u32, u32, u64), u64>,
     /// Finished spans whose callsite has not arrived yet.
     deferred: Vec<(u32, u64, Open)>,
     /// Finished spans of threads whose name has not been read yet (span batches can come
     /// before the perf records of the thread's creation), by tid; written when it is.
-    unnamed: HashMap<u32, Vec<(u32, u64, Open)>>,
+    unnamed: FxHashMap<u32, Vec<(u32, u64, Open)>>,
     /// Finished spans whose parent's creation has not arrived yet, by (pid, parent).
-    orphans: HashMap<(u32, u64), Vec<(u64, Open)>>,
-    threads: HashMap<u32, String>,
-    processes: HashMap<u32, String>,
+    orphans: FxHashMap<(u32, u64), Vec<(u64, Open)>>,
+    threads: FxHashMap<u32, String>,
+    processes: FxHashMap<u32, String>,
     latest: u64,
     pruned_at: u64,
     left_out_open: u64,
+    /// The span being written.
+    json: Json,
 }
 
-fn js(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
-}
+/// JSON text written by hand into a reused buffer (a span is a dozen attributes, and a
+/// `format!` for each cost most of the export's time).
+#[derive(Default)]
+struct Json(String);
 
-fn attr(out: &mut String, key: &str, value: &str) {
-    if !out.is_empty() {
-        out.push(',');
+impl Json {
+    fn raw(&mut self, s: &str) -> &mut Self {
+        self.0.push_str(s);
+        self
     }
-    out.push_str(&format!("{{\"key\":{},\"value\":{value}}}", js(key)));
-}
 
-fn str_value(s: &str) -> String {
-    format!("{{\"stringValue\":{}}}", js(s))
-}
+    /// `s` as a JSON string, escaped as serde_json escapes it.
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.0.push('"');
+        let mut from = 0;
+        for (i, c) in s.char_indices() {
+            let esc = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                '\u{8}' => "\\b",
+                '\u{c}' => "\\f",
+                c if (c as u32) < 0x20 => "",
+                _ => continue,
+            };
+            self.0.push_str(&s[from..i]);
+            if esc.is_empty() {
+                let _ =
+                    std::fmt::Write::write_fmt(&mut self.0, format_args!("\\u{:04x}", c as u32));
+            } else {
+                self.0.push_str(esc);
+            }
+            from = i + c.len_utf8();
+        }
+        self.0.push_str(&s[from..]);
+        self.0.push('"');
+        self
+    }
 
-fn int_value(n: i64) -> String {
-    format!("{{\"intValue\":\"{n}\"}}")
-}
+    fn int(&mut self, n: impl itoa::Integer) -> &mut Self {
+        self.0.push_str(itoa::Buffer::new().format(n));
+        self
+    }
 
-fn value_json(v: &Value) -> String {
-    match v {
-        Value::U64(n) => match i64::try_from(*n) {
-            Ok(i) => int_value(i),
-            Err(_) => str_value(&n.to_string()),
-        },
-        Value::I64(n) => int_value(*n),
-        Value::Bool(b) => format!("{{\"boolValue\":{b}}}"),
-        Value::F64(f) if f.is_finite() => format!("{{\"doubleValue\":{f}}}"),
-        Value::F64(f) => str_value(&f.to_string()),
-        Value::Str(s) => str_value(s),
-        Value::Span(s) => str_value(&format!("{s:016x}")),
+    /// `v` as `digits` lowercase hex digits, zero-padded.
+    fn hex(&mut self, v: u64, digits: u32) -> &mut Self {
+        for i in (0..digits).rev() {
+            let d = ((v >> (i * 4)) & 0xf) as usize;
+            self.0.push(char::from(b"0123456789abcdef"[d]));
+        }
+        self
+    }
+
+    /// Starts an attribute `{"key":KEY,"value":` (after a comma unless it is the first).
+    fn key(&mut self, first: &mut bool, key: &str) -> &mut Self {
+        if !std::mem::take(first) {
+            self.0.push(',');
+        }
+        self.raw("{\"key\":").str(key).raw(",\"value\":")
+    }
+
+    fn attr_str(&mut self, first: &mut bool, key: &str, v: &str) {
+        self.key(first, key)
+            .raw("{\"stringValue\":")
+            .str(v)
+            .raw("}}");
+    }
+
+    fn attr_int(&mut self, first: &mut bool, key: &str, n: i64) {
+        self.key(first, key)
+            .raw("{\"intValue\":\"")
+            .int(n)
+            .raw("\"}}");
+    }
+
+    fn attr_value(&mut self, first: &mut bool, key: &str, v: &Value) {
+        match v {
+            Value::U64(n) => match i64::try_from(*n) {
+                Ok(i) => self.attr_int(first, key, i),
+                Err(_) => self.attr_str(first, key, itoa::Buffer::new().format(*n)),
+            },
+            Value::I64(n) => self.attr_int(first, key, *n),
+            Value::Bool(b) => {
+                self.key(first, key)
+                    .raw("{\"boolValue\":")
+                    .raw(if *b { "true" } else { "false" })
+                    .raw("}}");
+            }
+            Value::F64(f) if f.is_finite() => {
+                self.key(first, key).raw("{\"doubleValue\":");
+                let _ = std::fmt::Write::write_fmt(&mut self.0, format_args!("{f}"));
+                self.raw("}}");
+            }
+            Value::F64(f) => self.attr_str(first, key, &f.to_string()),
+            Value::Str(s) => self.attr_str(first, key, s),
+            Value::Span(s) => {
+                self.key(first, key)
+                    .raw("{\"stringValue\":\"")
+                    .hex(*s, 16)
+                    .raw("\"}}");
+            }
+        }
     }
 }
 
@@ -310,60 +385,67 @@ impl<W: Write> Exporter<W> {
             return Ok(());
         }
         let lineage = self.resolve(pid, span, open.parent);
-        let (name, attrs) = {
-            let info = self.callsites.get(&(pid, open.callsite));
-            let mut a = String::new();
-            if let Some(info) = info {
-                let c = &info.callsite;
-                for f in &open.fields {
-                    if let Some(key) = c.fields.get(usize::from(f.index)) {
-                        attr(&mut a, key, &value_json(&f.value));
-                    }
-                }
-                attr(&mut a, "code.namespace", &str_value(&c.target));
-                if let Some(file) = &c.file {
-                    attr(&mut a, "code.filepath", &str_value(file));
-                }
-                if let Some(line) = c.line {
-                    attr(&mut a, "code.lineno", &int_value(i64::from(line)));
-                }
-            }
-            attr(&mut a, "thread.id", &int_value(i64::from(open.tid)));
-            // A thread never named in the trace has its process's name, as a new thread does.
-            if let Some(t) = self.threads.get(&open.tid).or(self.threads.get(&pid)) {
-                attr(&mut a, "thread.name", &str_value(t));
-            }
-            if let Some((task_span, task_id)) = lineage.task {
-                let id = task_id.unwrap_or(task_span);
-                attr(&mut a, "iotrace.task.id", &int_value(id as i64));
-                let own = (task_span == span).then_some(open);
-                if let Some(label) = self.task_label(pid, task_span, own) {
-                    attr(&mut a, "iotrace.task.name", &str_value(&label));
-                }
-            }
-            attr(&mut a, "iotrace.busy_ns", &int_value(open.busy_ns as i64));
-            let name = info.map_or("[unknown span]".to_owned(), |i| i.callsite.name.clone());
-            (name, a)
-        };
         self.open_resource(pid)?;
-        let trace_id = format!("{pid:08x}{:08x}{:016x}", self.run_tag(), lineage.root);
-        let parent = open
-            .parent
-            .map(|p| format!(",\"parentSpanId\":\"{p:016x}\""))
-            .unwrap_or_default();
-        let body = format!(
-            "{{\"traceId\":\"{trace_id}\",\"spanId\":\"{span:016x}\"{parent},\"name\":{},\"kind\":1,\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[{attrs}]}}",
-            js(&name),
-            self.unix(created),
-            self.unix(closed.max(created)),
-        );
-        let sep = if self.out.open.is_some_and(|(_, n)| n > 0) {
-            ","
-        } else {
-            ""
+        let mut j = std::mem::take(&mut self.json);
+        j.0.clear();
+        if self.out.open.is_some_and(|(_, n)| n > 0) {
+            j.raw(",");
+        }
+        j.raw("{\"traceId\":\"")
+            .hex(u64::from(pid), 8)
+            .hex(u64::from(self.run_tag()), 8)
+            .hex(lineage.root, 16)
+            .raw("\",\"spanId\":\"")
+            .hex(span, 16)
+            .raw("\"");
+        if let Some(p) = open.parent {
+            j.raw(",\"parentSpanId\":\"").hex(p, 16).raw("\"");
+        }
+        let info = self.callsites.get(&(pid, open.callsite));
+        j.raw(",\"name\":");
+        match info {
+            Some(i) => j.str(&i.callsite.name),
+            None => j.str("[unknown span]"),
         };
-        self.out.put(sep)?;
-        self.out.put(&body)?;
+        j.raw(",\"kind\":1,\"startTimeUnixNano\":\"")
+            .int(self.unix(created))
+            .raw("\",\"endTimeUnixNano\":\"")
+            .int(self.unix(closed.max(created)))
+            .raw("\",\"attributes\":[");
+        let first = &mut true;
+        if let Some(info) = info {
+            let c = &info.callsite;
+            for f in &open.fields {
+                if let Some(key) = c.fields.get(usize::from(f.index)) {
+                    j.attr_value(first, key, &f.value);
+                }
+            }
+            j.attr_str(first, "code.namespace", &c.target);
+            if let Some(file) = &c.file {
+                j.attr_str(first, "code.filepath", file);
+            }
+            if let Some(line) = c.line {
+                j.attr_int(first, "code.lineno", i64::from(line));
+            }
+        }
+        j.attr_int(first, "thread.id", i64::from(open.tid));
+        // A thread never named in the trace has its process's name, as a new thread does.
+        if let Some(t) = self.threads.get(&open.tid).or(self.threads.get(&pid)) {
+            j.attr_str(first, "thread.name", t);
+        }
+        if let Some((task_span, task_id)) = lineage.task {
+            let id = task_id.unwrap_or(task_span);
+            j.attr_int(first, "iotrace.task.id", id as i64);
+            let own = (task_span == span).then_some(open);
+            if let Some(label) = self.task_label(pid, task_span, own) {
+                j.attr_str(first, "iotrace.task.name", &label);
+            }
+        }
+        j.attr_int(first, "iotrace.busy_ns", open.busy_ns as i64);
+        j.raw("]}");
+        let written = self.out.put(&j.0);
+        self.json = j;
+        written?;
         if let Some((_, n)) = self.out.open.as_mut() {
             *n += 1;
         }
@@ -393,7 +475,7 @@ impl<W: Write> Exporter<W> {
             Some(_) => self.out.put("]}]},")?,
             None => {}
         }
-        let mut a = String::new();
+        let mut a = Json::default();
         let name = self
             .processes
             .get(&pid)
@@ -404,18 +486,20 @@ impl<W: Write> Exporter<W> {
                     .map(|c| c.rsplit('/').next().unwrap_or(c).to_owned())
             })
             .unwrap_or_else(|| format!("pid {pid}"));
-        attr(&mut a, "service.name", &str_value(&name));
-        attr(&mut a, "process.pid", &int_value(i64::from(pid)));
-        attr(
-            &mut a,
+        let first = &mut true;
+        a.raw("{\"resource\":{\"attributes\":[");
+        a.attr_str(first, "service.name", &name);
+        a.attr_int(first, "process.pid", i64::from(pid));
+        a.attr_str(
+            first,
             "process.command_line",
-            &str_value(&crate::analysis::shell_join(&self.command)),
+            &crate::analysis::shell_join(&self.command),
         );
-        attr(&mut a, "host.name", &str_value(&self.hostname));
-        self.out.put(&format!(
-            "{{\"resource\":{{\"attributes\":[{a}]}},\"scopeSpans\":[{{\"scope\":{{\"name\":\"iotrace\",\"version\":{}}},\"spans\":[",
-            js(env!("CARGO_PKG_VERSION"))
-        ))?;
+        a.attr_str(first, "host.name", &self.hostname);
+        a.raw("]},\"scopeSpans\":[{\"scope\":{\"name\":\"iotrace\",\"version\":")
+            .str(env!("CARGO_PKG_VERSION"))
+            .raw("},\"spans\":[");
+        self.out.put(&a.0)?;
         self.out.open = Some((pid, 0));
         Ok(())
     }
@@ -483,18 +567,19 @@ pub fn export(
         window: (0, u64::MAX),
         hostname: String::new(),
         command: Vec::new(),
-        callsites: HashMap::new(),
-        spans: HashMap::new(),
-        lineage: HashMap::new(),
-        entered: HashMap::new(),
+        callsites: FxHashMap::default(),
+        spans: FxHashMap::default(),
+        lineage: FxHashMap::default(),
+        entered: FxHashMap::default(),
         deferred: Vec::new(),
-        unnamed: HashMap::new(),
-        orphans: HashMap::new(),
-        threads: HashMap::new(),
-        processes: HashMap::new(),
+        unnamed: FxHashMap::default(),
+        orphans: FxHashMap::default(),
+        threads: FxHashMap::default(),
+        processes: FxHashMap::default(),
         latest: 0,
         pruned_at: 0,
         left_out_open: 0,
+        json: Json::default(),
     };
     ex.out.put("{\"resourceSpans\":[").map_err(write_err)?;
     let mut saw_spans = false;
@@ -555,4 +640,32 @@ pub fn export(
             .into_iter()
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for s in [
+            "plain",
+            "quote \" and \\ backslash",
+            "tab\tnewline\nreturn\r",
+            "\u{8}\u{c}\u{1}\u{1f}",
+            "ünïcødé / slash ← arrow",
+            "",
+        ] {
+            let mut j = Json::default();
+            j.str(s);
+            assert_eq!(j.0, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_zero_padded_hex() {
+        let mut j = Json::default();
+        j.hex(0xab, 8).raw(" ").hex(u64::MAX, 16);
+        assert_eq!(j.0, format!("{:08x} {:016x}", 0xab, u64::MAX));
+    }
 }
