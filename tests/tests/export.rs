@@ -147,6 +147,74 @@ fn otlp_python(test: &str) -> Option<PathBuf> {
     )
 }
 
+/// The Firefox Profiler's own command-line client (npm's `@firefox-devtools/profiler-cli`,
+/// which bundles the profiler's profile loading and upgrading code), installed once under
+/// target/; `None` (skipped loudly) without node and npm, except in CI.
+fn profiler_cli(test: &str) -> Option<PathBuf> {
+    let dir = iotrace()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("profiler-cli");
+    let bin = dir.join("node_modules/.bin/profiler-cli");
+    let works = |b: &Path| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&bin) {
+        return Some(bin);
+    }
+    if !require_tool(test, "npm") {
+        return None;
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    let installed = Command::new("npm")
+        .args(["install", "-q", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .arg("@firefox-devtools/profiler-cli@0.10.0")
+        .output();
+    match installed {
+        Ok(o) if o.status.success() && works(&bin) => Some(bin),
+        Ok(o) => {
+            missing(
+                test,
+                &format!(
+                    "npm could not install @firefox-devtools/profiler-cli: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            missing(test, &format!("npm did not run ({e})"));
+            None
+        }
+    }
+}
+
+/// `profiler-cli ARGS --session SESSION --json`, parsed.
+fn pq(bin: &Path, session: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin)
+        .args(args)
+        .args(["--session", session, "--json"])
+        .output()
+        .expect("run profiler-cli");
+    assert!(
+        out.status.success(),
+        "profiler-cli {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "profiler-cli {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// Decodes OTLP/JSON with the official protos as a collector does (ids are hex in OTLP/JSON;
 /// protobuf's JSON parser takes bytes as base64, so they are converted first, after checking
 /// they are hex of the right length) and prints one line per span: name, then the
@@ -421,6 +489,67 @@ fn firefox_profile_has_the_processed_format_structure_with_burn_cpu_sampled() {
         }
     }
     assert!(naps >= 5, "{naps} blocked markers of 20 ms");
+
+    // The profiler's own loader reads it: burn_cpu is the hottest function of the busiest
+    // thread, and the naps are blocked markers under our schema's label.
+    if let Some(bin) = profiler_cli(test) {
+        let session = format!("iotrace-test-{}", std::process::id());
+        /// Stops the profiler-cli daemon of the session, however the test ends.
+        struct Stop<'a>(&'a Path, &'a str);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new(self.0).args(["stop", self.1]).output();
+            }
+        }
+        let _stop = Stop(&bin, &session);
+        let loaded = Command::new(&bin)
+            .args(["load", profile.to_str().unwrap(), "--session", &session])
+            .output()
+            .expect("run profiler-cli load");
+        assert!(
+            loaded.status.success(),
+            "the Firefox Profiler does not load it: {}{}",
+            String::from_utf8_lossy(&loaded.stdout),
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+        let list = pq(&bin, &session, &["thread", "list"]);
+        let threads = list["threads"].as_array().expect("threads");
+        let busiest = threads
+            .iter()
+            .max_by(|a, b| {
+                a["cpuMs"]
+                    .as_f64()
+                    .partial_cmp(&b["cpuMs"].as_f64())
+                    .unwrap()
+            })
+            .expect("a thread");
+        let handle = busiest["threadHandle"].as_str().unwrap();
+        let hot = pq(&bin, &session, &["thread", "samples", "--thread", handle]);
+        let top = &hot["topFunctionsBySelf"][0];
+        assert!(
+            top["name"] == "fixture::flat::burn_cpu"
+                && top["selfPercentage"].as_f64() >= Some(80.0),
+            "the profiler's hottest function: {top}"
+        );
+        let napper = threads
+            .iter()
+            .find(|t| t["markerCount"].as_u64() >= Some(5) && t["name"] == "fixture")
+            .unwrap_or_else(|| panic!("no thread with the naps' markers: {list}"));
+        let handle = napper["threadHandle"].as_str().unwrap();
+        let markers = pq(&bin, &session, &["thread", "markers", "--thread", handle]);
+        let blocked = markers["byType"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["markerName"] == "blocked")
+            .unwrap_or_else(|| panic!("no blocked markers: {markers}"));
+        assert!(
+            blocked["count"].as_u64() >= Some(5)
+                && blocked["durationStats"]["max"].as_f64() >= Some(19.9)
+                && blocked["topMarkers"][0]["label"] == "blocked in clock_nanosleep",
+            "{blocked}"
+        );
+    }
 
     // --max-markers keeps the longest markers, says how many it left out, and no others.
     let durations = |p: &serde_json::Value| -> Vec<f64> {
