@@ -243,8 +243,9 @@ struct RecordArgs {
     /// stack copies are unwound by the recorder and never written to the trace.
     #[arg(long, value_enum, default_value_t = CallGraphArg::Auto, value_name = "MODE")]
     call_graph: CallGraphArg,
-    /// Bytes of user stack copied with each sample, for `dwarf` (default 8192) and for
-    /// switch-out stacks with `fp-cfi` (default 256; its on-CPU samples, at most -F a
+    /// Bytes of user stack copied with each sample, for `dwarf` (default 8192 for on-CPU
+    /// samples and 4096 at switch-outs, which come once per blocking call; this sets both)
+    /// and for switch-out stacks with `fp-cfi` (default 256; its on-CPU samples, at most -F a
     /// second, copy at least 2048). At most 65528. Deeper stacks need more; more costs the
     /// program and the rings more. Stacks cut short by it end in
     /// `[unwind stopped: stack copy too small]` (dwarf).
@@ -328,9 +329,7 @@ fn cmd_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         CallGraphArg::Auto | CallGraphArg::FpCfi => CallGraph::FpCfi {
             copy: copy(CallGraph::LEAF_COPY),
         },
-        CallGraphArg::Dwarf => CallGraph::Dwarf {
-            copy: copy(CallGraph::DWARF_COPY),
-        },
+        CallGraphArg::Dwarf => CallGraph::dwarf(opts.stack_copy),
     };
     opts.defer_teardown = true;
     let outcome = match record::record(&opts) {

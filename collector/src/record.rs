@@ -494,16 +494,20 @@ fn perf_options(opts: &RecordOptions, exe: &Path) -> PerfOptions {
     let mut perf = opts.perf_options.clone();
     if opts.auto_call_graph && perf.frequency_hz + u64::from(perf.off_cpu_stacks) > 0 {
         perf.call_graph = crate::perf::unwind::auto_call_graph(Some(exe));
-        if let (
-            crate::perf::CallGraph::FpCfi { copy } | crate::perf::CallGraph::Dwarf { copy },
-            Some(asked),
-        ) = (&mut perf.call_graph, opts.stack_copy)
-        {
-            *copy = asked;
+        match &mut perf.call_graph {
+            crate::perf::CallGraph::FpCfi { copy } => {
+                if let Some(asked) = opts.stack_copy {
+                    *copy = asked;
+                }
+            }
+            graph @ crate::perf::CallGraph::Dwarf { .. } => {
+                *graph = crate::perf::CallGraph::dwarf(opts.stack_copy);
+            }
+            crate::perf::CallGraph::Fp => {}
         }
-        if let crate::perf::CallGraph::Dwarf { copy } = perf.call_graph {
+        if let crate::perf::CallGraph::Dwarf { copy, switch_copy } = perf.call_graph {
             eprintln!(
-                "iotrace: note: {} keeps no frame pointers: stacks are unwound from its CFI (--call-graph dwarf, {copy}-byte stack copies)",
+                "iotrace: note: {} keeps no frame pointers: stacks are unwound from its CFI (--call-graph dwarf, stack copies of {copy} bytes for samples and {switch_copy} at switch-outs)",
                 std::fs::read_link(exe).unwrap_or_else(|_| exe.to_owned()).display()
             );
         }

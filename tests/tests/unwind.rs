@@ -351,8 +351,8 @@ fn record_nginx(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 /// The on-CPU samples of nginx's own processes (master and workers), and how many of them
 /// reach `main` (the workers are forked from the master, so their stacks start there too) or
 /// the worker's loop.
-fn nginx_reach(trace: &Path) -> (u64, u64, Vec<(String, u64)>) {
-    let (lines, _) = folded(trace, &["--kind", "oncpu"]);
+fn nginx_reach(trace: &Path, kind: &str) -> (u64, u64, Vec<(String, u64)>) {
+    let (lines, _) = folded(trace, &["--kind", kind]);
     let ours: Vec<(String, u64)> = lines
         .into_iter()
         .filter(|(s, _)| s.starts_with("nginx"))
@@ -376,9 +376,11 @@ fn nginx_without_frame_pointers_reaches_main_in_dwarf_mode() {
     let _serial = serial();
     let dir = temp_dir("unwind-nginx");
     let dwarf = record_nginx(&dir, "dwarf", &["--call-graph", "dwarf"]);
-    let (reach, all, lines) = nginx_reach(&dwarf);
+    let (reach, all, lines) = nginx_reach(&dwarf, "oncpu");
+    // Off-CPU: the stacks taken at switch-outs (a smaller copy than on-CPU samples').
+    let (off_reach, off_all, off_lines) = nginx_reach(&dwarf, "offcpu");
     let fp = record_nginx(&dir, "fp", &["--call-graph", "fp"]);
-    let (fp_reach, fp_all, _) = nginx_reach(&fp);
+    let (fp_reach, fp_all, _) = nginx_reach(&fp, "oncpu");
     eprintln!(
         "nginx --call-graph dwarf: {reach} of {all} on-CPU samples reach main ({:.1}%); --call-graph fp: {fp_reach} of {fp_all} ({:.1}%)",
         100.0 * reach as f64 / all.max(1) as f64,
@@ -397,5 +399,13 @@ fn nginx_without_frame_pointers_reaches_main_in_dwarf_mode() {
     assert!(
         reach * 100 >= all * 90,
         "{reach} of {all} nginx samples reach main or ngx_worker_process_cycle; heaviest stacks:\n{top:#?}"
+    );
+    eprintln!(
+        "nginx --call-graph dwarf, off-CPU: {off_reach} of {off_all} µs reach main ({:.1}%)",
+        100.0 * off_reach as f64 / off_all.max(1) as f64
+    );
+    assert!(
+        off_all > 0 && off_reach * 100 >= off_all * 90,
+        "off-CPU: {off_reach} of {off_all} µs reach main\n{off_lines:#?}"
     );
 }

@@ -29,7 +29,7 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             "ffffffff81000000 T __x64_sys_read\nffffffff81001000 T ksys_write\nffffffff81002000 T other\n",
         ))
     });
-    let mut unwind = super::Unwinding::new(super::CallGraph::Dwarf { copy: 64 });
+    let mut unwind = super::Unwinding::new(super::CallGraph::dwarf(Some(64)));
     let mut rest = input;
     while rest.len() >= 8 {
         let ty = u32_at(rest, 0);

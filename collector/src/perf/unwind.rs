@@ -51,8 +51,9 @@ pub enum CallGraph {
     /// the stack: `copy` bytes at switch-outs (frequent: a syscall wrapper needs little), at
     /// least [`CallGraph::LEAF_ON_CPU_COPY`] for on-CPU samples (at most `-F` a second).
     FpCfi { copy: u32 },
-    /// CFI for the whole stack, out of a `copy`-byte copy (binaries without frame pointers).
-    Dwarf { copy: u32 },
+    /// CFI for the whole stack (binaries without frame pointers), out of a `copy`-byte copy of
+    /// the stack for on-CPU samples and a `switch_copy`-byte one at switch-outs.
+    Dwarf { copy: u32, switch_copy: u32 },
 }
 
 impl CallGraph {
@@ -66,8 +67,21 @@ impl CallGraph {
     /// a 1 KiB buffer on its stack). 8192 lost records at a thousand busy threads on two
     /// CPUs when the recorder was starved; 2048 did not (scripts/bench-unwind.sh).
     pub const LEAF_ON_CPU_COPY: u32 = 2048;
-    /// Default stack copy for [`CallGraph::Dwarf`], as `perf record --call-graph dwarf`.
+    /// Default stack copy for [`CallGraph::Dwarf`]'s on-CPU samples, as `perf record
+    /// --call-graph dwarf`.
     pub const DWARF_COPY: u32 = 8192;
+    /// Default stack copy for [`CallGraph::Dwarf`] at switch-outs, which a server makes per
+    /// request: Debian's nginx served 0.74 of its bare req/s with 8 KiB copies there and 0.86
+    /// with 4 KiB, whose stacks still reach `main` (scripts/bench-nginx.sh; tests/tests/unwind.rs).
+    pub const DWARF_SWITCH_COPY: u32 = 4096;
+
+    /// The DWARF mode with the default copies, or `asked` bytes for both.
+    pub fn dwarf(asked: Option<u32>) -> CallGraph {
+        CallGraph::Dwarf {
+            copy: asked.unwrap_or(Self::DWARF_COPY),
+            switch_copy: asked.unwrap_or(Self::DWARF_SWITCH_COPY),
+        }
+    }
 
     /// Bytes of user stack copied per sample (0 for [`CallGraph::Fp`]): at switch-outs, or for
     /// on-CPU samples (`on_cpu`).
@@ -75,7 +89,9 @@ impl CallGraph {
         match self {
             CallGraph::Fp => 0,
             CallGraph::FpCfi { copy } if on_cpu => copy.max(Self::LEAF_ON_CPU_COPY),
-            CallGraph::FpCfi { copy } | CallGraph::Dwarf { copy } => copy,
+            CallGraph::Dwarf { copy, .. } if on_cpu => copy,
+            CallGraph::Dwarf { switch_copy, .. } => switch_copy,
+            CallGraph::FpCfi { copy } => copy,
         }
     }
 
@@ -480,9 +496,7 @@ pub fn has_frame_pointers(path: &Path) -> Option<bool> {
 /// executable keeps frame pointers (or cannot be told), the whole stack from CFI when not.
 pub fn auto_call_graph(exe: Option<&Path>) -> CallGraph {
     match exe.and_then(has_frame_pointers) {
-        Some(false) => CallGraph::Dwarf {
-            copy: CallGraph::DWARF_COPY,
-        },
+        Some(false) => CallGraph::dwarf(None),
         _ => CallGraph::FpCfi {
             copy: CallGraph::LEAF_COPY,
         },
