@@ -926,8 +926,13 @@ impl RecordState<'_> {
             let stack = self.stacks.intern(s.pid, chain);
             cpu.samples.push(s.time, s.tid, stack, None);
         } else if self.switch_ids.contains(&s.id) {
-            let chain = sample_chain(data, s.pid, self.chain_buf, self.unwind.as_deref_mut());
-            cpu.samples.hold(s.pid, s.tid, s.time, chain);
+            // The user stack is unwound when the switch record says the stack is kept.
+            let chain = parse_callchain(data, self.chain_buf);
+            let tail = match self.unwind {
+                Some(_) => data.get(SAMPLE_BODY + 8 + 8 * chain.len()..).unwrap_or(&[]),
+                None => &[],
+            };
+            cpu.samples.hold(s.pid, s.tid, s.time, chain, tail);
         }
     }
 
@@ -949,6 +954,17 @@ impl RecordState<'_> {
                 syscall = nr;
             }
             let keep = flags & Switch::PREEMPT == 0 && self.off_cpu_stacks;
+            if keep {
+                let pending = cpu.samples.pending.as_mut().filter(|p| p.tid == id.tid);
+                if let (Some(u), Some(p)) = (self.unwind.as_deref_mut(), pending) {
+                    if !p.tail.is_empty() {
+                        if let Some(chain) = u.unwind(p.pid, &p.chain, &p.tail) {
+                            p.chain.clear();
+                            p.chain.extend_from_slice(chain);
+                        }
+                    }
+                }
+            }
             cpu.samples.switched_out(id.tid, keep, syscall, self.stacks);
         }
         let batch = &mut cpu.switches;

@@ -79,6 +79,10 @@ pub(crate) struct PendingSwitch {
     pub tid: u32,
     pub time: u64,
     pub chain: Vec<u64>,
+    /// The sample's user registers and stack copy, when its user stack is still to be
+    /// unwound: that waits for the switch record, as a preempted switch-out's stack is
+    /// dropped (a server is preempted about as often as it blocks).
+    pub tail: Vec<u8>,
 }
 
 /// One CPU's samples since the last batch was written.
@@ -87,8 +91,9 @@ pub(crate) struct SampleBatch {
     last_time: u64,
     /// The latest switch-out callchain of this CPU not yet matched with its switch record.
     pub pending: Option<PendingSwitch>,
-    /// Reused buffer for pending callchains.
+    /// Reused buffers for pending callchains and stack copies.
     spare: Vec<u64>,
+    spare_tail: Vec<u8>,
 }
 
 impl SampleBatch {
@@ -101,6 +106,7 @@ impl SampleBatch {
             last_time: 0,
             pending: None,
             spare: Vec::new(),
+            spare_tail: Vec::new(),
         }
     }
 
@@ -119,18 +125,24 @@ impl SampleBatch {
     }
 
     /// Keep a switch-out callchain until its switch record arrives.
-    pub(crate) fn hold(&mut self, pid: u32, tid: u32, time: u64, chain: &[u64]) {
-        let mut buf = match self.pending.take() {
-            Some(p) => p.chain,
-            None => std::mem::take(&mut self.spare),
+    pub(crate) fn hold(&mut self, pid: u32, tid: u32, time: u64, chain: &[u64], tail: &[u8]) {
+        let (mut buf, mut raw) = match self.pending.take() {
+            Some(p) => (p.chain, p.tail),
+            None => (
+                std::mem::take(&mut self.spare),
+                std::mem::take(&mut self.spare_tail),
+            ),
         };
         buf.clear();
         buf.extend_from_slice(chain);
+        raw.clear();
+        raw.extend_from_slice(tail);
         self.pending = Some(PendingSwitch {
             pid,
             tid,
             time,
             chain: buf,
+            tail: raw,
         });
     }
 
@@ -151,6 +163,7 @@ impl SampleBatch {
             self.push(p.time, p.tid, stack, Some(syscall));
         }
         self.spare = p.chain;
+        self.spare_tail = p.tail;
     }
 
     /// The samples so far, leaving the batch empty.
@@ -206,10 +219,10 @@ mod tests {
     fn preempted_switch_outs_are_dropped() {
         let mut s = StackInterner::default();
         let mut b = SampleBatch::new(0);
-        b.hold(1, 2, 100, &[USER, 0x10]);
+        b.hold(1, 2, 100, &[USER, 0x10], &[]);
         b.switched_out(2, false, 0, &mut s);
         assert!(b.take().is_none());
-        b.hold(1, 2, 200, &[USER, 0x10]);
+        b.hold(1, 2, 200, &[USER, 0x10], &[]);
         b.switched_out(3, true, 0, &mut s);
         assert!(b.take().is_none());
         b.switched_out(2, true, 35, &mut s);
