@@ -287,6 +287,13 @@ pub(crate) fn write<W: Write>(
             }
         });
     }
+    // Every track's parent exists: a process seen only in /proc samples or stretches too.
+    for &(_, pid, _, _) in &col.counters {
+        processes.entry(pid).or_default();
+    }
+    for &(pid, _) in col.threads.values() {
+        processes.entry(pid).or_default();
+    }
     let mut pids: Vec<(&u32, &String)> = processes.iter().collect();
     pids.sort();
     for (&pid, name) in pids {
@@ -323,6 +330,7 @@ pub(crate) fn write<W: Write>(
             th.int(THREAD_TID, i64::from(tid));
             let mut d = Pb::default();
             d.uint(TRACK_UUID, thread_uuid(tid));
+            d.uint(TRACK_PARENT_UUID, process_uuid(pid));
             d.bytes(TRACK_THREAD, &th.0);
             o.track(&d).map_err(we)?;
         }
