@@ -162,6 +162,25 @@ impl std::fmt::Display for Us {
     }
 }
 
+/// Each process's name: the report's, else its main thread's; "" for a process seen only
+/// through its other threads.
+fn process_names(summary: &crate::analysis::Summary) -> HashMap<u32, String> {
+    let mut processes: HashMap<u32, String> = HashMap::new();
+    for p in &summary.processes {
+        processes.insert(p.pid, p.name.clone());
+    }
+    for t in &summary.threads {
+        processes.entry(t.pid).or_insert_with(|| {
+            if t.tid == t.pid {
+                t.name.clone()
+            } else {
+                String::new()
+            }
+        });
+    }
+    processes
+}
+
 fn write_perfetto<W: Write>(
     summary: &crate::analysis::Summary,
     col: &Collected,
@@ -177,19 +196,7 @@ fn write_perfetto<W: Write>(
     .map_err(we)?;
 
     // Names.
-    let mut processes: HashMap<u32, String> = HashMap::new();
-    for p in &summary.processes {
-        processes.insert(p.pid, p.name.clone());
-    }
-    for t in &summary.threads {
-        processes.entry(t.pid).or_insert_with(|| {
-            if t.tid == t.pid {
-                t.name.clone()
-            } else {
-                String::new()
-            }
-        });
-    }
+    let processes = process_names(summary);
     let mut pids: Vec<(&u32, &String)> = processes.iter().collect();
     pids.sort();
     for (pid, name) in pids {

@@ -83,3 +83,58 @@ impl<W: Write> Write for Counting<W> {
         self.w.flush()
     }
 }
+
+/// Protobuf wire encoding of the few field types the pprof and Perfetto exports write.
+#[derive(Default)]
+pub(super) struct Pb(pub(super) Vec<u8>);
+
+impl Pb {
+    pub(super) fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    /// A varint field (int64 / uint64 / bool); zero is proto3's default and not written
+    /// (pprof).
+    pub(super) fn uint(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.varint(u64::from(field) << 3);
+            self.varint(v);
+        }
+    }
+
+    pub(super) fn int(&mut self, field: u32, v: i64) {
+        self.uint(field, v as u64);
+    }
+
+    /// A varint field written even when zero: proto2 fields have presence (Perfetto).
+    pub(super) fn put_uint(&mut self, field: u32, v: u64) {
+        self.varint(u64::from(field) << 3);
+        self.varint(v);
+    }
+
+    /// [`Pb::put_uint`] of an int32/int64: two's complement.
+    pub(super) fn put_int(&mut self, field: u32, v: i64) {
+        self.put_uint(field, v as u64);
+    }
+
+    /// A length-delimited field: bytes, a string, an embedded message or a packed list.
+    pub(super) fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.varint((u64::from(field) << 3) | 2);
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+
+    pub(super) fn packed(&mut self, field: u32, values: impl Iterator<Item = u64>) {
+        let mut p = Pb::default();
+        for v in values {
+            p.varint(v);
+        }
+        if !p.0.is_empty() {
+            self.bytes(field, &p.0);
+        }
+    }
+}

@@ -21,6 +21,7 @@ use std::io::{self, Write};
 
 use rustc_hash::FxHashMap;
 
+use super::common::Pb;
 use crate::analysis::{syscall_name, Summary};
 use crate::format::Switch;
 use crate::tasks::{StackId, TaskKey};
@@ -72,33 +73,6 @@ const ANNOTATION_UINT: u32 = 3;
 const ANNOTATION_STRING_IID: u32 = 17;
 
 const SEQUENCE: u64 = 1;
-
-/// Protobuf encoding into a byte buffer.
-#[derive(Default)]
-struct Pb(Vec<u8>);
-
-impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    fn uint(&mut self, field: u32, v: u64) {
-        self.varint(u64::from(field) << 3);
-        self.varint(v);
-    }
-    fn int(&mut self, field: u32, v: i64) {
-        // int32/int64: two's complement, as varints.
-        self.uint(field, v as u64);
-    }
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.varint((u64::from(field) << 3) | 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-}
 
 /// Interned strings of one kind: iid by string, and those defined since the last packet.
 #[derive(Default)]
@@ -157,9 +131,9 @@ impl<W: Write> Writer<W> {
     /// Writes `self.packet` as one `Trace.packet`, with the sequence's fields and any strings
     /// interned since the last packet.
     fn flush_packet(&mut self, needs_state: bool) -> io::Result<()> {
-        self.packet.uint(PACKET_SEQUENCE_ID, SEQUENCE);
+        self.packet.put_uint(PACKET_SEQUENCE_ID, SEQUENCE);
         let flags = if self.first {
-            self.packet.uint(PACKET_FIRST_ON_SEQUENCE, 1);
+            self.packet.put_uint(PACKET_FIRST_ON_SEQUENCE, 1);
             SEQ_INCREMENTAL_STATE_CLEARED
         } else if needs_state {
             SEQ_NEEDS_INCREMENTAL_STATE
@@ -167,7 +141,7 @@ impl<W: Write> Writer<W> {
             0
         };
         if flags != 0 {
-            self.packet.uint(PACKET_SEQUENCE_FLAGS, flags);
+            self.packet.put_uint(PACKET_SEQUENCE_FLAGS, flags);
         }
         self.first = false;
         if !(self.names.new.is_empty()
@@ -182,7 +156,7 @@ impl<W: Write> Writer<W> {
             ] {
                 for (iid, s) in interned.new.drain(..) {
                     let mut entry = Pb::default();
-                    entry.uint(INTERNED_IID, iid);
+                    entry.put_uint(INTERNED_IID, iid);
                     entry.bytes(INTERNED_NAME, s.as_bytes());
                     data.bytes(field, &entry.0);
                 }
@@ -214,33 +188,33 @@ impl<W: Write> Writer<W> {
         counter: Option<i64>,
     ) -> io::Result<()> {
         self.event.0.clear();
-        self.event.uint(EVENT_TYPE, kind);
-        self.event.uint(EVENT_TRACK_UUID, track);
+        self.event.put_uint(EVENT_TYPE, kind);
+        self.event.put_uint(EVENT_TRACK_UUID, track);
         if let Some(name) = name {
             let iid = self.names.iid(name);
-            self.event.uint(EVENT_NAME_IID, iid);
+            self.event.put_uint(EVENT_NAME_IID, iid);
         }
         for arg in args {
             let a = &mut self.annotation;
             a.0.clear();
             match *arg {
                 Arg::Uint(key, v) => {
-                    a.uint(ANNOTATION_NAME_IID, self.arg_names.iid(key));
-                    a.uint(ANNOTATION_UINT, v);
+                    a.put_uint(ANNOTATION_NAME_IID, self.arg_names.iid(key));
+                    a.put_uint(ANNOTATION_UINT, v);
                 }
                 Arg::Str(key, v) => {
-                    a.uint(ANNOTATION_NAME_IID, self.arg_names.iid(key));
-                    a.uint(ANNOTATION_STRING_IID, self.strings.iid(v));
+                    a.put_uint(ANNOTATION_NAME_IID, self.arg_names.iid(key));
+                    a.put_uint(ANNOTATION_STRING_IID, self.strings.iid(v));
                 }
             }
             self.event
                 .bytes(EVENT_DEBUG_ANNOTATIONS, &self.annotation.0);
         }
         if let Some(v) = counter {
-            self.event.int(EVENT_COUNTER_VALUE, v);
+            self.event.put_int(EVENT_COUNTER_VALUE, v);
         }
         self.packet.0.clear();
-        self.packet.uint(PACKET_TIMESTAMP, ts);
+        self.packet.put_uint(PACKET_TIMESTAMP, ts);
         let event = std::mem::take(&mut self.event);
         self.packet.bytes(PACKET_TRACK_EVENT, &event.0);
         self.event = event;
@@ -274,19 +248,7 @@ pub(crate) fn write<W: Write>(
     let mut o = Writer::new(w);
 
     // Processes and threads.
-    let mut processes: HashMap<u32, String> = HashMap::new();
-    for p in &summary.processes {
-        processes.insert(p.pid, p.name.clone());
-    }
-    for t in &summary.threads {
-        processes.entry(t.pid).or_insert_with(|| {
-            if t.tid == t.pid {
-                t.name.clone()
-            } else {
-                String::new()
-            }
-        });
-    }
+    let mut processes = super::process_names(summary);
     // Every track's parent exists: a process seen only in /proc samples or stretches too.
     for &(_, pid, _, _) in &col.counters {
         processes.entry(pid).or_default();
@@ -298,21 +260,21 @@ pub(crate) fn write<W: Write>(
     pids.sort();
     for (&pid, name) in pids {
         let mut p = Pb::default();
-        p.int(PROCESS_PID, i64::from(pid));
+        p.put_int(PROCESS_PID, i64::from(pid));
         p.bytes(PROCESS_NAME, name.as_bytes());
         let mut d = Pb::default();
-        d.uint(TRACK_UUID, process_uuid(pid));
+        d.put_uint(TRACK_UUID, process_uuid(pid));
         d.bytes(TRACK_PROCESS, &p.0);
         o.track(&d).map_err(we)?;
     }
     for t in &summary.threads {
         let mut th = Pb::default();
-        th.int(THREAD_PID, i64::from(t.pid));
-        th.int(THREAD_TID, i64::from(t.tid));
+        th.put_int(THREAD_PID, i64::from(t.pid));
+        th.put_int(THREAD_TID, i64::from(t.tid));
         th.bytes(THREAD_NAME, t.name.as_bytes());
         let mut d = Pb::default();
-        d.uint(TRACK_UUID, thread_uuid(t.tid));
-        d.uint(TRACK_PARENT_UUID, process_uuid(t.pid));
+        d.put_uint(TRACK_UUID, thread_uuid(t.tid));
+        d.put_uint(TRACK_PARENT_UUID, process_uuid(t.pid));
         d.bytes(TRACK_THREAD, &th.0);
         o.track(&d).map_err(we)?;
     }
@@ -326,11 +288,11 @@ pub(crate) fn write<W: Write>(
         if !summary.threads.iter().any(|t| t.tid == tid) {
             // A thread the summary does not name still gets its track.
             let mut th = Pb::default();
-            th.int(THREAD_PID, i64::from(pid));
-            th.int(THREAD_TID, i64::from(tid));
+            th.put_int(THREAD_PID, i64::from(pid));
+            th.put_int(THREAD_TID, i64::from(tid));
             let mut d = Pb::default();
-            d.uint(TRACK_UUID, thread_uuid(tid));
-            d.uint(TRACK_PARENT_UUID, process_uuid(pid));
+            d.put_uint(TRACK_UUID, thread_uuid(tid));
+            d.put_uint(TRACK_PARENT_UUID, process_uuid(pid));
             d.bytes(TRACK_THREAD, &th.0);
             o.track(&d).map_err(we)?;
         }
@@ -390,9 +352,9 @@ pub(crate) fn write<W: Write>(
         };
         let track = task_uuid(index);
         let mut d = Pb::default();
-        d.uint(TRACK_UUID, track);
+        d.put_uint(TRACK_UUID, track);
         d.bytes(TRACK_NAME, name.as_bytes());
-        d.uint(TRACK_PARENT_UUID, process_uuid(row.pid));
+        d.put_uint(TRACK_PARENT_UUID, process_uuid(row.pid));
         o.track(&d).map_err(we)?;
         for iv in col.task_ivs(&key).map_err(TrackError::Read)? {
             let state = STATES[usize::from(iv.state).min(STATES.len() - 1)];
@@ -433,9 +395,9 @@ pub(crate) fn write<W: Write>(
             let track = counter_uuid(pid, which);
             if counters.insert((pid, which), ()).is_none() {
                 let mut d = Pb::default();
-                d.uint(TRACK_UUID, track);
+                d.put_uint(TRACK_UUID, track);
                 d.bytes(TRACK_NAME, name.as_bytes());
-                d.uint(TRACK_PARENT_UUID, process_uuid(pid));
+                d.put_uint(TRACK_PARENT_UUID, process_uuid(pid));
                 d.bytes(TRACK_COUNTER, &[]);
                 o.track(&d).map_err(we)?;
             }
@@ -457,9 +419,9 @@ mod tests {
         pb.varint(300);
         assert_eq!(pb.0, [0xac, 0x02]);
         let mut pb = Pb::default();
-        pb.uint(PACKET_TIMESTAMP, 1);
+        pb.put_uint(PACKET_TIMESTAMP, 1);
         pb.bytes(TRACK_NAME, b"ab");
-        pb.int(PROCESS_PID, -1);
+        pb.put_int(PROCESS_PID, -1);
         assert_eq!(
             pb.0,
             [

@@ -24,55 +24,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::common::{absolute, no_samples, window, Counting, ExportError, FormatOutcome};
+use super::common::{absolute, no_samples, window, Counting, ExportError, FormatOutcome, Pb};
 use crate::analysis::INSTRUMENTATION_THREAD;
 use crate::flamegraph::{native_frames, need_frames, stack_pass, thread_name, NamedFrame};
 use crate::stacks::{Need, SpaceId, StackFold, StackItem};
 use crate::symbolize::{self, FrameKey};
 use crate::timeline::TimelineOptions;
-
-/// Protobuf wire encoding of the few types profile.proto uses.
-#[derive(Default)]
-struct Pb(Vec<u8>);
-
-impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-
-    /// A varint field (int64 / uint64 / bool); zero is the default and not written.
-    fn uint(&mut self, field: u32, v: u64) {
-        if v != 0 {
-            self.varint(u64::from(field) << 3);
-            self.varint(v);
-        }
-    }
-
-    fn int(&mut self, field: u32, v: i64) {
-        self.uint(field, v as u64);
-    }
-
-    /// A length-delimited field: bytes, a string, an embedded message or a packed list.
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.varint((u64::from(field) << 3) | 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-
-    fn packed(&mut self, field: u32, values: impl Iterator<Item = u64>) {
-        let mut p = Pb::default();
-        for v in values {
-            p.varint(v);
-        }
-        if !p.0.is_empty() {
-            self.bytes(field, &p.0);
-        }
-    }
-}
 
 /// The profile's string table (index 0 is "").
 struct StringTable {
