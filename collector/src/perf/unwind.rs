@@ -250,7 +250,9 @@ pub(crate) struct Unwinding {
     files: HashMap<(String, u64), Option<Arc<FileCfi>>>,
     modules: HashMap<(String, u64, u64, u64), Module<Bytes>>,
     spaces: HashMap<u32, Space>,
-    cache: CacheX86_64,
+    /// A rule cache per process: one shared by processes whose modules differ (a forked
+    /// worker that mapped one more file) is mostly misses, each a CFI evaluation.
+    caches: HashMap<u32, Box<CacheX86_64>>,
     frames: Vec<u64>,
     out: Vec<u64>,
     pub counts: UnwindCounts,
@@ -263,7 +265,7 @@ impl Unwinding {
             files: HashMap::new(),
             modules: HashMap::new(),
             spaces: HashMap::new(),
-            cache: CacheX86_64::new(),
+            caches: HashMap::new(),
             frames: Vec::with_capacity(MAX_FRAMES + 1),
             out: Vec::with_capacity(2 * MAX_FRAMES),
             counts: UnwindCounts::default(),
@@ -318,6 +320,7 @@ impl Unwinding {
     /// `pid` exec'd, or its process exited: its address space is gone.
     pub(crate) fn forget(&mut self, pid: u32) {
         self.spaces.remove(&pid);
+        self.caches.remove(&pid);
     }
 
     /// Rewrite the user part of `chain` (perf order, with context markers) of a sample of
@@ -409,9 +412,11 @@ impl Unwinding {
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
         let regs = UnwindRegsX86_64::new(ip, sp, bp);
-        let mut it = space
-            .unwinder
-            .iter_frames(ip, regs, &mut self.cache, &mut read);
+        let cache = self
+            .caches
+            .entry(pid)
+            .or_insert_with(|| Box::new(CacheX86_64::new()));
+        let mut it = space.unwinder.iter_frames(ip, regs, cache, &mut read);
         loop {
             if self.frames.len() >= MAX_FRAMES {
                 return None;
