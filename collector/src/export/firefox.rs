@@ -527,7 +527,10 @@ impl<'a> Builder<'a> {
     /// duration kept (ns).
     fn add_markers(&mut self) -> Result<(u64, u64), io::Error> {
         let (cut, left_out) = self.markers.cut();
-        let min_ns = if cut == 0 { 0 } else { 1u64 << (cut - 1) };
+        let min_ns = match cut {
+            0 => 0,
+            c => 1u64.checked_shl(c as u32 - 1).unwrap_or(u64::MAX),
+        };
         let blocked_name = self.profile.intern_string("blocked");
         for i in 0..self.markers.threads.len() {
             let thread = self.markers.threads[i];
@@ -856,5 +859,29 @@ fn name_tasks(b: &mut Builder, batch: &SpanBatch, task_callsites: &HashMap<(u32,
             m.location = location;
             b.poll_marker(tid, s, e, m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cut_keeps_the_longest_markers_within_the_budget() {
+        let mut m = MarkerBuffer::new(3);
+        // Two of 1 ms, two of 1 µs, one of 10 ns.
+        for ns in [1_000_000, 1_000_000, 1_000, 1_000, 10] {
+            m.by_log2[log2_bucket(ns)] += 1;
+        }
+        let (cut, out) = m.cut();
+        assert_eq!(out, 3, "both 1 µs markers go with the 10 ns one");
+        assert!(log2_bucket(1_000_000) >= cut && log2_bucket(1_000) < cut);
+        m.max = 5;
+        assert_eq!(m.cut(), (0, 0));
+        m.max = 0;
+        assert_eq!(m.cut().1, 5);
+        // The longest possible duration still has a bucket.
+        m.by_log2[log2_bucket(u64::MAX)] += 1;
+        assert_eq!(m.cut(), (65, 6));
     }
 }
