@@ -249,12 +249,16 @@ pub(crate) fn write<W: Write>(
 
     // Processes and threads.
     let mut processes = super::process_names(summary);
-    // Every track's parent exists: a process seen only in /proc samples or stretches too.
+    // Every track's parent exists: a process seen only in /proc samples, thread stretches or
+    // tasks too.
     for &(_, pid, _, _) in &col.counters {
         processes.entry(pid).or_default();
     }
     for &(pid, _) in col.threads.values() {
         processes.entry(pid).or_default();
+    }
+    for row in &summary.tasks {
+        processes.entry(row.pid).or_default();
     }
     let mut pids: Vec<(&u32, &String)> = processes.iter().collect();
     pids.sort();
