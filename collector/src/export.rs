@@ -162,6 +162,95 @@ impl std::fmt::Display for Us {
     }
 }
 
+/// Frame names of off-CPU stacks, innermost first, each with whether it is a kernel frame.
+type StackNames = HashMap<StackId, Vec<(String, bool)>>;
+
+/// A blocked slice's name (`blocked: SYSCALL`) and syscall (`unknown` when not known), by
+/// syscall number, each made once, in the form `wrap` gives them (JSON-escaped, or as is).
+struct SyscallNames {
+    wrap: fn(&str) -> String,
+    names: HashMap<u16, (String, String)>,
+}
+
+impl SyscallNames {
+    fn new(wrap: fn(&str) -> String) -> Self {
+        SyscallNames {
+            wrap,
+            names: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, nr: u16) -> &(String, String) {
+        let wrap = self.wrap;
+        self.names.entry(nr).or_insert_with(|| {
+            let sc = syscall_label(nr);
+            (wrap(&format!("blocked: {sc}")), wrap(&sc))
+        })
+    }
+}
+
+fn syscall_label(nr: u16) -> String {
+    if nr == Switch::NO_SYSCALL {
+        "unknown".to_owned()
+    } else {
+        syscall_name(nr)
+    }
+}
+
+/// A named off-CPU stack in a line (its first frames past the syscall's wrapper, then the
+/// program's own first frame), by (stack, syscall), made once, in the form `wrap` gives it;
+/// `None` for stacks not named.
+struct StackLines<'a> {
+    stacks: &'a StackNames,
+    wrap: fn(&str) -> String,
+    lines: HashMap<(StackId, u16), Option<String>>,
+}
+
+impl<'a> StackLines<'a> {
+    fn new(stacks: &'a StackNames, wrap: fn(&str) -> String) -> Self {
+        StackLines {
+            stacks,
+            wrap,
+            lines: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, stack: StackId, nr: u16) -> Option<&str> {
+        let (stacks, wrap) = (self.stacks, self.wrap);
+        self.lines
+            .entry((stack, nr))
+            .or_insert_with(|| {
+                let frames = stacks.get(&stack)?;
+                Some(wrap(&crate::tasks::naming::short_stack(
+                    frames,
+                    &syscall_label(nr),
+                )))
+            })
+            .as_deref()
+    }
+}
+
+/// The tasks an export draws (those with stretches), each with its index in the summary and
+/// its track name, `NAME (spawn location)`.
+fn drawn_tasks<'a>(
+    summary: &'a crate::analysis::Summary,
+    col: &'a Collected,
+) -> impl Iterator<Item = (usize, TaskKey, &'a crate::tasks::TaskRow, String)> + 'a {
+    summary.tasks.iter().enumerate().filter_map(|(i, row)| {
+        let key = TaskKey {
+            pid: row.pid,
+            span: row.id,
+        };
+        col.tasks.contains_key(&key).then(|| {
+            let name = match &row.location {
+                Some(loc) => format!("{} ({loc})", row.name),
+                None => row.name.clone(),
+            };
+            (i, key, row, name)
+        })
+    })
+}
+
 /// Each process's name: the report's, else its main thread's; "" for a process seen only
 /// through its other threads.
 fn process_names(summary: &crate::analysis::Summary) -> HashMap<u32, String> {
@@ -184,7 +273,7 @@ fn process_names(summary: &crate::analysis::Summary) -> HashMap<u32, String> {
 fn write_perfetto<W: Write>(
     summary: &crate::analysis::Summary,
     col: &Collected,
-    stacks: &HashMap<StackId, Vec<(String, bool)>>,
+    stacks: &StackNames,
     o: &mut Out<W>,
 ) -> Result<(), TrackError> {
     let base = col.start_ns;
@@ -222,26 +311,14 @@ fn write_perfetto<W: Write>(
 
     // Thread states: one X slice per stretch, in time order per thread.
     let state_names: Vec<String> = STATES.iter().map(|s| js(s)).collect();
-    // (name, syscall) of a blocked slice, as JSON strings, by syscall.
-    let mut blocked: HashMap<u16, (String, String)> = HashMap::new();
-    // A named stack in a line (its first frames past the syscall's wrapper, and the program's
-    // own first frame), as a JSON string, by (stack, syscall).
-    let mut stack_lines: HashMap<(StackId, u16), Option<String>> = HashMap::new();
+    let mut blocked = SyscallNames::new(js);
+    let mut stack_lines = StackLines::new(stacks, js);
     let mut tids: Vec<(u32, u32)> = col.threads.iter().map(|(&t, &(p, _))| (t, p)).collect();
     tids.sort();
     for (tid, pid) in tids {
         for iv in col.thread_ivs(tid).map_err(TrackError::Read)? {
             let (ts, dur) = (iv.start.saturating_sub(base), iv.end - iv.start);
-            let blocked_names = (iv.state == BLOCKED).then(|| {
-                &*blocked.entry(iv.syscall).or_insert_with(|| {
-                    let sc = if iv.syscall == Switch::NO_SYSCALL {
-                        "unknown".to_owned()
-                    } else {
-                        syscall_name(iv.syscall)
-                    };
-                    (js(&format!("blocked: {sc}")), js(&sc))
-                })
-            });
+            let blocked_names = (iv.state == BLOCKED).then(|| blocked.get(iv.syscall));
             let name = match blocked_names {
                 Some((name, _)) => name,
                 None => &state_names[usize::from(iv.state).min(STATES.len() - 1)],
@@ -261,11 +338,7 @@ fn write_perfetto<W: Write>(
                 l.s(",\"args\":{\"syscall\":").s(sc);
                 if let Some(s) = iv.stack {
                     l.s(",\"stack_id\":").n(s);
-                    if let Some(line) = stack_lines.entry((s, iv.syscall)).or_insert_with(|| {
-                        let frames = stacks.get(&s)?;
-                        let sc = syscall_name(iv.syscall);
-                        Some(js(&crate::tasks::naming::short_stack(frames, &sc)))
-                    }) {
+                    if let Some(line) = stack_lines.get(s, iv.syscall) {
                         l.s(",\"stack\":").s(line);
                     }
                 }
@@ -277,19 +350,7 @@ fn write_perfetto<W: Write>(
     }
 
     // Tasks: one async track each.
-    let mut syscalls: HashMap<u16, String> = HashMap::new();
-    for row in &summary.tasks {
-        let key = TaskKey {
-            pid: row.pid,
-            span: row.id,
-        };
-        if !col.tasks.contains_key(&key) {
-            continue;
-        }
-        let name = match &row.location {
-            Some(loc) => format!("{} ({loc})", row.name),
-            None => row.name.clone(),
-        };
+    for (_, key, row, name) in drawn_tasks(summary, col) {
         let name = js(&name);
         let id = format!("{{\"local\":\"0x{:x}\"}}", row.id);
         let pid = row.pid;
@@ -323,10 +384,7 @@ fn write_perfetto<W: Write>(
                     .s(",\"blocked_worker_us\":")
                     .us(iv.counted);
                 if iv.syscall != Switch::NO_SYSCALL {
-                    let sc = syscalls
-                        .entry(iv.syscall)
-                        .or_insert_with(|| js(&syscall_name(iv.syscall)));
-                    l.s(",\"syscall\":").s(sc);
+                    l.s(",\"syscall\":").s(&blocked.get(iv.syscall).1);
                 }
             }
             l.s("}}");

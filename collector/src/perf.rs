@@ -929,7 +929,7 @@ impl RecordState<'_> {
             // The user stack is unwound when the switch record says the stack is kept.
             let chain = parse_callchain(data, self.chain_buf);
             let tail = match self.unwind {
-                Some(_) => data.get(SAMPLE_BODY + 8 + 8 * chain.len()..).unwrap_or(&[]),
+                Some(_) => sample_tail(data, chain).unwrap_or(&[]),
                 None => &[],
             };
             cpu.samples.hold(s.pid, s.tid, s.time, chain, tail);
@@ -992,14 +992,18 @@ fn sample_chain<'b>(
     unwind: Option<&'b mut Unwinding>,
 ) -> &'b [u64] {
     let chain = parse_callchain(data, buf);
-    let tail = data.get(SAMPLE_BODY + 8 + 8 * chain.len()..);
-    match (unwind, tail) {
+    match (unwind, sample_tail(data, chain)) {
         (Some(u), Some(tail)) => match u.unwind(pid, chain, tail) {
             Some(c) => c,
             None => chain,
         },
         _ => chain,
     }
+}
+
+/// A stack sample's bytes after its callchain `chain`: REGS_USER, then STACK_USER.
+fn sample_tail<'d>(data: &'d [u8], chain: &[u64]) -> Option<&'d [u8]> {
+    data.get(SAMPLE_BODY + 8 + 8 * chain.len()..)
 }
 
 /// Write a CPU's pending stack nodes, then its samples (nodes always precede their users).

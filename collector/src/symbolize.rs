@@ -669,8 +669,10 @@ fn short_path(path: &Path) -> String {
     if let Some(rest) = text.strip_prefix("/rustc/") {
         return rest.split_once('/').map_or(rest, |(_, r)| r).to_owned();
     }
-    if let Ok(cwd) = std::env::current_dir() {
-        if let Ok(rel) = path.strip_prefix(&cwd) {
+    // Read once: a stack's every frame has a location.
+    static CWD: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    if let Some(cwd) = CWD.get_or_init(|| std::env::current_dir().ok()) {
+        if let Ok(rel) = path.strip_prefix(cwd) {
             return rel.to_string_lossy().into_owned();
         }
     }

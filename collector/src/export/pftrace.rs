@@ -16,15 +16,14 @@
 //! `trace_packet.proto`, `track_event/*.proto`, `interned_data/interned_data.proto`); the test
 //! decodes the output with the official Python module (PyPI's `perfetto`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::{self, Write};
 
 use rustc_hash::FxHashMap;
 
 use super::common::Pb;
-use crate::analysis::{syscall_name, Summary};
+use crate::analysis::Summary;
 use crate::format::Switch;
-use crate::tasks::{StackId, TaskKey};
 use crate::timeline::{Collected, TrackError, BLOCKED, STATES};
 
 // Trace
@@ -239,7 +238,7 @@ fn counter_uuid(pid: u32, which: u64) -> u64 {
 pub(crate) fn write<W: Write>(
     summary: &Summary,
     col: &Collected,
-    stacks: &HashMap<StackId, Vec<(String, bool)>>,
+    stacks: &super::StackNames,
     w: W,
 ) -> Result<u64, TrackError> {
     let we = TrackError::Write;
@@ -286,8 +285,8 @@ pub(crate) fn write<W: Write>(
     // Thread states: a slice per stretch, in time order per thread.
     let mut tids: Vec<(u32, u32)> = col.threads.iter().map(|(&t, &(p, _))| (t, p)).collect();
     tids.sort();
-    let mut blocked: HashMap<u16, (String, String)> = HashMap::new();
-    let mut stack_lines: HashMap<(StackId, u16), Option<String>> = HashMap::new();
+    let mut blocked = super::SyscallNames::new(str::to_owned);
+    let mut stack_lines = super::StackLines::new(stacks, str::to_owned);
     for (tid, pid) in tids {
         if !summary.threads.iter().any(|t| t.tid == tid) {
             // A thread the summary does not name still gets its track.
@@ -304,24 +303,9 @@ pub(crate) fn write<W: Write>(
         for iv in col.thread_ivs(tid).map_err(TrackError::Read)? {
             let (start, end) = (rel(iv.start), rel(iv.end));
             if iv.state == BLOCKED {
-                let (name, sc) = blocked.entry(iv.syscall).or_insert_with(|| {
-                    let sc = if iv.syscall == Switch::NO_SYSCALL {
-                        "unknown".to_owned()
-                    } else {
-                        syscall_name(iv.syscall)
-                    };
-                    (format!("blocked: {sc}"), sc)
-                });
+                let (name, sc) = blocked.get(iv.syscall);
                 let mut args = vec![Arg::Str("syscall", sc)];
-                let line = iv.stack.and_then(|s| {
-                    stack_lines
-                        .entry((s, iv.syscall))
-                        .or_insert_with(|| {
-                            let frames = stacks.get(&s)?;
-                            Some(crate::tasks::naming::short_stack(frames, sc))
-                        })
-                        .as_deref()
-                });
+                let line = iv.stack.and_then(|s| stack_lines.get(s, iv.syscall));
                 if let Some(s) = iv.stack {
                     args.push(Arg::Uint("stack_id", u64::from(s)));
                 }
@@ -341,19 +325,7 @@ pub(crate) fn write<W: Write>(
     }
 
     // Tasks: a track each, under its process.
-    let mut syscalls: HashMap<u16, String> = HashMap::new();
-    for (index, row) in summary.tasks.iter().enumerate() {
-        let key = TaskKey {
-            pid: row.pid,
-            span: row.id,
-        };
-        if !col.tasks.contains_key(&key) {
-            continue;
-        }
-        let name = match &row.location {
-            Some(loc) => format!("{} ({loc})", row.name),
-            None => row.name.clone(),
-        };
+    for (index, key, row, name) in super::drawn_tasks(summary, col) {
         let track = task_uuid(index);
         let mut d = Pb::default();
         d.put_uint(TRACK_UUID, track);
@@ -370,13 +342,8 @@ pub(crate) fn write<W: Write>(
                 args.push(Arg::Uint("blocked_ns", iv.blocked));
                 args.push(Arg::Uint("blocked_worker_ns", iv.counted));
             }
-            let sc;
             if iv.tid != 0 && iv.syscall != Switch::NO_SYSCALL {
-                sc = syscalls
-                    .entry(iv.syscall)
-                    .or_insert_with(|| syscall_name(iv.syscall))
-                    .clone();
-                args.push(Arg::Str("syscall", &sc));
+                args.push(Arg::Str("syscall", &blocked.get(iv.syscall).1));
             }
             o.event(
                 track,
@@ -393,11 +360,11 @@ pub(crate) fn write<W: Write>(
     }
 
     // Counters from /proc, per process.
-    let mut counters: HashMap<(u32, u64), ()> = HashMap::new();
+    let mut counters: HashSet<(u32, u64)> = HashSet::new();
     for &(t, pid, rss, threads) in &col.counters {
         for (which, name, value) in [(0, "memory", rss), (1, "threads", u64::from(threads))] {
             let track = counter_uuid(pid, which);
-            if counters.insert((pid, which), ()).is_none() {
+            if counters.insert((pid, which)) {
                 let mut d = Pb::default();
                 d.put_uint(TRACK_UUID, track);
                 d.bytes(TRACK_NAME, name.as_bytes());
