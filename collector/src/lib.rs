@@ -1,19 +1,13 @@
-//! iotrace's engine: recording a program under perf events, the trace file, and the analysis
-//! that turns a trace into reports.
+//! iotrace's engine in one dependency. The work is done by the crates of `collector/`, one per
+//! arrow of the data flow (README.md, "Layout"); this crate re-exports them under the module
+//! names the CLI, the tests and the fuzzer use:
 //!
-//! The pipeline reads top to bottom:
-//! - [`record`] starts the child held, attaches [`perf`] events and polls /proc ([`procpoll`]),
-//!   and streams everything into a trace file ([`format`]).
-//! - [`analysis`] folds a trace, one record at a time, into a [`analysis::Summary`].
-//! - [`report`] renders a summary as text for people or JSON for scripts.
-//! - [`tasks`] is the state model inside that pass: per thread running / runnable / blocked,
-//!   per task polling / scheduled / idle, and the tasks that blocked their worker thread.
-//! - [`timeline`] and [`export`] draw every thread and task through time (an HTML page, or
-//!   Chrome trace JSON for Perfetto); [`export`] also writes pprof, the Firefox Profiler's
-//!   format and OTLP/JSON spans (docs/EXPORT.md).
-//! - [`stacks`] folds the trace's stack samples (on-CPU, and off-CPU weighted by time away),
-//!   each with the task and spans active on its thread; [`symbolize`] names their frames
-//!   offline; [`flamegraph`] counts them into folded stacks and SVGs.
+//! | module | crate | job |
+//! |---|---|---|
+//! | [`format`] | `iotrace-trace` | the trace file: records, writer, reader (FORMAT.md) |
+//! | [`record`], [`perf`], [`procpoll`], [`attach`], [`intake`], [`sys`] | `iotrace-record` | perf events, /proc, the span socket → a trace file |
+//! | [`analysis`], [`spans`], [`tasks`], [`stacks`], [`symbolize`], [`intervals`] | `iotrace-analysis` | one streaming pass over a trace → results |
+//! | [`report`], [`compare`], [`flamegraph`], [`timeline`], [`export`] | `iotrace-render` | results → text, JSON, SVG, HTML and export formats |
 //!
 //! ```no_run
 //! use iotrace_collector::{analysis, record, report};
@@ -24,20 +18,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod analysis;
-pub mod attach;
-pub mod compare;
-pub mod export;
-pub mod flamegraph;
-pub mod format;
-pub mod intake;
-pub mod perf;
-pub mod procpoll;
-pub mod record;
-pub mod report;
-pub mod spans;
-pub mod stacks;
-pub mod symbolize;
-pub mod sys;
-pub mod tasks;
-pub mod timeline;
+#![deny(unsafe_code)]
+
+pub use iotrace_analysis::{intervals, spans, stacks, summary as analysis, symbolize, tasks};
+pub use iotrace_record::{attach, intake, perf, procpoll, record, sys};
+pub use iotrace_render::{compare, export, flamegraph, report, timeline};
+pub use iotrace_trace as format;
+pub use iotrace_wire as wire;

@@ -22,6 +22,8 @@
 //! }
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod mutate;
 pub mod targets;
 
@@ -54,27 +56,43 @@ fn note(size: usize) {
     });
 }
 
-// SAFETY: every call is forwarded unchanged to the system allocator; the only addition is a
-// thread-local counter that does not allocate.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        unsafe { System.alloc(layout) }
+/// The counting allocator's forwarding to the system allocator, and getrusage: all of this
+/// crate's `unsafe`.
+#[allow(unsafe_code)]
+mod sys {
+    use super::*;
+
+    /// This process's peak RSS in KiB (getrusage's ru_maxrss).
+    pub fn peak_rss_kb() -> i64 {
+        // SAFETY: rusage is plain data, so zeroed is a valid value, and getrusage only writes it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is a live, exclusively borrowed rusage.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        ru.ru_maxrss
     }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the only addition is a
+    // thread-local counter that does not allocate.
+    unsafe impl GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: the caller's contract for `alloc` is passed on as is.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
     }
 }
 
@@ -245,11 +263,7 @@ pub fn largest_allocation(f: impl FnOnce()) -> usize {
 
 /// This process's peak RSS in MB (getrusage's ru_maxrss).
 pub fn peak_rss_mb() -> f64 {
-    // SAFETY: rusage is plain data, so zeroed is a valid value, and getrusage only writes it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live, exclusively borrowed rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss as f64 * 1024.0 / 1e6
+    sys::peak_rss_kb() as f64 * 1024.0 / 1e6
 }
 
 #[cfg(test)]

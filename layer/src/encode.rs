@@ -1,4 +1,4 @@
-//! Encoding of the span wire protocol (see `WIRE.md`): constants, a bounded byte writer that
+//! Encoding of the span wire protocol (see `WIRE.md`; its numbers are `iotrace-wire`'s): a bounded byte writer that
 //! never grows a thread buffer past its capacity, and the field visitor that writes values straight
 //! into the buffer (no intermediate `String`).
 
@@ -7,51 +7,15 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Level, Metadata};
 
-/// First 8 bytes of every stream.
-pub(crate) const MAGIC: [u8; 8] = *b"IOTRSPAN";
-/// Protocol version sent in the hello.
-pub(crate) const VERSION: u16 = 1;
-/// Size of the hello: magic, version, flags, pid.
-pub(crate) const HELLO_LEN: usize = 16;
-/// `u32 len, u32 pid, u32 tid, u64 dropped` in front of every frame's records.
-pub(crate) const FRAME_HEADER: usize = 20;
+pub(crate) use iotrace_wire::{kind, level, tag, ty, FIXED_RECORD, FRAME_HEADER, HELLO_LEN};
 /// Longest string value kept (bytes); longer values are cut at a character boundary.
 pub(crate) const MAX_VALUE_STR: usize = 512;
 /// Longest callsite name, target, module, file or field name kept (bytes).
 pub(crate) const MAX_NAME_STR: usize = 1024;
 
-/// Record tags.
-pub(crate) mod tag {
-    pub(crate) const CALLSITE: u8 = 1;
-    pub(crate) const NEW_SPAN: u8 = 2;
-    pub(crate) const ENTER: u8 = 3;
-    pub(crate) const EXIT: u8 = 4;
-    pub(crate) const CLOSE: u8 = 5;
-    pub(crate) const RECORD: u8 = 6;
-    pub(crate) const FOLLOWS_FROM: u8 = 7;
-    pub(crate) const EVENT: u8 = 8;
-}
-
-/// Field value types.
-pub(crate) mod ty {
-    pub(crate) const U64: u8 = 1;
-    pub(crate) const I64: u8 = 2;
-    pub(crate) const BOOL: u8 = 3;
-    pub(crate) const F64: u8 = 4;
-    pub(crate) const STR: u8 = 5;
-    pub(crate) const SPAN: u8 = 6;
-}
-
-/// Size of an ENTER, EXIT or CLOSE record.
-pub(crate) const FIXED_RECORD: usize = 17;
-
 /// The stream's opening bytes.
 pub(crate) fn hello(pid: u32) -> [u8; HELLO_LEN] {
-    let mut h = [0u8; HELLO_LEN];
-    h[..8].copy_from_slice(&MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&pid.to_le_bytes());
-    h
+    iotrace_wire::hello(pid)
 }
 
 /// Fills the reserved header at the start of `frame` (which holds header + records).
@@ -82,17 +46,17 @@ pub(crate) fn callsite_key(meta: &'static Metadata<'static>) -> u64 {
     meta as *const Metadata<'static> as usize as u64
 }
 
-fn level_code(level: &Level) -> u8 {
-    if *level == Level::TRACE {
-        0
-    } else if *level == Level::DEBUG {
-        1
-    } else if *level == Level::INFO {
-        2
-    } else if *level == Level::WARN {
-        3
+fn level_code(l: &Level) -> u8 {
+    if *l == Level::TRACE {
+        level::TRACE
+    } else if *l == Level::DEBUG {
+        level::DEBUG
+    } else if *l == Level::INFO {
+        level::INFO
+    } else if *l == Level::WARN {
+        level::WARN
     } else {
-        4
+        level::ERROR
     }
 }
 
@@ -101,7 +65,11 @@ pub(crate) fn callsite(out: &mut Vec<u8>, meta: &'static Metadata<'static>) {
     let mut e = Enc::new(out, usize::MAX);
     e.u8(tag::CALLSITE);
     e.u64(callsite_key(meta));
-    e.u8(if meta.is_span() { 0 } else { 1 });
+    e.u8(if meta.is_span() {
+        kind::SPAN
+    } else {
+        kind::EVENT
+    });
     e.u8(level_code(meta.level()));
     e.u32(meta.line().unwrap_or(0));
     e.str(meta.name(), MAX_NAME_STR);

@@ -33,10 +33,13 @@
 //! that is never reused in the process, and translates the `task.id` of tokio's waker events
 //! (a tracing span id) into it.
 
+#![deny(unsafe_code)]
+
 mod encode;
 mod layer;
 mod local;
 mod sink;
+#[allow(unsafe_code)]
 mod sys;
 
 use std::time::Duration;

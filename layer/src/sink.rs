@@ -28,11 +28,7 @@ use tracing::Metadata;
 use crate::encode::{self, FRAME_HEADER};
 use crate::sys;
 
-/// Environment variable that names the recorder's Unix socket.
-pub const SOCKET_ENV: &str = "IOTRACE_SOCKET";
-/// Set to `0` to make a program that was not started under `iotrace record` unattachable (the
-/// layer then installs nothing, as before attaching existed).
-pub const ATTACH_ENV: &str = "IOTRACE_ATTACH";
+pub use iotrace_wire::{ATTACH_ENV, SOCKET_ENV};
 /// How often an attachable program's flusher looks for a recorder (one `stat` each time).
 pub(crate) const LOOK: Duration = Duration::from_millis(200);
 /// Full buffers that may wait for the flusher; past this, buffers are dropped and counted.
@@ -219,12 +215,11 @@ fn open_attachable() -> Option<Sink> {
 
 /// Where a recorder that attaches to process `pid` puts its socket (WIRE.md, "Attaching").
 pub(crate) fn rendezvous_path(pid: u32) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join("iotrace"))
-        .unwrap_or_else(|| PathBuf::from(format!("/tmp/iotrace-{}", sys::euid())));
-    dir.join(format!("{pid}.sock"))
+    iotrace_wire::rendezvous_path(
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        sys::euid(),
+        pid,
+    )
 }
 
 /// Connects to the socket at `path` if there is one and it can be trusted: a socket owned by

@@ -1,6 +1,18 @@
 //! Support for the end-to-end tests: find the built `iotrace` and fixture binaries, run
 //! `iotrace record` on a scenario, read its JSON report, and decide whether perf tests run.
 
+#![deny(unsafe_code)]
+
+/// The harness's one raw syscall: all of this crate's `unsafe`.
+#[allow(unsafe_code)]
+mod sys {
+    /// The effective uid of the tests.
+    pub fn euid() -> u32 {
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -69,8 +81,7 @@ fn skip_or_fail(test: &str, what: &str, require_var: &str) {
 /// root-only by default. Without them the tests are skipped loudly, unless
 /// `IOTRACE_REQUIRE_PERF=1` (as in CI), where that fails the test.
 pub fn perf_available(test: &str) -> bool {
-    // SAFETY: geteuid has no side effects.
-    if unsafe { libc::geteuid() } == 0 {
+    if sys::euid() == 0 {
         return true;
     }
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
@@ -110,8 +121,7 @@ pub fn perf_binary(test: &str) -> bool {
 /// Skipped loudly when not root, except with `IOTRACE_REQUIRE_PERF=1` (CI runs as root),
 /// where that is a failure.
 pub fn root_available(test: &str) -> bool {
-    // SAFETY: geteuid has no side effects.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = sys::euid() == 0;
     if !root {
         if std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1") {
             panic!("{test}: needs root (IOTRACE_REQUIRE_PERF=1 is set, as in CI)");

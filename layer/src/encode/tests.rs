@@ -7,60 +7,18 @@ use tracing::Subscriber;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use super::*;
+use iotrace_wire::{SpanEvent, Value as V};
 
-/// A decoded field value (test-only mini reader of the `fields` block).
-#[derive(Debug, PartialEq)]
-enum V {
-    U(u64),
-    I(i64),
-    B(bool),
-    F(f64),
-    S(String),
-    Span(u64),
-}
-
-struct Rd<'a>(&'a [u8]);
-
-impl Rd<'_> {
-    fn take(&mut self, n: usize) -> &[u8] {
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.take(1)[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take(2).try_into().unwrap())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take(4).try_into().unwrap())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take(8).try_into().unwrap())
-    }
-    fn str(&mut self) -> String {
-        let n = self.u16() as usize;
-        String::from_utf8(self.take(n).to_vec()).unwrap()
-    }
-    fn fields(&mut self) -> Vec<(u8, V)> {
-        let n = self.u8();
-        (0..n)
-            .map(|_| {
-                let idx = self.u8();
-                let v = match self.u8() {
-                    ty::U64 => V::U(self.u64()),
-                    ty::I64 => V::I(self.u64() as i64),
-                    ty::BOOL => V::B(self.u8() != 0),
-                    ty::F64 => V::F(f64::from_bits(self.u64())),
-                    ty::STR => V::S(self.str()),
-                    ty::SPAN => V::Span(self.u64()),
-                    t => panic!("unknown type {t}"),
-                };
-                (idx, v)
-            })
-            .collect()
-    }
+/// Decodes `records` with the recorder's own decoder (`iotrace-wire`), as one frame.
+fn decode(records: &[u8]) -> Vec<SpanEvent> {
+    let mut frame = vec![0u8; FRAME_HEADER];
+    frame.extend_from_slice(records);
+    fill_frame_header(&mut frame, 1, 2, 0);
+    let len = iotrace_wire::frame_len(frame[..4].try_into().unwrap()).expect("frame length");
+    assert_eq!(len, frame.len() - 4);
+    iotrace_wire::decode_frame(&frame[4..])
+        .expect("the recorder decodes what the layer encodes")
+        .events
 }
 
 thread_local! {
@@ -85,10 +43,19 @@ impl<S: Subscriber> Layer<S> for Capture {
     }
 }
 
+/// The fields of the one event `emit` makes, as the recorder decodes them: `(index, value)`.
 fn fields_of(emit: impl FnOnce()) -> Vec<(u8, V)> {
     let sub = tracing_subscriber::registry().with(Capture);
     tracing::subscriber::with_default(sub, emit);
-    CAPTURED.with(|c| Rd(&c.borrow()).fields())
+    let mut record = vec![tag::EVENT];
+    record.extend_from_slice(&[0; 24]); // time, span, callsite
+    CAPTURED.with(|c| record.extend_from_slice(&c.borrow()));
+    match decode(&record).pop() {
+        Some(SpanEvent::Event { fields, .. }) => {
+            fields.into_iter().map(|f| (f.index, f.value)).collect()
+        }
+        other => panic!("not an event: {other:?}"),
+    }
 }
 
 #[test]
@@ -102,19 +69,28 @@ fn hello_is_magic_version_flags_pid() {
 
 #[test]
 fn frame_header_counts_bytes_after_the_length() {
-    let mut f = vec![0u8; FRAME_HEADER + 17];
+    let mut f = vec![0u8; FRAME_HEADER];
+    f.extend_from_slice(&fixed_record(tag::ENTER, 1, 2));
     fill_frame_header(&mut f, 42, 7, 9);
-    let mut r = Rd(&f);
-    assert_eq!(r.u32() as usize, FRAME_HEADER - 4 + 17);
-    assert_eq!((r.u32(), r.u32(), r.u64()), (42, 7, 9));
+    assert_eq!(
+        u32::from_le_bytes(f[..4].try_into().unwrap()) as usize,
+        f.len() - 4
+    );
+    let batch = iotrace_wire::decode_frame(&f[4..]).unwrap();
+    assert_eq!((batch.pid, batch.tid, batch.dropped_total), (42, 7, 9));
 }
 
 #[test]
 fn fixed_records_are_tag_time_span() {
     let rec = fixed_record(tag::EXIT, 123, 456);
-    let mut r = Rd(&rec);
-    assert_eq!((r.u8(), r.u64(), r.u64()), (tag::EXIT, 123, 456));
-    assert!(r.0.is_empty());
+    assert_eq!(rec.len(), FIXED_RECORD);
+    assert_eq!(
+        decode(&rec),
+        [SpanEvent::Exit {
+            time: 123,
+            span: 456
+        }]
+    );
 }
 
 #[test]
@@ -174,15 +150,15 @@ fn every_value_type_round_trips() {
     });
     // index 0 is `message`-less events' first field: `a`.
     let vals: Vec<&V> = got.iter().map(|(_, v)| v).collect();
-    assert_eq!(vals[0], &V::U(5));
-    assert_eq!(vals[1], &V::I(-3));
-    assert_eq!(vals[2], &V::B(true));
-    assert_eq!(vals[3], &V::F(1.5));
-    assert_eq!(vals[4], &V::S("text".into()));
-    assert_eq!(vals[5], &V::S("[1, 2]".into()));
-    assert_eq!(vals[6], &V::S("shown".into()));
-    assert_eq!(vals[7], &V::S(u128::MAX.to_string()));
-    assert_eq!(vals[8], &V::S("x".repeat(MAX_VALUE_STR)));
+    assert_eq!(vals[0], &V::U64(5));
+    assert_eq!(vals[1], &V::I64(-3));
+    assert_eq!(vals[2], &V::Bool(true));
+    assert_eq!(vals[3], &V::F64(1.5));
+    assert_eq!(vals[4], &V::Str("text".into()));
+    assert_eq!(vals[5], &V::Str("[1, 2]".into()));
+    assert_eq!(vals[6], &V::Str("shown".into()));
+    assert_eq!(vals[7], &V::Str(u128::MAX.to_string()));
+    assert_eq!(vals[8], &V::Str("x".repeat(MAX_VALUE_STR)));
     let idx: Vec<u8> = got.iter().map(|(i, _)| *i).collect();
     assert_eq!(idx, (0..9).collect::<Vec<u8>>());
 }
@@ -191,7 +167,7 @@ fn every_value_type_round_trips() {
 fn long_debug_values_are_cut_at_the_cap() {
     let v = vec![7u8; 1000];
     let got = fields_of(|| tracing::info!(v = ?v));
-    let V::S(s) = &got[0].1 else {
+    let V::Str(s) = &got[0].1 else {
         panic!("not a string: {got:?}")
     };
     assert_eq!(s.len(), MAX_VALUE_STR);
@@ -201,10 +177,10 @@ fn long_debug_values_are_cut_at_the_cap() {
 #[test]
 fn task_id_is_translated_only_when_resolvable() {
     let got = fields_of(|| tracing::trace!(op = "waker.wake", task.id = 5u64));
-    assert_eq!(got[0].1, V::S("waker.wake".into()));
+    assert_eq!(got[0].1, V::Str("waker.wake".into()));
     assert_eq!(got[1].1, V::Span(1005));
     let got = fields_of(|| tracing::trace!(task.id = 7u64));
-    assert_eq!(got[0].1, V::U(7), "unresolvable ids stay plain u64");
+    assert_eq!(got[0].1, V::U64(7), "unresolvable ids stay plain u64");
 }
 
 #[test]
@@ -213,7 +189,7 @@ fn absent_fields_are_not_sent() {
         let none: Option<u64> = None;
         tracing::info!(a = none, b = 1u64)
     });
-    assert_eq!(got, vec![(1, V::U(1))]);
+    assert_eq!(got, vec![(1, V::U64(1))]);
 }
 
 #[test]
@@ -229,17 +205,21 @@ fn callsite_record_layout() {
 fn check_callsite(meta: &'static tracing::Metadata<'static>) {
     let mut out = Vec::new();
     callsite(&mut out, meta);
-    let mut r = Rd(&out);
-    assert_eq!(r.u8(), tag::CALLSITE);
-    assert_eq!(r.u64(), callsite_key(meta));
-    assert_eq!(r.u8(), 0, "kind span");
-    assert_eq!(r.u8(), 2, "INFO");
-    assert_eq!(r.u32(), meta.line().unwrap_or(0));
-    assert_eq!(r.str(), "my_span");
-    assert_eq!(r.str(), "my::target");
-    assert_eq!(r.str(), module_path!());
-    assert_eq!(r.str(), file!());
-    assert_eq!(r.u8(), 2);
-    assert_eq!((r.str(), r.str()), ("x".to_string(), "y".to_string()));
-    assert!(r.0.is_empty());
+    let [SpanEvent::Callsite(c)] = &decode(&out)[..] else {
+        panic!("not one callsite record");
+    };
+    assert_eq!(
+        c,
+        &iotrace_wire::Callsite {
+            id: callsite_key(meta),
+            kind: iotrace_wire::CallsiteKind::Span,
+            level: iotrace_wire::Level::Info,
+            name: "my_span".into(),
+            target: "my::target".into(),
+            module: Some(module_path!().into()),
+            file: Some(file!().into()),
+            line: meta.line(),
+            fields: vec!["x".into(), "y".into()],
+        }
+    );
 }

@@ -1,0 +1,622 @@
+//! The kernel's view of each thread, from context-switch records: `running`, `runnable`
+//! (preempted, or new and not yet on a CPU) and `blocked` (switched out voluntarily, in the
+//! syscall it last entered). Switches of different CPUs are merged into time order behind a
+//! watermark; each thread's state changes become [`ThreadInterval`]s, per-thread totals, and a
+//! short history of cumulative counters that lets a poll ask "how long was my worker on-CPU,
+//! preempted and blocked between t0 and t1".
+//!
+//! Without wake-up records, a blocked thread stays `blocked` until it is back on a CPU: the
+//! wait for a CPU after its wake-up is counted as blocked time.
+
+use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap as FxMap;
+
+use super::reorder::Reorder;
+use super::{Sink, StackId, ThreadInterval, ThreadState};
+use iotrace_trace::Switch;
+
+/// Most history entries kept per thread, whatever the horizon says.
+const MAX_HISTORY: usize = 1 << 17;
+/// Most kernel events held for reordering before the oldest are released anyway.
+const MAX_QUEUE: usize = 1 << 22;
+/// An off-CPU stack sample belongs to the voluntary switch-out this close to it.
+const STACK_SLACK_NS: u64 = 1_000_000;
+
+/// Cumulative per-thread counters since the thread was first seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cum {
+    pub running: u64,
+    pub runnable: u64,
+    pub blocked: u64,
+    /// Blocked time in stretches at least as long as the threshold.
+    pub blocked_long: u64,
+    /// How many such stretches.
+    pub long_stretches: u64,
+}
+
+impl Cum {
+    /// `self - earlier`, each counter saturating at 0.
+    pub fn since(&self, earlier: &Cum) -> Cum {
+        Cum {
+            running: self.running.saturating_sub(earlier.running),
+            runnable: self.runnable.saturating_sub(earlier.runnable),
+            blocked: self.blocked.saturating_sub(earlier.blocked),
+            blocked_long: self.blocked_long.saturating_sub(earlier.blocked_long),
+            long_stretches: self.long_stretches.saturating_sub(earlier.long_stretches),
+        }
+    }
+
+    /// Adds `d` ns spent in `state`; `done` says the stretch is complete (so it may count as a
+    /// long blocked stretch).
+    fn add(&mut self, state: ThreadState, d: u64, threshold: u64, done: bool) {
+        match state {
+            ThreadState::Running => self.running = self.running.saturating_add(d),
+            ThreadState::Runnable => self.runnable = self.runnable.saturating_add(d),
+            ThreadState::Blocked { .. } => {
+                self.blocked = self.blocked.saturating_add(d);
+                if done && d >= threshold {
+                    self.blocked_long = self.blocked_long.saturating_add(d);
+                    self.long_stretches += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Per-thread totals over the whole recording.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadTotals {
+    pub pid: u32,
+    pub on_cpu_ns: u64,
+    pub runnable_ns: u64,
+    pub blocked_ns: u64,
+    /// syscall number → (blocked ns, stretches).
+    pub blocked: HashMap<u16, (u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KState {
+    /// Not seen switching yet.
+    Unknown,
+    In(ThreadState),
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hist {
+    start: u64,
+    end: u64,
+    state: ThreadState,
+    before: Cum,
+}
+
+struct KThread {
+    /// Entries dropped from the front of `hist` so far, and the absolute index of the entry
+    /// the last lookup found: lookups mostly move forward in time, so the next one is near.
+    popped: u64,
+    hint: std::cell::Cell<u64>,
+    pid: u32,
+    state: KState,
+    since: u64,
+    /// Fork or exec time: the thread was runnable (fork) or running (exec) from then.
+    born: Option<(u64, ThreadState)>,
+    cum: Cum,
+    hist: VecDeque<Hist>,
+    totals: ThreadTotals,
+    /// An off-CPU stack that came before its switch-out: (time, stack).
+    pending_stack: Option<(u64, StackId)>,
+}
+
+impl KThread {
+    fn new(pid: u32) -> Self {
+        KThread {
+            popped: 0,
+            hint: std::cell::Cell::new(0),
+            pid,
+            state: KState::Unknown,
+            since: 0,
+            born: None,
+            cum: Cum::default(),
+            hist: VecDeque::new(),
+            pending_stack: None,
+            totals: ThreadTotals {
+                pid,
+                ..ThreadTotals::default()
+            },
+        }
+    }
+}
+
+/// A kernel record, waiting for its turn in time order.
+enum KEvent {
+    Switch {
+        pid: u32,
+        tid: u32,
+        flags: u8,
+        syscall: u16,
+    },
+    Fork {
+        pid: u32,
+        tid: u32,
+    },
+    Exec {
+        pid: u32,
+        tid: u32,
+    },
+    Exit {
+        tid: u32,
+    },
+    /// The stack of a voluntary switch-out (an off-CPU stack sample).
+    OffStack {
+        tid: u32,
+        stack: StackId,
+    },
+}
+
+/// All threads' kernel states, fed in file order, released in time order.
+pub(crate) struct Kernel {
+    queue: Reorder<KEvent>,
+    /// Times of the last three drain markers (ThreadCounts, ProcSample), newest first.
+    markers: [u64; 3],
+    /// Every kernel event at or before this time has been read.
+    pub(crate) watermark: u64,
+    threads: FxMap<u32, KThread>,
+    threshold: u64,
+    /// History a thread keeps: entries ending before its horizon are dropped.
+    pub(crate) span_released: u64,
+    span_seen: FxMap<u32, u64>,
+    /// Switch sequences that made no sense (a lost record): in while running, out while off.
+    pub(crate) anomalies: u64,
+    pub(crate) saw_switches: bool,
+}
+
+impl Kernel {
+    pub(crate) fn new(threshold: u64) -> Self {
+        Kernel {
+            queue: Reorder::default(),
+            markers: [0; 3],
+            watermark: 0,
+            threads: FxMap::default(),
+            threshold,
+            span_released: 0,
+            span_seen: FxMap::default(),
+            anomalies: 0,
+            saw_switches: false,
+        }
+    }
+
+    /// One CPU's switches, in that CPU's order.
+    pub(crate) fn switches(&mut self, batch: &iotrace_trace::Switches) {
+        let mut time = batch.base_ns;
+        let run: Vec<(u64, KEvent)> = batch
+            .switches
+            .iter()
+            .map(|s| {
+                time = time.wrapping_add(s.delta_ns);
+                (
+                    time,
+                    KEvent::Switch {
+                        pid: s.pid,
+                        tid: s.tid,
+                        flags: s.flags,
+                        syscall: s.syscall,
+                    },
+                )
+            })
+            .collect();
+        self.saw_switches |= !run.is_empty();
+        self.queue.push_run(run);
+    }
+
+    /// One CPU's stack samples; the off-CPU ones name the stack of a voluntary switch-out.
+    pub(crate) fn samples(&mut self, batch: &iotrace_trace::Samples) {
+        let mut time = batch.base_ns;
+        let run: Vec<(u64, KEvent)> = batch
+            .samples
+            .iter()
+            .filter_map(|s| {
+                time = time.wrapping_add(s.delta_ns);
+                s.off_cpu.map(|_| {
+                    (
+                        time,
+                        KEvent::OffStack {
+                            tid: s.tid,
+                            stack: s.stack,
+                        },
+                    )
+                })
+            })
+            .collect();
+        if !run.is_empty() {
+            self.queue.push_run(run);
+        }
+    }
+
+    pub(crate) fn fork(&mut self, time: u64, pid: u32, tid: u32) {
+        self.queue.push(time, KEvent::Fork { pid, tid });
+    }
+
+    pub(crate) fn exec(&mut self, time: u64, pid: u32, tid: u32) {
+        self.queue.push(time, KEvent::Exec { pid, tid });
+    }
+
+    pub(crate) fn exit(&mut self, time: u64, tid: u32) {
+        self.queue.push(time, KEvent::Exit { tid });
+    }
+
+    /// A record written after a complete drain of every CPU's ring. Once three have been
+    /// read, every switch before the oldest of them has been read too.
+    pub(crate) fn marker(&mut self, time: u64) {
+        if time <= self.markers[0] {
+            return;
+        }
+        self.markers = [time, self.markers[0], self.markers[1]];
+        self.watermark = self.watermark.max(self.markers[2]);
+    }
+
+    /// The span events of `tid` received so far reach `time`: later ones are not earlier.
+    pub(crate) fn span_seen(&mut self, tid: u32, time: u64) {
+        let e = self.span_seen.entry(tid).or_insert(0);
+        *e = (*e).max(time);
+    }
+
+    /// Applies every queued event up to the watermark.
+    pub(crate) fn release(&mut self, sink: &mut dyn Sink) {
+        while let Some((t, ev)) = self.queue.pop_until(self.watermark) {
+            self.apply(t, ev, sink);
+        }
+        while self.queue.len() > MAX_QUEUE {
+            if let Some((t, ev)) = self.queue.pop() {
+                self.watermark = self.watermark.max(t);
+                self.apply(t, ev, sink);
+            }
+        }
+    }
+
+    /// Applies everything queued and closes every thread's open stretch at `end`.
+    pub(crate) fn finish(&mut self, end: u64, sink: &mut dyn Sink) {
+        while let Some((t, ev)) = self.queue.pop() {
+            self.apply(t, ev, sink);
+        }
+        self.watermark = self.watermark.max(end);
+        let tids: Vec<u32> = self.threads.keys().copied().collect();
+        for tid in tids {
+            let Some(th) = self.threads.get(&tid) else {
+                continue;
+            };
+            let (state, since) = match th.state {
+                KState::In(s) => (s, th.since),
+                KState::Unknown => match th.born {
+                    Some((t, _)) if self.saw_switches => (ThreadState::Running, t),
+                    _ => continue,
+                },
+                KState::Dead => continue,
+            };
+            if end > since {
+                self.emit(tid, since, end, state, sink);
+                if let Some(th) = self.threads.get_mut(&tid) {
+                    th.since = end;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn late_events(&self) -> u64 {
+        self.queue.late()
+    }
+
+    fn thread(&mut self, pid: u32, tid: u32) -> &mut KThread {
+        self.threads.entry(tid).or_insert_with(|| KThread::new(pid))
+    }
+
+    fn apply(&mut self, t: u64, ev: KEvent, sink: &mut dyn Sink) {
+        match ev {
+            KEvent::Fork { pid, tid } => {
+                // A reused tid continues the old entry's totals under the new pid.
+                let th = self.thread(pid, tid);
+                if th.state == KState::Dead {
+                    th.state = KState::Unknown;
+                    th.pid = pid;
+                    th.totals.pid = pid;
+                }
+                if th.state == KState::Unknown {
+                    th.born = Some((t, ThreadState::Runnable));
+                    th.since = t;
+                }
+            }
+            KEvent::Exec { pid, tid } => {
+                let th = self.thread(pid, tid);
+                if th.state == KState::Unknown {
+                    th.born = Some((t, ThreadState::Running));
+                    th.since = t;
+                }
+            }
+            KEvent::OffStack { tid, stack } => {
+                let Some(th) = self.threads.get_mut(&tid) else {
+                    return;
+                };
+                match &mut th.state {
+                    KState::In(ThreadState::Blocked {
+                        stack: s @ None, ..
+                    }) if t.abs_diff(th.since) <= STACK_SLACK_NS => *s = Some(stack),
+                    _ => th.pending_stack = Some((t, stack)),
+                }
+            }
+            KEvent::Exit { tid } => {
+                let Some(th) = self.threads.get_mut(&tid) else {
+                    return;
+                };
+                let (state, since, born) = (th.state, th.since, th.born);
+                th.state = KState::Dead;
+                th.since = t;
+                match state {
+                    KState::In(ThreadState::Running) => {
+                        self.emit(tid, since, t, ThreadState::Running, sink)
+                    }
+                    KState::Unknown => {
+                        if let Some((b, _)) = born {
+                            self.emit(tid, b, t, ThreadState::Running, sink);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            KEvent::Switch {
+                pid,
+                tid,
+                flags,
+                syscall,
+            } => {
+                let out = flags & Switch::OUT != 0;
+                let th = self.thread(pid, tid);
+                let (state, since, born) = (th.state, th.since, th.born);
+                if out {
+                    let pending = self.thread(pid, tid).pending_stack.take();
+                    let off = if flags & Switch::PREEMPT != 0 {
+                        ThreadState::Runnable
+                    } else {
+                        ThreadState::Blocked {
+                            syscall,
+                            stack: pending
+                                .filter(|&(pt, _)| pt.abs_diff(t) <= STACK_SLACK_NS)
+                                .map(|(_, s)| s),
+                        }
+                    };
+                    match state {
+                        // The last switch-out after exit.
+                        KState::Dead => return,
+                        KState::In(ThreadState::Running) => {
+                            self.emit(tid, since, t, ThreadState::Running, sink)
+                        }
+                        KState::Unknown => {
+                            if let Some((b, _)) = born {
+                                self.emit(tid, b, t, ThreadState::Running, sink);
+                            }
+                        }
+                        KState::In(_) => self.anomalies += 1,
+                    }
+                    let th = self.thread(pid, tid);
+                    th.state = KState::In(off);
+                    th.since = t;
+                } else {
+                    match state {
+                        KState::In(ThreadState::Running) => self.anomalies += 1,
+                        KState::In(off) => self.emit(tid, since, t, off, sink),
+                        KState::Unknown => {
+                            if let Some((b, s)) = born {
+                                self.emit(tid, b, t, s, sink);
+                            }
+                        }
+                        KState::Dead => {}
+                    }
+                    let th = self.thread(pid, tid);
+                    th.state = KState::In(ThreadState::Running);
+                    th.since = t;
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, tid: u32, start: u64, end: u64, state: ThreadState, sink: &mut dyn Sink) {
+        if end <= start {
+            return;
+        }
+        let threshold = self.threshold;
+        let horizon = match self.span_seen.get(&tid) {
+            Some(&seen) => seen.min(self.span_released),
+            None => self.span_released,
+        };
+        let Some(th) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let d = end - start;
+        let before = th.cum;
+        th.cum.add(state, d, threshold, true);
+        let tot = &mut th.totals;
+        match state {
+            ThreadState::Running => tot.on_cpu_ns = tot.on_cpu_ns.saturating_add(d),
+            ThreadState::Runnable => tot.runnable_ns = tot.runnable_ns.saturating_add(d),
+            ThreadState::Blocked { syscall, .. } => {
+                tot.blocked_ns = tot.blocked_ns.saturating_add(d);
+                let e = tot.blocked.entry(syscall).or_insert((0, 0));
+                e.0 = e.0.saturating_add(d);
+                e.1 += 1;
+            }
+        }
+        th.hist.push_back(Hist {
+            start,
+            end,
+            state,
+            before,
+        });
+        while th.hist.len() > MAX_HISTORY || th.hist.front().is_some_and(|h| h.end < horizon) {
+            th.hist.pop_front();
+            th.popped += 1;
+        }
+        sink.thread_interval(&ThreadInterval {
+            pid: th.pid,
+            tid,
+            start,
+            end,
+            state,
+        });
+    }
+
+    /// The thread's cumulative counters at `t`, if its history reaches back that far.
+    pub(crate) fn cum_at(&self, tid: u32, t: u64) -> Option<Cum> {
+        let th = self.threads.get(&tid)?;
+        let threshold = self.threshold;
+        let hist_end = th.hist.back().map_or(0, |h| h.end);
+        if t >= th.since && t >= hist_end {
+            let mut c = th.cum;
+            let open = match th.state {
+                KState::In(s) => Some(s),
+                KState::Unknown => th.born.map(|_| ThreadState::Running),
+                KState::Dead => None,
+            };
+            if let Some(s) = open {
+                c.add(s, t - th.since, threshold, false);
+            } else if th.state == KState::Unknown {
+                return None;
+            }
+            return Some(c);
+        }
+        let i = find(th, t);
+        if i == 0 {
+            return None;
+        }
+        let h = th.hist[i - 1];
+        let mut c = h.before;
+        if t < h.end {
+            c.add(h.state, t - h.start, threshold, false);
+        } else {
+            c.add(h.state, h.end - h.start, threshold, true);
+        }
+        Some(c)
+    }
+
+    /// Calls `f(syscall, stack, ns)` for each long blocked stretch of `tid` inside `[t0, t1]`.
+    pub(crate) fn long_blocked(
+        &self,
+        tid: u32,
+        t0: u64,
+        t1: u64,
+        mut f: impl FnMut(u16, Option<StackId>, u64),
+    ) {
+        let Some(th) = self.threads.get(&tid) else {
+            return;
+        };
+        let from = th.hist.partition_point(|h| h.end <= t0);
+        for h in th.hist.range(from..) {
+            if h.start >= t1 {
+                break;
+            }
+            if let ThreadState::Blocked { syscall, stack } = h.state {
+                let d = h.end - h.start;
+                if d >= self.threshold && h.start >= t0 && h.end <= t1 {
+                    f(syscall, stack, d);
+                }
+            }
+        }
+    }
+
+    /// Per-thread totals, by tid.
+    pub(crate) fn totals(&self) -> impl Iterator<Item = (u32, &ThreadTotals)> {
+        self.threads.iter().map(|(&tid, th)| (tid, &th.totals))
+    }
+}
+
+/// The number of history entries that start at or before `t` (a `partition_point`), looked
+/// for first just after the previous answer.
+fn find(th: &KThread, t: u64) -> usize {
+    let hist = &th.hist;
+    let n = hist.len();
+    let hint = th.hint.get().saturating_sub(th.popped) as usize;
+    let mut i = hint.min(n);
+    let found = if i > 0 && hist[i - 1].start > t {
+        None
+    } else {
+        // Walk forward a few entries; most lookups end here.
+        let mut steps = 0;
+        while i < n && hist[i].start <= t && steps < 8 {
+            i += 1;
+            steps += 1;
+        }
+        (i == n || hist[i].start > t).then_some(i)
+    };
+    let i = found.unwrap_or_else(|| hist.partition_point(|h| h.start <= t));
+    th.hint.set(th.popped + i as u64);
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+    impl Sink for NoSink {}
+
+    fn sw(k: &mut Kernel, t: u64, tid: u32, flags: u8, syscall: u16) {
+        k.switches(&iotrace_trace::Switches {
+            cpu: 0,
+            base_ns: t,
+            switches: vec![Switch {
+                delta_ns: 0,
+                pid: 1,
+                tid,
+                flags,
+                syscall,
+            }],
+        });
+    }
+
+    #[test]
+    fn states_and_cumulative_counters() {
+        let mut k = Kernel::new(100);
+        k.fork(0, 1, 7);
+        sw(&mut k, 10, 7, 0, Switch::NO_SYSCALL); // in: runnable 0..10
+        sw(&mut k, 30, 7, Switch::OUT, 230); // out: running 10..30, blocked from 30
+        sw(&mut k, 530, 7, 0, Switch::NO_SYSCALL); // in: blocked 30..530 (long)
+        sw(
+            &mut k,
+            560,
+            7,
+            Switch::OUT | Switch::PREEMPT,
+            Switch::NO_SYSCALL,
+        ); // runnable from 560
+        sw(&mut k, 570, 7, 0, Switch::NO_SYSCALL);
+        k.watermark = u64::MAX;
+        k.release(&mut NoSink);
+        let t = &k.threads[&7].totals;
+        assert_eq!((t.on_cpu_ns, t.runnable_ns, t.blocked_ns), (50, 20, 500));
+        assert_eq!(t.blocked[&230], (500, 1));
+        let a = k.cum_at(7, 20).unwrap();
+        let b = k.cum_at(7, 600).unwrap();
+        let d = b.since(&a);
+        assert_eq!(d.running, 10 + 30 + 30);
+        assert_eq!(d.blocked_long, 500);
+        assert_eq!(d.long_stretches, 1);
+        assert_eq!(d.runnable, 10);
+        let mut seen = Vec::new();
+        k.long_blocked(7, 20, 600, |s, _, ns| seen.push((s, ns)));
+        assert_eq!(seen, [(230, 500)]);
+    }
+
+    #[test]
+    fn switches_of_two_cpus_are_merged_in_time_order() {
+        let mut k = Kernel::new(100);
+        // CPU 1's batch arrives first although its switch-in comes after CPU 0's switch-out.
+        sw(&mut k, 50, 7, 0, Switch::NO_SYSCALL);
+        sw(&mut k, 20, 7, Switch::OUT, 0);
+        k.marker(10);
+        k.marker(60);
+        k.marker(70);
+        k.release(&mut NoSink);
+        assert!(!k.threads.contains_key(&7), "released before the watermark");
+        k.marker(80);
+        k.release(&mut NoSink);
+        assert_eq!(k.threads[&7].totals.blocked_ns, 30);
+        assert_eq!(k.anomalies, 0);
+    }
+}

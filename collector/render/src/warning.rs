@@ -1,0 +1,152 @@
+//! A warning as one line of text: what `iotrace report` prints, the `message` of the JSON
+//! report's `warnings[]`, and the timeline's warning list.
+
+use iotrace_analysis::tasks::Warning;
+
+use crate::report::duration;
+
+/// User frames shown in a warning's one-line message.
+const MESSAGE_FRAMES: usize = 3;
+
+/// The warning in one line: who blocked which worker, how often and how long, in which
+/// syscall, and, when its stack is named, the first user frames of that stack.
+pub fn message(w: &Warning) -> String {
+    let mut message = format!("task `{}`", w.task);
+    if let Some(loc) = &w.location {
+        message.push_str(&format!(" ({loc})"));
+    }
+    message.push_str(&format!(
+        " blocked worker `{}` (tid {}",
+        w.worker, w.worker_tid
+    ));
+    let others = w.other_workers;
+    if others > 0 {
+        message.push_str(&format!(
+            ", and {others} other worker{}",
+            if others == 1 { "" } else { "s" }
+        ));
+    }
+    message.push(')');
+    message.push_str(&format!(
+        " in {} of {} polls, {} each, in {}",
+        w.polls,
+        w.total_polls,
+        duration(w.blocked_ns / w.polls.max(1)),
+        w.syscall
+    ));
+    if !w.frames.is_empty() {
+        let short = short_stack(&w.frames, &w.syscall);
+        if !short.is_empty() {
+            message.push_str(" ← ");
+            message.push_str(&short);
+        }
+    }
+    message
+}
+
+/// Whether a frame name (`name at file:line`) is in the program's own sources: not Rust's
+/// `library/`, not a crate from cargo's registry (`tokio-1.54.1/src/…`), not a distribution's
+/// build tree (`./time/…`, `/build/…`) or a system path.
+fn is_own_code(name: &str) -> bool {
+    let Some((_, at)) = name.rsplit_once(" at ") else {
+        return false;
+    };
+    let first = at.split('/').next().unwrap_or("");
+    let versioned = first.rsplit_once('-').is_some_and(|(_, v)| {
+        v.split('.').count() >= 3
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    });
+    let system = ["/usr/", "/build/", "/rustc/", "/lib/"]
+        .iter()
+        .any(|p| at.starts_with(p))
+        || at.contains("/.rustup/")
+        || at.contains("/.cargo/");
+    at.contains('/') && !system && !at.starts_with('.') && first != "library" && !versioned
+}
+
+/// A blocked stack in a line, innermost first: the first user frames past the libc wrapper
+/// of `syscall` (which the reader already sees named), then, if those are not the program's
+/// own code, `…` and its first frame that is (the line to go and read).
+pub fn short_stack(frames: &[(String, bool)], syscall: &str) -> String {
+    let user: Vec<&str> = frames
+        .iter()
+        .filter(|(_, kernel)| !kernel)
+        .map(|(name, _)| name.as_str())
+        .skip_while(|name| {
+            let function = name.split(" at ").next().unwrap_or(name);
+            function.ends_with(syscall)
+        })
+        .take(MESSAGE_FRAMES)
+        .collect();
+    let mut out = user.join(" ← ");
+    let own = frames
+        .iter()
+        .filter(|(_, kernel)| !kernel)
+        .map(|(name, _)| name.as_str())
+        .find(|name| is_own_code(name));
+    if let Some(own) = own.filter(|own| !user.contains(own)) {
+        if !out.is_empty() {
+            out.push_str(" ← ");
+        }
+        out.push_str("… ← ");
+        out.push_str(own);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warning() -> Warning {
+        Warning {
+            kind: "blocked_in_poll",
+            task: "handler".into(),
+            task_id: 100,
+            pid: 1,
+            location: Some("src/main.rs:42:5".into()),
+            polls: 1,
+            total_polls: 1,
+            blocked_ns: 5_000_000,
+            syscall: "clock_nanosleep".into(),
+            stack: None,
+            stack_id: None,
+            worker_tid: 7,
+            worker: "tokio-runtime-w".into(),
+            other_workers: 0,
+            frames: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_line_says_who_blocked_which_worker_how_long_in_what() {
+        let mut w = warning();
+        assert_eq!(
+            message(&w),
+            "task `handler` (src/main.rs:42:5) blocked worker `tokio-runtime-w` (tid 7) \
+             in 1 of 1 polls, 5.000 ms each, in clock_nanosleep"
+        );
+        w.other_workers = 2;
+        w.polls = 2;
+        w.blocked_ns = 3_000_000;
+        w.frames = vec![
+            ("do_nanosleep".into(), true),
+            (
+                "clock_nanosleep at ./time/clock_nanosleep.c:48".into(),
+                false,
+            ),
+            (
+                "std::thread::sleep at library/std/src/thread/mod.rs:1".into(),
+                false,
+            ),
+            ("demo::handle at src/main.rs:71".into(), false),
+        ];
+        assert_eq!(
+            message(&w),
+            "task `handler` (src/main.rs:42:5) blocked worker `tokio-runtime-w` (tid 7, and 2 \
+             other workers) in 2 of 1 polls, 1.500 ms each, in clock_nanosleep ← \
+             std::thread::sleep at library/std/src/thread/mod.rs:1 ← demo::handle at src/main.rs:71"
+        );
+    }
+}
