@@ -13,7 +13,7 @@ use iotrace_analysis::summary::summarize_file;
 use iotrace_render::export::{export, ExportFormat};
 use iotrace_render::flamegraph::{self, GroupBy, Kind, Options};
 use iotrace_render::report;
-use iotrace_trace::build::{spans, TraceBuilder, MS};
+use iotrace_trace::build::{TraceBuilder, MS};
 use iotrace_trace::{
     Capabilities, ProcSample, Record, Sampling, StackDefs, StackNode, StackSample,
 };
