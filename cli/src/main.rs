@@ -376,14 +376,14 @@ fn cmd_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let cfg = iotrace_demos::load::LoadConfig {
+    let cfg = iotrace_load::LoadConfig {
         url: args.url,
         connections: args.connections,
         duration: args.duration,
         requests: args.requests,
         timeout: args.timeout,
     };
-    let report = iotrace_demos::load::run(&cfg)?;
+    let report = iotrace_load::run(&cfg)?;
     if args.json {
         print_stdout(&serde_json::to_string_pretty(&report)?)?;
         print_stdout("\n")?;

@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use iotrace_demos::load::{run, LoadConfig};
+//! use iotrace_load::{run, LoadConfig};
 //!
 //! let cfg = LoadConfig {
 //!     requests: Some(1000),
@@ -14,13 +14,24 @@
 //! };
 //! let report = run(&cfg)?;
 //! print!("{}", report.to_text());
-//! # Ok::<(), iotrace_demos::load::LoadError>(())
+//! # Ok::<(), iotrace_load::LoadError>(())
 //! ```
+//!
+//! The [`ready`] module is the other half of driving a demo server: the one line it prints
+//! once it listens, and the reader that waits for that line.
+//!
+//! Requests run on one thread, an `epoll(7)` loop of non-blocking sockets, so the `iotrace`
+//! binary links no async runtime. All `unsafe` is in the private `sys` module.
+
+#![deny(unsafe_code)]
 
 mod client;
+pub mod ready;
 pub mod report;
 pub mod response;
 pub mod url;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +40,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use report::{Latency, LoadReport};
+pub use sys::raise_nofile_limit;
 
 /// Run length when neither a duration nor a request count is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);

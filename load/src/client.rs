@@ -11,10 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::report::{Latency, LoadReport};
-use super::response::{Progress, Response, ResponseError, ResponseReader};
-use super::url::Target;
-use super::LoadError;
+use crate::report::{Latency, LoadReport};
+use crate::response::{Progress, Response, ResponseError, ResponseReader};
+use crate::url::Target;
+use crate::LoadError;
 
 /// Pause after a failed connect, so a dead server is not hammered in a tight loop.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
