@@ -29,9 +29,9 @@ mod client;
 pub mod ready;
 pub mod report;
 pub mod response;
-pub mod url;
 #[allow(unsafe_code)]
 mod sys;
+pub mod url;
 
 use std::io;
 use std::net::SocketAddr;
@@ -91,12 +91,11 @@ pub enum LoadError {
     // chains (anyhow's `{:#}`) would print them twice.
     #[error("cannot connect to {addr}: {error}")]
     Connect { addr: SocketAddr, error: io::Error },
-    #[error("cannot start the load generator's runtime: {0}")]
+    #[error("the load generator's event loop failed: {0}")]
     Runtime(io::Error),
 }
 
-/// Runs the load and reports what it measured. Blocks the calling thread; safe to call from
-/// inside or outside a tokio runtime (it runs its own on a separate thread).
+/// Runs the load and reports what it measured, on the calling thread (which it blocks).
 ///
 /// Fails before sending anything if the URL or settings are invalid or the server cannot be
 /// reached; once running, failed requests are counted in [`LoadReport::errors`] and the
@@ -130,19 +129,5 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
         requests: cfg.requests,
         timeout: cfg.timeout,
     };
-    std::thread::scope(|s| {
-        let worker = std::thread::Builder::new()
-            .name("iotrace-load".into())
-            .spawn_scoped(s, || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(LoadError::Runtime)?;
-                runtime.block_on(client::drive(plan))
-            })
-            .map_err(LoadError::Runtime)?;
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    client::drive(plan)
 }
