@@ -4,7 +4,8 @@
 //! A time is a decimal number and an optional unit: `ns`, `us` (or `µs`), `ms`, `s`, `m` (or
 //! `min`); no unit means seconds (`1.5` is 1.5 s). Spaces around the number and between it and
 //! the unit are allowed. The number is read exactly (`0.3s` is 300,000,000 ns, not a float's
-//! 299,999,999); digits below a nanosecond are dropped.
+//! 299,999,999); digits below a nanosecond are dropped. Error messages do not repeat the
+//! input: clap's `invalid value '5x' for '--duration <DURATION>': …` names it already.
 
 use std::time::Duration;
 
@@ -29,16 +30,14 @@ pub fn parse_ns(text: &str) -> Result<u64, String> {
         "ms" => 1_000_000,
         "s" | "" => 1_000_000_000,
         "m" | "min" => 60_000_000_000,
-        _ if number.is_empty() => {
-            return Err(format!("`{text}` is not a time: expected {ACCEPTED}"))
-        }
-        u => return Err(format!("`{text}`: unknown unit `{u}`; expected {ACCEPTED}")),
+        _ if number.is_empty() => return Err(format!("expected {ACCEPTED}")),
+        u => return Err(format!("unknown unit `{u}`; expected {ACCEPTED}")),
     };
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
     if int.is_empty() && frac.is_empty() || frac.contains('.') {
-        return Err(format!("`{text}` is not a time: expected {ACCEPTED}"));
+        return Err(format!("expected {ACCEPTED}"));
     }
-    let out_of_range = || format!("`{text}` is out of range");
+    let out_of_range = || "out of range".to_owned();
     let int: u128 = match int {
         "" => 0,
         digits => digits.parse().map_err(|_| out_of_range())?,
@@ -64,10 +63,10 @@ pub fn parse_ns(text: &str) -> Result<u64, String> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = Duration::from_nanos(parse_ns(text)?);
     if d.is_zero() {
-        return Err(format!("`{text}`: the duration must be above zero"));
+        return Err("the duration must be above zero".to_owned());
     }
     if d > MAX_DURATION {
-        return Err(format!("`{text}` is out of range (at most 24 hours)"));
+        return Err("out of range (at most 24 hours)".to_owned());
     }
     Ok(d)
 }

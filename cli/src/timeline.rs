@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use iotrace_collector::export::{self, ExportFormat};
 use iotrace_collector::tasks::TaskOptions;
-use iotrace_collector::timeline::{self, TimelineOptions};
+use iotrace_collector::timeline::{self, TimelineError, TimelineOptions};
 
 pub const TIMELINE_EXAMPLES: &str = "\
 EXAMPLES:
@@ -140,9 +139,9 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
         .unwrap_or(t)
         .trim()
         .parse()
-        .map_err(|_| format!("`{text}` is not a percentage like 5%"))?;
+        .map_err(|_| "expected a percentage like 5% or 0.5%".to_owned())?;
     if !(0.0..=100.0).contains(&value) {
-        return Err(format!("`{text}` is not between 0% and 100%"));
+        return Err("not between 0% and 100%".to_owned());
     }
     Ok(value / 100.0)
 }
@@ -153,13 +152,50 @@ fn warn_truncated(file: &std::path::Path, truncated: Option<&str>) {
     }
 }
 
+/// Errors that already name the trace they are about (reading it failed, or it has nothing to
+/// export): `exporting TRACE: TRACE: …` would name it twice.
+trait NamesTrace: std::error::Error + Send + Sync + Sized + 'static {
+    fn names_trace(&self) -> bool;
+}
+
+impl NamesTrace for TimelineError {
+    fn names_trace(&self) -> bool {
+        matches!(self, TimelineError::Format(_))
+    }
+}
+
+impl NamesTrace for export::ExportError {
+    fn names_trace(&self) -> bool {
+        matches!(
+            self,
+            export::ExportError::Format(_) | export::ExportError::Empty(_)
+        )
+    }
+}
+
+/// `result`, its error prefixed with `what` unless it names the trace already.
+fn about<T, E: NamesTrace>(
+    result: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<T> {
+    result.map_err(|e| {
+        if e.names_trace() {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(what())
+        }
+    })
+}
+
 pub fn run_timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
     let opts = TimelineOptions {
         max_intervals: args.max_intervals,
         ..args.window.options()
     };
-    let out = timeline::write_timeline(&args.file, &args.output, &opts)
-        .with_context(|| format!("drawing the timeline of {}", args.file.display()))?;
+    let out = about(
+        timeline::write_timeline(&args.file, &args.output, &opts),
+        || format!("drawing the timeline of {}", args.file.display()),
+    )?;
     eprintln!(
         "iotrace: wrote {} ({}): {} threads, {} tasks, {} intervals",
         args.output.display(),
@@ -188,19 +224,23 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let size = iotrace_collector::report::bytes;
     let (truncated, notes, line) = match args.format {
         FormatArg::Perfetto => {
-            let out = export::export(&args.file, &output, ExportFormat::Perfetto, &opts)
-                .with_context(context)?;
+            let out = about(
+                export::export(&args.file, &output, ExportFormat::Perfetto, &opts),
+                context,
+            )?;
             let line = format!("{} trace events; open it in ui.perfetto.dev", out.events);
             (out.truncated, Vec::new(), (out.bytes, line))
         }
         FormatArg::Pftrace => {
-            let out = export::export(&args.file, &output, ExportFormat::Pftrace, &opts)
-                .with_context(context)?;
+            let out = about(
+                export::export(&args.file, &output, ExportFormat::Pftrace, &opts),
+                context,
+            )?;
             let line = format!("{} trace packets; open it in ui.perfetto.dev", out.events);
             (out.truncated, Vec::new(), (out.bytes, line))
         }
         FormatArg::Pprof => {
-            let out = export::pprof::export(&args.file, &output, &opts).with_context(context)?;
+            let out = about(export::pprof::export(&args.file, &output, &opts), context)?;
             let line = format!(
                 "{} labelled stacks; read it with `go tool pprof -top {}`",
                 out.items,
@@ -209,13 +249,15 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             (out.truncated, out.notes, (out.bytes, line))
         }
         FormatArg::Firefox => {
-            let out = export::firefox::export(&args.file, &output, &opts, args.max_markers)
-                .with_context(context)?;
+            let out = about(
+                export::firefox::export(&args.file, &output, &opts, args.max_markers),
+                context,
+            )?;
             let line = format!("{} samples; load it in profiler.firefox.com", out.items);
             (out.truncated, out.notes, (out.bytes, line))
         }
         FormatArg::Otlp => {
-            let out = export::otlp::export(&args.file, &output, &opts).with_context(context)?;
+            let out = about(export::otlp::export(&args.file, &output, &opts), context)?;
             let line = format!(
                 "{} spans; POST it to an OpenTelemetry collector's /v1/traces",
                 out.items
