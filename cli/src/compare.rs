@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use iotrace_collector::analysis;
 use iotrace_collector::compare::{self, CompareRow, LoadFigures};
-use iotrace_demos::load;
+use iotrace_load as load;
 
 /// The strategies `compare` runs by default, in table order.
 pub const STRATEGIES: [&str; 5] = ["threads", "green", "epoll", "tokio", "tokio-blocking"];
@@ -42,7 +42,7 @@ fn demo_binary(strategy: &str) -> anyhow::Result<PathBuf> {
 /// Wait for the server's `listening on ADDR` line (its stdout is drained afterwards).
 fn wait_listening(child: &mut Child, timeout: Duration) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("server stdout")?;
-    iotrace_demos::ready::wait_for_address(stdout, timeout).ok_or_else(|| {
+    iotrace_load::ready::wait_for_address(stdout, timeout).ok_or_else(|| {
         anyhow::anyhow!("the server did not print `listening on ADDR` within {timeout:?}")
     })
 }

@@ -77,10 +77,10 @@ pub struct FlamegraphArgs {
     task: Option<String>,
     /// Only what happened from this time on, since the start of the recording (e.g. 1.5s,
     /// 200ms).
-    #[arg(long, value_parser = parse_offset, value_name = "TIME")]
+    #[arg(long, value_parser = crate::time::parse_ns, value_name = "TIME")]
     from: Option<u64>,
     /// Only what happened before this time, since the start of the recording.
-    #[arg(long, value_parser = parse_offset, value_name = "TIME")]
+    #[arg(long, value_parser = crate::time::parse_ns, value_name = "TIME")]
     to: Option<u64>,
     /// Root frames of the async graph.
     #[arg(long, value_enum, default_value = "task")]
@@ -102,30 +102,6 @@ pub struct FlamegraphArgs {
     /// red where it grew and blue where it shrank compared with BEFORE.
     #[arg(long, num_args = 2, value_names = ["BEFORE", "AFTER"])]
     diff: Option<Vec<PathBuf>>,
-}
-
-/// `1.5s`, `200ms`, `2m`, `0`, or a bare number of seconds, as nanoseconds.
-fn parse_offset(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (number, unit) = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((t, "s"), |i| t.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a time like 1.5s, 200ms or 2m"))?;
-    let scale = match unit {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" | "" => 1e9,
-        "m" | "min" => 60e9,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    let ns = value * scale;
-    if !(ns.is_finite() && (0.0..1e18).contains(&ns)) {
-        return Err(format!("`{text}` is out of range"));
-    }
-    Ok(ns as u64)
 }
 
 impl FlamegraphArgs {

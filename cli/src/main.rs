@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod compare;
 mod flamegraph;
+mod time;
 mod timeline;
 use iotrace_collector::perf::CallGraph;
 use iotrace_collector::{analysis, record, report};
@@ -130,13 +131,13 @@ struct LoadArgs {
     #[arg(short, long, default_value_t = 64)]
     connections: usize,
     /// Stop after this long (e.g. 500ms, 5s, 1m). Default 5s when --requests is not given.
-    #[arg(short, long, value_parser = parse_duration)]
+    #[arg(short, long, value_parser = time::parse_duration)]
     duration: Option<std::time::Duration>,
     /// Stop after this many requests.
     #[arg(short = 'n', long)]
     requests: Option<u64>,
     /// Per-request timeout (a timeout counts as an error).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = time::parse_duration)]
     timeout: std::time::Duration,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -164,7 +165,7 @@ struct CompareArgs {
     #[arg(long, default_value_t = 50)]
     cpu_us: u64,
     /// Load duration per strategy (e.g. 3s).
-    #[arg(short, long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(short, long, default_value = "3s", value_parser = time::parse_duration)]
     duration: std::time::Duration,
     /// Folder for traces, logs, table.txt and compare.json.
     #[arg(short, long, default_value = "iotrace-compare")]
@@ -172,27 +173,6 @@ struct CompareArgs {
     /// Print the table as JSON: {"rows": [...]}.
     #[arg(long)]
     json: bool,
-}
-
-/// `500ms`, `5s`, `2m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 5s or 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" | "min" => value * 60.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    if !(seconds.is_finite() && seconds > 0.0 && seconds < 86_400.0) {
-        return Err(format!("`{text}` is out of range"));
-    }
-    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -263,7 +243,7 @@ struct RecordArgs {
     pids: Option<String>,
     /// Stop recording after this long (e.g. 500ms, 3s, 1m). With a command, it then gets
     /// SIGTERM as with Ctrl-C, and the recording ends when it exits.
-    #[arg(short, long, value_parser = parse_duration)]
+    #[arg(short, long, value_parser = time::parse_duration)]
     duration: Option<std::time::Duration>,
     /// The command to run, after `--`.
     #[arg(
@@ -284,7 +264,7 @@ struct ReportArgs {
     json: bool,
     /// Shortest off-CPU stretch inside a poll that counts as the task blocking its worker
     /// thread (e.g. 100us, 1ms).
-    #[arg(long, value_parser = timeline::parse_time, default_value = "100us", value_name = "TIME")]
+    #[arg(long, value_parser = time::parse_ns, default_value = "100us", value_name = "TIME")]
     blocked_threshold: u64,
     /// Warn about a task when such stretches add up to this share of its time in polls
     /// (0% warns about every task with one) and it blocked in two polls or more, or once for
@@ -376,14 +356,14 @@ fn cmd_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let cfg = iotrace_demos::load::LoadConfig {
+    let cfg = iotrace_load::LoadConfig {
         url: args.url,
         connections: args.connections,
         duration: args.duration,
         requests: args.requests,
         timeout: args.timeout,
     };
-    let report = iotrace_demos::load::run(&cfg)?;
+    let report = iotrace_load::run(&cfg)?;
     if args.json {
         print_stdout(&serde_json::to_string_pretty(&report)?)?;
         print_stdout("\n")?;

@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use iotrace_collector::export::{self, ExportFormat};
 use iotrace_collector::tasks::TaskOptions;
-use iotrace_collector::timeline::{self, TimelineOptions};
+use iotrace_collector::timeline::{self, TimelineError, TimelineOptions};
 
 pub const TIMELINE_EXAMPLES: &str = "\
 EXAMPLES:
@@ -68,13 +67,13 @@ impl FormatArg {
 #[derive(clap::Args)]
 pub struct WindowArgs {
     /// Only from this time on, since the start of the recording (e.g. 1.5s, 200ms).
-    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    #[arg(long, value_parser = crate::time::parse_ns, value_name = "TIME")]
     from: Option<u64>,
     /// Only up to this time, since the start of the recording.
-    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    #[arg(long, value_parser = crate::time::parse_ns, value_name = "TIME")]
     to: Option<u64>,
     /// Shortest off-CPU stretch inside a poll that marks the poll as blocking its worker.
-    #[arg(long, value_parser = parse_time, default_value = "100us", value_name = "TIME")]
+    #[arg(long, value_parser = crate::time::parse_ns, default_value = "100us", value_name = "TIME")]
     blocked_threshold: u64,
     /// Warn about a task when such stretches add up to this share of its poll time.
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
@@ -132,34 +131,6 @@ pub struct ExportArgs {
     window: WindowArgs,
 }
 
-/// `100us`, `1.5ms`, `2s`, `1m`, `250ns`, or a bare number of seconds, as nanoseconds.
-pub fn parse_time(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (number, unit) = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((t, "s"), |i| t.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a time like 100us, 1.5ms or 2s"))?;
-    let scale = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" | "" => 1e9,
-        "m" | "min" => 60e9,
-        u => {
-            return Err(format!(
-                "`{text}`: unknown unit `{u}` (use ns, us, ms, s or m)"
-            ))
-        }
-    };
-    let ns = value * scale;
-    if !(ns.is_finite() && (0.0..1e18).contains(&ns)) {
-        return Err(format!("`{text}` is out of range"));
-    }
-    Ok(ns as u64)
-}
-
 /// `5%`, `5` or `0.5%`, as a share between 0 and 1.
 pub fn parse_percent(text: &str) -> Result<f64, String> {
     let t = text.trim();
@@ -168,9 +139,9 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
         .unwrap_or(t)
         .trim()
         .parse()
-        .map_err(|_| format!("`{text}` is not a percentage like 5%"))?;
+        .map_err(|_| "expected a percentage like 5% or 0.5%".to_owned())?;
     if !(0.0..=100.0).contains(&value) {
-        return Err(format!("`{text}` is not between 0% and 100%"));
+        return Err("not between 0% and 100%".to_owned());
     }
     Ok(value / 100.0)
 }
@@ -181,13 +152,50 @@ fn warn_truncated(file: &std::path::Path, truncated: Option<&str>) {
     }
 }
 
+/// Errors that already name the trace they are about (reading it failed, or it has nothing to
+/// export): `exporting TRACE: TRACE: …` would name it twice.
+trait NamesTrace: std::error::Error + Send + Sync + Sized + 'static {
+    fn names_trace(&self) -> bool;
+}
+
+impl NamesTrace for TimelineError {
+    fn names_trace(&self) -> bool {
+        matches!(self, TimelineError::Format(_))
+    }
+}
+
+impl NamesTrace for export::ExportError {
+    fn names_trace(&self) -> bool {
+        matches!(
+            self,
+            export::ExportError::Format(_) | export::ExportError::Empty(_)
+        )
+    }
+}
+
+/// `result`, its error prefixed with `what` unless it names the trace already.
+fn about<T, E: NamesTrace>(
+    result: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<T> {
+    result.map_err(|e| {
+        if e.names_trace() {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(what())
+        }
+    })
+}
+
 pub fn run_timeline(args: TimelineArgs) -> anyhow::Result<ExitCode> {
     let opts = TimelineOptions {
         max_intervals: args.max_intervals,
         ..args.window.options()
     };
-    let out = timeline::write_timeline(&args.file, &args.output, &opts)
-        .with_context(|| format!("drawing the timeline of {}", args.file.display()))?;
+    let out = about(
+        timeline::write_timeline(&args.file, &args.output, &opts),
+        || format!("drawing the timeline of {}", args.file.display()),
+    )?;
     eprintln!(
         "iotrace: wrote {} ({}): {} threads, {} tasks, {} intervals",
         args.output.display(),
@@ -216,19 +224,23 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let size = iotrace_collector::report::bytes;
     let (truncated, notes, line) = match args.format {
         FormatArg::Perfetto => {
-            let out = export::export(&args.file, &output, ExportFormat::Perfetto, &opts)
-                .with_context(context)?;
+            let out = about(
+                export::export(&args.file, &output, ExportFormat::Perfetto, &opts),
+                context,
+            )?;
             let line = format!("{} trace events; open it in ui.perfetto.dev", out.events);
             (out.truncated, Vec::new(), (out.bytes, line))
         }
         FormatArg::Pftrace => {
-            let out = export::export(&args.file, &output, ExportFormat::Pftrace, &opts)
-                .with_context(context)?;
+            let out = about(
+                export::export(&args.file, &output, ExportFormat::Pftrace, &opts),
+                context,
+            )?;
             let line = format!("{} trace packets; open it in ui.perfetto.dev", out.events);
             (out.truncated, Vec::new(), (out.bytes, line))
         }
         FormatArg::Pprof => {
-            let out = export::pprof::export(&args.file, &output, &opts).with_context(context)?;
+            let out = about(export::pprof::export(&args.file, &output, &opts), context)?;
             let line = format!(
                 "{} labelled stacks; read it with `go tool pprof -top {}`",
                 out.items,
@@ -237,13 +249,15 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             (out.truncated, out.notes, (out.bytes, line))
         }
         FormatArg::Firefox => {
-            let out = export::firefox::export(&args.file, &output, &opts, args.max_markers)
-                .with_context(context)?;
+            let out = about(
+                export::firefox::export(&args.file, &output, &opts, args.max_markers),
+                context,
+            )?;
             let line = format!("{} samples; load it in profiler.firefox.com", out.items);
             (out.truncated, out.notes, (out.bytes, line))
         }
         FormatArg::Otlp => {
-            let out = export::otlp::export(&args.file, &output, &opts).with_context(context)?;
+            let out = about(export::otlp::export(&args.file, &output, &opts), context)?;
             let line = format!(
                 "{} spans; POST it to an OpenTelemetry collector's /v1/traces",
                 out.items
@@ -269,13 +283,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_take_units() {
-        assert_eq!(parse_time("100us"), Ok(100_000));
-        assert_eq!(parse_time("100µs"), Ok(100_000));
-        assert_eq!(parse_time("1.5ms"), Ok(1_500_000));
-        assert_eq!(parse_time("2"), Ok(2_000_000_000));
-        assert!(parse_time("5x").is_err());
-        assert!(parse_time("-1s").is_err());
+    fn percentages() {
         assert_eq!(parse_percent("5%"), Ok(0.05));
         assert_eq!(parse_percent("0"), Ok(0.0));
         assert!(parse_percent("101%").is_err());

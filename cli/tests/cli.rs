@@ -87,47 +87,4 @@ fn compare_rejects_unknown_strategy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown strategy `fibers`"));
 }
 
-/// Regression: `iotrace load http://127.0.0.1:1/` printed `Connection refused (os error 111)`
-/// twice, because the error's message included its cause and also named it as its source,
-/// and the error chain printed both. Each failing command prints its OS error once.
-#[test]
-fn failing_commands_print_their_os_error_once() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("os-error-once-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let trace = dir.join("t.iotrace");
-    let trace = trace.to_str().expect("utf-8 path");
-    let out = iotrace(&["record", "--no-perf", "-q", "-o", trace, "--", "true"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let missing = dir.join("no-such-dir");
-    let missing = missing.to_str().expect("utf-8 path");
-    let (html, json) = (format!("{missing}/t.html"), format!("{missing}/t.json"));
-    let trace_in_missing = format!("{missing}/t.iotrace");
-    for args in [
-        // Nothing listens on port 1 on loopback: the connection is refused.
-        vec!["load", "http://127.0.0.1:1/", "--requests", "1"],
-        vec!["timeline", trace, "-o", &html],
-        vec!["export", trace, "-o", &json],
-        vec!["compare", &trace_in_missing],
-        vec![
-            "record",
-            "--no-perf",
-            "-q",
-            "-o",
-            &trace_in_missing,
-            "--",
-            "true",
-        ],
-    ] {
-        let out = iotrace(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert_eq!(err.matches("(os error").count(), 1, "{args:?}: {err}");
-    }
-}
+// Every error path, each saying its cause once: tests/errors.rs.

@@ -1,4 +1,4 @@
-//! Demo HTTP servers, one per I/O strategy, and the load generator that drives them.
+//! Demo HTTP servers, one per I/O strategy.
 //!
 //! Every server answers the same keep-alive HTTP/1.1 route, `GET /work?io_ms=N&cpu_us=M`:
 //! wait N ms as if for a downstream service, burn M µs of CPU in [`burn_cpu`], answer `ok`.
@@ -21,13 +21,12 @@
 //! }
 //! ```
 //!
-//! The [`load`] module is the load generator behind `iotrace load`.
+//! The load generator that drives them, and the ready line they print, are the
+//! `iotrace-load` crate.
 
 pub mod args;
 pub mod conn;
 pub mod http;
-pub mod load;
-pub mod ready;
 pub mod shutdown;
 pub mod strategy;
 pub mod sys;
@@ -67,7 +66,7 @@ pub fn server_main(
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = sys::raise_nofile_limit() {
+    if let Err(e) = iotrace_load::raise_nofile_limit() {
         eprintln!("{name}: warning: could not raise the open-file limit: {e}");
     }
     let result = Shutdown::register()
@@ -79,7 +78,7 @@ pub fn server_main(
                 .local_addr()
                 .map_err(|e| format!("reading the bound address: {e}"))?;
             let mut stdout = io::stdout().lock();
-            writeln!(stdout, "{}{addr}", ready::PREFIX)
+            writeln!(stdout, "{}{addr}", iotrace_load::ready::PREFIX)
                 .and_then(|()| stdout.flush())
                 .map_err(|e| format!("writing to stdout: {e}"))?;
             drop(stdout);

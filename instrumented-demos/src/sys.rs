@@ -1,5 +1,6 @@
-//! The few raw system calls the demos need: the open-file limit, the listen backlog, and
-//! `poll(2)` for the thread-per-connection accept loop. All `unsafe` of the crate lives here.
+//! The few raw system calls the demos need: the listen backlog, and `poll(2)` for the
+//! thread-per-connection accept loop (the open-file limit is `iotrace_load`'s). All `unsafe`
+//! of the crate lives here.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -8,26 +9,6 @@ use std::time::Duration;
 
 /// Listen backlog: large enough that 1000 clients connecting at once are not dropped.
 const BACKLOG: libc::c_int = 4096;
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<libc::rlim_t> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit; setrlimit only reads it.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(lim.rlim_cur)
-}
 
 /// Binds `127.0.0.1:port` (0 = any free port) with a backlog of 4096.
 pub fn bind_loopback(port: u16) -> io::Result<TcpListener> {

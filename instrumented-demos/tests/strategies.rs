@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use iotrace_demos::load::{self, LoadConfig};
+use iotrace_load::{self as load, LoadConfig};
 
 /// A demo server child process, killed if the test ends before it exits.
 struct Server {

@@ -213,7 +213,7 @@ pub fn demo_binary(name: &str) -> PathBuf {
 /// `iotrace record`) and returns ADDR; the rest of the output is drained.
 pub fn listening(child: &mut std::process::Child) -> String {
     let stdout = child.stdout.take().expect("piped stdout");
-    iotrace_demos::ready::wait_for_address(stdout, std::time::Duration::from_secs(20))
+    iotrace_load::ready::wait_for_address(stdout, std::time::Duration::from_secs(20))
         .expect("the demo printed `listening on ADDR`")
 }
 

@@ -20,12 +20,10 @@ pub enum AttachError {
     NotPermitted { pid: u32, owner: u32, me: u32 },
     #[error("`{0}` is not a pid (expected numbers separated by commas, e.g. -p 1234,5678)")]
     BadPid(String),
-    #[error("cannot read /proc/{pid}: {source}")]
-    Proc {
-        pid: u32,
-        #[source]
-        source: io::Error,
-    },
+    // The OS error is part of the message and deliberately not a source (a field named
+    // `source` would be one): error chains (anyhow's `{:#}`) would print it twice.
+    #[error("cannot read /proc/{pid}: {error}")]
+    Proc { pid: u32, error: io::Error },
 }
 
 /// A process to attach to, as /proc showed it when checked.
@@ -67,7 +65,7 @@ pub fn check(pid: u32) -> Result<Target, AttachError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(AttachError::NoSuchProcess(pid))
         }
-        Err(source) => return Err(AttachError::Proc { pid, source }),
+        Err(error) => return Err(AttachError::Proc { pid, error }),
     };
     let field = |name: &str| {
         status
@@ -96,7 +94,7 @@ pub fn check(pid: u32) -> Result<Target, AttachError> {
                 me: crate::sys::euid(),
             })
         }
-        Err(source) => return Err(AttachError::Proc { pid, source }),
+        Err(error) => return Err(AttachError::Proc { pid, error }),
     }
     let mut command: Vec<String> = std::fs::read(dir.join("cmdline"))
         .unwrap_or_default()

@@ -54,13 +54,12 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Why perf could not be used, said so that a user can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum PerfError {
-    #[error("perf events are not permitted ({source}); run as root, or lower kernel.perf_event_paranoid (sysctl -w kernel.perf_event_paranoid=1), or grant CAP_PERFMON")]
-    Denied {
-        #[source]
-        source: io::Error,
-    },
+    // The OS errors are part of the messages and deliberately not sources (a field named
+    // `source` would be one): error chains (anyhow's `{:#}`) would print them twice.
+    #[error("perf events are not permitted ({error}); run as root, or lower kernel.perf_event_paranoid (sysctl -w kernel.perf_event_paranoid=1), or grant CAP_PERFMON")]
+    Denied { error: io::Error },
     #[error("perf events could not be opened: {0}")]
-    Open(#[source] io::Error),
+    Open(io::Error),
 }
 
 /// Options for [`PerfSession::open`].
@@ -410,9 +409,9 @@ impl PerfSession {
                 Ok(c) => c,
                 Err(e) if kernel && is_denied(&e) => {
                     kernel = false;
-                    open(false).map_err(|source| PerfError::Denied { source })?
+                    open(false).map_err(|error| PerfError::Denied { error })?
                 }
-                Err(e) if is_denied(&e) => return Err(PerfError::Denied { source: e }),
+                Err(e) if is_denied(&e) => return Err(PerfError::Denied { error: e }),
                 Err(e) => return Err(PerfError::Open(e)),
             };
             // Unprivileged users may lock only perf_event_mlock_kb (516 KiB by default) of
@@ -424,7 +423,7 @@ impl PerfSession {
                     let counter = open(kernel).map_err(PerfError::Open)?;
                     counter
                         .sampled(fallback.next_power_of_two() / 2)
-                        .map_err(|source| PerfError::Denied { source })?
+                        .map_err(|error| PerfError::Denied { error })?
                 }
                 Err(e) => return Err(PerfError::Open(e)),
             };

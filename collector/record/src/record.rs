@@ -93,23 +93,17 @@ pub enum RecordError {
     NoCommand,
     #[error("cannot run `{program}`: command not found")]
     NotFound { program: String },
-    #[error("cannot run `{program}`: {source}")]
-    Exec {
-        program: String,
-        #[source]
-        source: io::Error,
-    },
+    // The OS errors are part of the messages and deliberately not sources (a field named
+    // `source` would be one): error chains (anyhow's `{:#}`) would print them twice.
+    #[error("cannot run `{program}`: {error}")]
+    Exec { program: String, error: io::Error },
     #[error(transparent)]
     Format(#[from] iotrace_trace::FormatError),
-    #[error("writing the trace {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("writing the trace {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -242,9 +236,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     })?;
 
     let mut writer = TraceWriter::create(&opts.output)?;
-    let write_err = |source| RecordError::Write {
+    let write_err = |error| RecordError::Write {
         path: opts.output.clone(),
-        source,
+        error,
     };
     let mut signals = SignalWatch::install()?;
 
@@ -262,9 +256,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         }
     }
     let mut child =
-        sys::spawn_held(&path, &opts.command, &env).map_err(|source| RecordError::Exec {
+        sys::spawn_held(&path, &opts.command, &env).map_err(|error| RecordError::Exec {
             program: program_name.clone(),
-            source,
+            error,
         })?;
     let pid = child.pid;
 
@@ -328,7 +322,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         } else {
             RecordError::Exec {
                 program: program_name,
-                source,
+                error: source,
             }
         });
     }
@@ -673,9 +667,9 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         })?;
 
     let mut writer = TraceWriter::create(&opts.output)?;
-    let write_err = |source| RecordError::Write {
+    let write_err = |error| RecordError::Write {
         path: opts.output.clone(),
-        source,
+        error,
     };
     let mut signals = SignalWatch::install()?;
 

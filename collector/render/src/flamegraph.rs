@@ -135,16 +135,14 @@ impl Options {
 pub enum FlamegraphError {
     #[error(transparent)]
     Format(#[from] FormatError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The OS errors are part of the messages and deliberately not sources (a field named
+    // `source` would be one): error chains (anyhow's `{:#}`) would print them twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{0}")]
     Empty(String),
     #[error("writing the flamegraph: {0}")]
-    Write(#[source] io::Error),
+    Write(io::Error),
 }
 
 /// Folded stacks and what went into them.

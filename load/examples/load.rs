@@ -1,7 +1,7 @@
 //! Drives a URL with the load generator and prints the report, for checking by hand:
 //!
 //! ```text
-//! cargo run -p iotrace-demos --example load -- http://127.0.0.1:PORT/work?io_ms=1 1000 3
+//! cargo run -p iotrace-load --example load -- http://127.0.0.1:PORT/work?io_ms=1 1000 3
 //! ```
 //!
 //! Arguments: URL, connections (default 16), seconds (default 5). Add `--json` for JSON.
@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use iotrace_demos::load::{self, LoadConfig};
+use iotrace_load::{self as load, LoadConfig};
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();

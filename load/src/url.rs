@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use super::LoadError;
+use crate::LoadError;
 
 /// Where to send requests, and what to put on the request line and in `Host:`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use iotrace_demos::load::{self, LoadConfig, LoadError};
+use iotrace_load::{self as load, LoadConfig, LoadError};
 
 /// Serves every connection with `answer(request_number)` until the client goes away.
 fn foreign_server(answer: fn(u64) -> &'static [u8]) -> u16 {

@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use iotrace_demos::load::{run, LoadConfig};
+//! use iotrace_load::{run, LoadConfig};
 //!
 //! let cfg = LoadConfig {
 //!     requests: Some(1000),
@@ -14,12 +14,23 @@
 //! };
 //! let report = run(&cfg)?;
 //! print!("{}", report.to_text());
-//! # Ok::<(), iotrace_demos::load::LoadError>(())
+//! # Ok::<(), iotrace_load::LoadError>(())
 //! ```
+//!
+//! The [`ready`] module is the other half of driving a demo server: the one line it prints
+//! once it listens, and the reader that waits for that line.
+//!
+//! Requests run on one thread, an `epoll(7)` loop of non-blocking sockets, so the `iotrace`
+//! binary links no async runtime. All `unsafe` is in the private `sys` module.
+
+#![deny(unsafe_code)]
 
 mod client;
+pub mod ready;
 pub mod report;
 pub mod response;
+#[allow(unsafe_code)]
+mod sys;
 pub mod url;
 
 use std::io;
@@ -29,6 +40,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use report::{Latency, LoadReport};
+pub use sys::raise_nofile_limit;
 
 /// Run length when neither a duration nor a request count is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);
@@ -79,12 +91,11 @@ pub enum LoadError {
     // chains (anyhow's `{:#}`) would print them twice.
     #[error("cannot connect to {addr}: {error}")]
     Connect { addr: SocketAddr, error: io::Error },
-    #[error("cannot start the load generator's runtime: {0}")]
+    #[error("the load generator's event loop failed: {0}")]
     Runtime(io::Error),
 }
 
-/// Runs the load and reports what it measured. Blocks the calling thread; safe to call from
-/// inside or outside a tokio runtime (it runs its own on a separate thread).
+/// Runs the load and reports what it measured, on the calling thread (which it blocks).
 ///
 /// Fails before sending anything if the URL or settings are invalid or the server cannot be
 /// reached; once running, failed requests are counted in [`LoadReport::errors`] and the
@@ -118,19 +129,5 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
         requests: cfg.requests,
         timeout: cfg.timeout,
     };
-    std::thread::scope(|s| {
-        let worker = std::thread::Builder::new()
-            .name("iotrace-load".into())
-            .spawn_scoped(s, || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(LoadError::Runtime)?;
-                runtime.block_on(client::drive(plan))
-            })
-            .map_err(LoadError::Runtime)?;
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    client::drive(plan)
 }
