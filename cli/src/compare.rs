@@ -48,8 +48,7 @@ fn wait_listening(child: &mut Child, timeout: Duration) -> anyhow::Result<String
 }
 
 fn stop(child: &mut Child, grace: Duration) -> anyhow::Result<()> {
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    iotrace_collector::sys::kill(child.id() as i32, libc::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if child.try_wait()?.is_some() {
@@ -59,8 +58,7 @@ fn stop(child: &mut Child, grace: Duration) -> anyhow::Result<()> {
     }
     // A third SIGINT makes iotrace kill the server; then wait for the file to be finished.
     for _ in 0..3 {
-        // SAFETY: as above.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        iotrace_collector::sys::kill(child.id() as i32, libc::SIGINT);
     }
     child.wait()?;
     Ok(())

@@ -1,6 +1,8 @@
 //! The `iotrace` command. Thin by design: it turns arguments into the collector's option
 //! structs and prints what the collector returns. Not a library.
 
+#![deny(unsafe_code)]
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;

@@ -24,11 +24,14 @@
 //! The load generator that drives them, and the ready line they print, are the
 //! `iotrace-load` crate.
 
+#![deny(unsafe_code)]
+
 pub mod args;
 pub mod conn;
 pub mod http;
 pub mod shutdown;
 pub mod strategy;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod work;
 
