@@ -1,7 +1,7 @@
 //! What iotrace writes from an analysis ([`iotrace_analysis`]): every output a person or a
 //! script reads.
 //!
-//! - [`report`] renders a summary as text for people or JSON for scripts (REPORT.md); the task
+//! - [`report`] renders a summary as text for people or JSON for scripts (`collector/REPORT.md`); the task
 //!   and thread-state sections are [`tasks_text`], a warning's line is [`warning`].
 //! - [`compare`] tables the costs of several recordings side by side.
 //! - [`flamegraph`] counts stack samples into folded stacks and SVGs.

@@ -1,6 +1,6 @@
 //! Shared by the layer's integration tests: a listener that stands in for the recorder, and a
-//! minimal walker that checks a received stream is well-formed per `WIRE.md` (the full decoder
-//! lives in `iotrace-collector`'s intake, which tests the round trip).
+//! walker that checks a received stream is well-formed per `WIRE.md` with the recorder's own
+//! decoder (`iotrace-wire`).
 
 #![allow(dead_code)]
 
@@ -8,6 +8,8 @@ use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
+
+use iotrace_wire::{decode_frame, decode_hello, frame_len, tag, SpanEvent, HELLO_LEN};
 
 /// Binds a socket in a fresh temp dir and returns its path and a receiver of everything the
 /// first client sends (delivered when it disconnects or after `read_for` of silence).
@@ -47,113 +49,58 @@ pub struct Walk {
     pub span_records: Vec<(u32, u8, u64)>,
 }
 
-struct R<'a>(&'a [u8]);
-
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        assert!(self.0.len() >= n, "record runs past its frame");
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.take(1)[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take(2).try_into().unwrap())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take(4).try_into().unwrap())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take(8).try_into().unwrap())
-    }
-    fn str(&mut self) -> String {
-        let n = self.u16() as usize;
-        String::from_utf8(self.take(n).to_vec()).expect("UTF-8")
-    }
-    fn fields(&mut self) {
-        for _ in 0..self.u8() {
-            self.u8();
-            match self.u8() {
-                1 | 2 | 4 | 6 => {
-                    self.u64();
-                }
-                3 => {
-                    self.u8();
-                }
-                5 => {
-                    self.str();
-                }
-                t => panic!("unknown value type {t}"),
-            }
-        }
+/// The tag of an event, as the stream carries it.
+fn tag_of(e: &SpanEvent) -> u8 {
+    match e {
+        SpanEvent::Callsite(_) => tag::CALLSITE,
+        SpanEvent::NewSpan { .. } => tag::NEW_SPAN,
+        SpanEvent::Enter { .. } => tag::ENTER,
+        SpanEvent::Exit { .. } => tag::EXIT,
+        SpanEvent::Close { .. } => tag::CLOSE,
+        SpanEvent::Record { .. } => tag::RECORD,
+        SpanEvent::FollowsFrom { .. } => tag::FOLLOWS_FROM,
+        SpanEvent::Event { .. } => tag::EVENT,
     }
 }
 
-/// Walks a whole stream, panicking at the first violation of the spec.
+/// Walks a whole stream with the recorder's own decoder (`iotrace-wire`), panicking at the
+/// first violation of the spec.
 pub fn walk(stream: &[u8]) -> Walk {
-    let mut r = R(stream);
-    assert_eq!(r.take(8), b"IOTRSPAN");
-    assert_eq!(r.u16(), 1, "version");
-    r.u16();
+    assert!(stream.len() >= HELLO_LEN, "no hello");
+    let (hello, mut rest) = stream.split_at(HELLO_LEN);
     let mut w = Walk {
-        pid: r.u32(),
+        pid: decode_hello(hello.try_into().unwrap()).expect("hello"),
         ..Walk::default()
     };
-    while !r.0.is_empty() {
-        let len = r.u32() as usize;
-        assert!((16..=4 << 20).contains(&len), "frame length {len}");
-        let mut f = R(r.take(len));
-        assert_eq!(f.u32(), w.pid, "frame pid");
-        let tid = f.u32();
-        let dropped = f.u64();
-        assert!(dropped >= w.dropped, "dropped count never decreases");
-        w.dropped = dropped;
+    while !rest.is_empty() {
+        assert!(rest.len() >= 4, "a frame's length prefix is cut");
+        let len = frame_len(rest[..4].try_into().unwrap()).expect("frame length");
+        assert!(rest.len() >= 4 + len, "frame runs past the stream");
+        let batch = decode_frame(&rest[4..4 + len]).expect("frame");
+        rest = &rest[4 + len..];
+        assert_eq!(batch.pid, w.pid, "frame pid");
+        assert!(
+            batch.dropped_total >= w.dropped,
+            "dropped count never decreases"
+        );
+        w.dropped = batch.dropped_total;
         w.frames += 1;
-        if !w.tids.contains(&tid) {
-            w.tids.push(tid);
+        if !w.tids.contains(&batch.tid) {
+            w.tids.push(batch.tid);
         }
-        while !f.0.is_empty() {
-            let tag = f.u8();
+        for e in &batch.events {
+            let tag = tag_of(e);
             w.tags.push(tag);
-            match tag {
-                1 => {
-                    assert_eq!(tid, 0, "callsites travel in thread-less frames");
-                    f.u64();
-                    assert!(f.u8() <= 1);
-                    assert!(f.u8() <= 4);
-                    f.u32();
-                    w.callsite_names.push(f.str());
-                    for _ in 0..3 {
-                        f.str();
-                    }
-                    for _ in 0..f.u8() {
-                        f.str();
-                    }
+            match e {
+                SpanEvent::Callsite(c) => {
+                    assert_eq!(batch.tid, 0, "callsites travel in thread-less frames");
+                    w.callsite_names.push(c.name.clone());
                 }
-                2 => {
-                    f.u64();
-                    w.span_records.push((tid, tag, f.u64()));
-                    f.take(16);
-                    f.fields();
-                }
-                3..=5 => {
-                    f.u64();
-                    w.span_records.push((tid, tag, f.u64()));
-                }
-                6 => {
-                    f.take(16);
-                    f.fields();
-                }
-                7 => {
-                    f.take(24);
-                }
-                8 => {
-                    f.take(24);
-                    f.fields();
-                }
-                t => panic!("unknown tag {t}"),
+                SpanEvent::NewSpan { span, .. }
+                | SpanEvent::Enter { span, .. }
+                | SpanEvent::Exit { span, .. }
+                | SpanEvent::Close { span, .. } => w.span_records.push((batch.tid, tag, *span)),
+                _ => {}
             }
         }
     }
