@@ -1,9 +1,10 @@
 //! `iotrace compare`: record each demo server under `iotrace record`, drive it with the same
-//! load, stop it, and table the costs. Glue between the collector (traces, table) and the
-//! demos crate (load generator); the table itself is `iotrace_collector::compare`.
+//! load, stop it, and table the costs; or table existing traces. Glue between the collector
+//! (traces, table) and the demos crate (load generator); the table itself is
+//! `iotrace_collector::compare`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -11,19 +12,100 @@ use iotrace_collector::analysis;
 use iotrace_collector::compare::{self, CompareRow, LoadFigures};
 use iotrace_load as load;
 
+use crate::print_stdout;
+
+pub const EXAMPLES: &str = "EXAMPLES:\n    iotrace compare\n    iotrace compare --strategies threads,tokio --connections 1000 --duration 5s\n    iotrace compare iotrace-compare/threads.iotrace iotrace-compare/tokio.iotrace --json\n";
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// Existing traces to table instead of running the demos.
+    traces: Vec<PathBuf>,
+    /// Strategies to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "threads,green,epoll,tokio,tokio-blocking"
+    )]
+    strategies: Vec<String>,
+    /// Concurrent keep-alive connections of the load.
+    #[arg(short, long, default_value_t = 64)]
+    connections: usize,
+    /// Milliseconds each request waits, as if for a downstream service.
+    #[arg(long, default_value_t = 1)]
+    io_ms: u64,
+    /// Microseconds of CPU each request burns.
+    #[arg(long, default_value_t = 50)]
+    cpu_us: u64,
+    /// Load duration per strategy (e.g. 3s).
+    #[arg(short, long, default_value = "3s", value_parser = crate::time::parse_duration)]
+    duration: std::time::Duration,
+    /// Folder for traces, logs, table.txt and compare.json.
+    #[arg(short, long, default_value = "iotrace-compare")]
+    out: PathBuf,
+    /// Print the table as JSON: {"rows": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let rows = if args.traces.is_empty() {
+        for s in &args.strategies {
+            if !STRATEGIES.contains(&s.as_str()) {
+                bail!(
+                    "unknown strategy `{s}`; choose from {}",
+                    STRATEGIES.join(", ")
+                );
+            }
+        }
+        let plan = Plan {
+            strategies: args.strategies,
+            connections: args.connections,
+            io_ms: args.io_ms,
+            cpu_us: args.cpu_us,
+            duration: args.duration,
+            out_dir: args.out.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let rows = run_plan(&plan)?;
+        for (name, text) in [
+            ("table.txt", compare::table(&rows)),
+            ("compare.json", compare::json(&rows)),
+        ] {
+            let path = args.out.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        rows
+    } else {
+        from_traces(&args.traces)?
+    };
+    if args.json {
+        print_stdout(&compare::json(&rows))?;
+        print_stdout("\n")?;
+    } else {
+        print_stdout(&compare::table(&rows))?;
+        if args.traces.is_empty() {
+            print_stdout(&format!(
+                "\nwrote {}/: table.txt, compare.json, and per strategy STRATEGY.iotrace (trace), STRATEGY.iotrace.load.json, STRATEGY-report.txt, STRATEGY-oncpu.svg, STRATEGY-offcpu.svg, STRATEGY-timeline.html, STRATEGY.log\n",
+                args.out.display()
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The strategies `compare` runs by default, in table order.
-pub const STRATEGIES: [&str; 5] = ["threads", "green", "epoll", "tokio", "tokio-blocking"];
+const STRATEGIES: [&str; 5] = ["threads", "green", "epoll", "tokio", "tokio-blocking"];
 
 /// The load every strategy gets.
 #[derive(Debug, Clone)]
-pub struct Plan {
-    pub strategies: Vec<String>,
-    pub connections: usize,
-    pub io_ms: u64,
-    pub cpu_us: u64,
-    pub duration: Duration,
-    pub out_dir: PathBuf,
-    pub progress: bool,
+struct Plan {
+    strategies: Vec<String>,
+    connections: usize,
+    io_ms: u64,
+    cpu_us: u64,
+    duration: Duration,
+    out_dir: PathBuf,
+    progress: bool,
 }
 
 fn demo_binary(strategy: &str) -> anyhow::Result<PathBuf> {
@@ -140,7 +222,7 @@ fn write_report_and_timeline(
 }
 
 /// Run the whole plan: one row per strategy, in order.
-pub fn run(plan: &Plan) -> anyhow::Result<Vec<CompareRow>> {
+fn run_plan(plan: &Plan) -> anyhow::Result<Vec<CompareRow>> {
     std::fs::create_dir_all(&plan.out_dir)
         .with_context(|| format!("creating {}", plan.out_dir.display()))?;
     let bar = if plan.progress {
@@ -168,7 +250,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<CompareRow>> {
 
 /// Rows from existing traces (their `.load.json` sidecars give requests and latency; without
 /// one, requests are the program's `request` spans).
-pub fn from_traces(traces: &[PathBuf]) -> anyhow::Result<Vec<CompareRow>> {
+fn from_traces(traces: &[PathBuf]) -> anyhow::Result<Vec<CompareRow>> {
     traces
         .iter()
         .map(|trace| {
