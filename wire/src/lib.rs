@@ -152,6 +152,20 @@ pub enum SpanEvent {
 }
 
 impl SpanEvent {
+    /// The record's tag on the wire (the first byte [`decode_frame`] reads for it).
+    pub fn tag(&self) -> u8 {
+        match self {
+            SpanEvent::Callsite(_) => tag::CALLSITE,
+            SpanEvent::NewSpan { .. } => tag::NEW_SPAN,
+            SpanEvent::Enter { .. } => tag::ENTER,
+            SpanEvent::Exit { .. } => tag::EXIT,
+            SpanEvent::Close { .. } => tag::CLOSE,
+            SpanEvent::Record { .. } => tag::RECORD,
+            SpanEvent::FollowsFrom { .. } => tag::FOLLOWS_FROM,
+            SpanEvent::Event { .. } => tag::EVENT,
+        }
+    }
+
     /// The record's time, if it has one (callsites have none).
     pub fn time(&self) -> Option<u64> {
         match self {

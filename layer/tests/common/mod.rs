@@ -9,7 +9,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
 
-use iotrace_wire::{decode_frame, decode_hello, frame_len, tag, SpanEvent, HELLO_LEN};
+use iotrace_wire::{decode_frame, decode_hello, frame_len, SpanEvent, HELLO_LEN};
 
 /// Binds a socket in a fresh temp dir and returns its path and a receiver of everything the
 /// first client sends (delivered when it disconnects or after `read_for` of silence).
@@ -49,20 +49,6 @@ pub struct Walk {
     pub span_records: Vec<(u32, u8, u64)>,
 }
 
-/// The tag of an event, as the stream carries it.
-fn tag_of(e: &SpanEvent) -> u8 {
-    match e {
-        SpanEvent::Callsite(_) => tag::CALLSITE,
-        SpanEvent::NewSpan { .. } => tag::NEW_SPAN,
-        SpanEvent::Enter { .. } => tag::ENTER,
-        SpanEvent::Exit { .. } => tag::EXIT,
-        SpanEvent::Close { .. } => tag::CLOSE,
-        SpanEvent::Record { .. } => tag::RECORD,
-        SpanEvent::FollowsFrom { .. } => tag::FOLLOWS_FROM,
-        SpanEvent::Event { .. } => tag::EVENT,
-    }
-}
-
 /// Walks a whole stream with the recorder's own decoder (`iotrace-wire`), panicking at the
 /// first violation of the spec.
 pub fn walk(stream: &[u8]) -> Walk {
@@ -89,7 +75,7 @@ pub fn walk(stream: &[u8]) -> Walk {
             w.tids.push(batch.tid);
         }
         for e in &batch.events {
-            let tag = tag_of(e);
+            let tag = e.tag();
             w.tags.push(tag);
             match e {
                 SpanEvent::Callsite(c) => {
