@@ -168,7 +168,9 @@ fn cpu_bound_children_on_two_cores_are_preempted() {
         .sum();
     assert!(
         per_thread.abs_diff(total) * 20 <= total,
-        "threads {per_thread} vs task-clock {total}"
+        "threads {per_thread} vs task-clock {total} (lost events {}, switches {})",
+        r["lost_events"],
+        r["context_switches"]
     );
 }
 
