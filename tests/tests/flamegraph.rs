@@ -93,6 +93,61 @@ fn burn_cpu_holds_the_on_cpu_samples_and_leaves_agree_with_perf() {
     );
 }
 
+/// On-CPU samples come from a timer per CPU, filtered in the kernel to the recorded
+/// processes (docs/DESIGN.md), or from one per recorded thread without the BPF counter:
+/// either way a process that shares the CPU unrecorded leaves no sample, and the recorded one
+/// gets about -F samples per second of its own CPU time, not of the CPU's.
+#[test]
+fn a_cpu_shared_with_an_unrecorded_spinner_samples_only_the_recorded_one() {
+    if !perf_available("a_cpu_shared_with_an_unrecorded_spinner_samples_only_the_recorded_one") {
+        return;
+    }
+    let _serial = serial();
+    let trace = temp_dir("fg-shared").join("t.data");
+    let fx = fx();
+    // The neighbour: a shell spinning on CPU 0 for the whole recording, so the recorded
+    // spinner (1 s of wall time) gets about half the CPU (taskset execs the
+    // shell, so the child is the spinner itself; killed when the guard drops, panic or not).
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let neighbour = KillOnDrop(
+        std::process::Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the neighbour"),
+    );
+    let out = record(&trace, &[], &["taskset", "-c", "0", &fx, "spin", "1000"]);
+    drop(neighbour);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = folded(&trace, &[]);
+    let foreign: Vec<&(String, u64)> = lines
+        .iter()
+        .filter(|(s, _)| !(s.starts_with("fixture;") || s.starts_with("taskset;")))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "samples of other processes: {foreign:?}"
+    );
+    let samples = total(&lines) as f64;
+    let on_cpu_s = report_json(&trace)["on_cpu_ns"].as_u64().unwrap() as f64 / 1e9;
+    let expected = on_cpu_s * 999.0;
+    assert!(
+        on_cpu_s >= 0.2 && samples >= expected * 0.75 && samples <= expected * 1.25,
+        "{samples} samples for {on_cpu_s:.3} s on CPU (expected about {expected:.0})"
+    );
+}
+
 #[test]
 fn a_hundred_ten_ms_naps_are_one_second_off_cpu_in_the_kernel_sleep() {
     if !perf_available("a_hundred_ten_ms_naps_are_one_second_off_cpu_in_the_kernel_sleep") {

@@ -20,7 +20,7 @@ pub mod unwind;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use perf_event::events::{Software, Tracepoint};
@@ -178,7 +178,7 @@ impl BpfSyscalls {
     /// program off the tracepoint: counting stopped at the first thread exit.)
     fn open(pid: libc::pid_t) -> io::Result<Self> {
         let counter = syscount::SyscallCounter::new(pid as u32)?;
-        Self::hang(counter, pid)
+        Self::hang(counter, sys::gettid())
     }
 
     /// Load the counter for the running processes `tgids`, counting from now (they will not
@@ -230,6 +230,9 @@ pub struct PerfSession {
     fault_ids: Vec<u64>,
     /// Sample identifiers of the per-CPU cpu-clock and switch-out stack events.
     clock_ids: Vec<u64>,
+    /// The cpu-clock events observe whole CPUs (filtered to the recorded processes in the
+    /// kernel): a thread added later needs none of its own.
+    clock_per_cpu: bool,
     switch_ids: Vec<u64>,
     stacks: StackInterner,
     chain_buf: Vec<u64>,
@@ -531,14 +534,20 @@ impl PerfSession {
             }
         }
 
-        let (clock_ids, switch_ids, sampling) = open_stack_events(
+        let StackEvents {
+            clock_ids,
+            clock_per_cpu,
+            switch_ids,
+            sampling,
+        } = open_stack_events(
             &mut rings,
             pid,
             kernel,
             start,
             opts,
-            counted.is_some(),
+            counted.as_ref().map(|c| &c.counter),
             &mut missing,
+            &mut notes,
         );
 
         let mut counters = Counters::default();
@@ -558,6 +567,7 @@ impl PerfSession {
             off_cpu_stacks: opts.off_cpu_stacks,
             fault_ids,
             clock_ids,
+            clock_per_cpu,
             switch_ids,
             stacks: StackInterner::default(),
             chain_buf: Vec::with_capacity(128),
@@ -612,7 +622,7 @@ impl PerfSession {
                     follow(b, Some(&mut self.fault_ids))?;
                 }
                 let stack = |ev, user| stack_builder(ev, pid, cpu, kernel, start, &opts, user);
-                if !self.clock_ids.is_empty() {
+                if !self.clock_ids.is_empty() && !self.clock_per_cpu {
                     let mut b = stack(Software::CPU_CLOCK, true);
                     b.sample_frequency(opts.frequency_hz);
                     follow(b, Some(&mut self.clock_ids))?;
@@ -1020,17 +1030,36 @@ fn flush_samples(
     Ok(())
 }
 
+/// The stack events [`open_stack_events`] opened.
+struct StackEvents {
+    /// Sample ids of the cpu-clock events, one per CPU.
+    clock_ids: Vec<u64>,
+    /// The cpu-clock events observe whole CPUs, filtered in the kernel to the recorded
+    /// processes (rather than following each recorded thread).
+    clock_per_cpu: bool,
+    /// Sample ids of the switch-out stack events, one per CPU.
+    switch_ids: Vec<u64>,
+    sampling: Option<Sampling>,
+}
+
 /// Open the per-CPU stack events (cpu-clock samples and switch-out stacks) into the rings.
 /// Returns their sample ids and the trace's `Sampling` record, or pushes what is missing.
+///
+/// With the in-kernel syscall counter loaded (`counter`), the switch-out stack also names
+/// each switch-out's syscall, and the cpu-clock events observe whole CPUs with the counter's
+/// process filter (see `syscount::sample_filter_prog` for why); without it they follow
+/// the recorded threads, as `perf record` does.
 fn open_stack_events(
     rings: &mut [Ring],
     pid: libc::pid_t,
     kernel: bool,
     start: Start,
     opts: &PerfOptions,
-    name_syscalls: bool,
+    counter: Option<&syscount::SyscallCounter>,
     missing: &mut Vec<String>,
-) -> (Vec<u64>, Vec<u64>, Option<Sampling>) {
+    notes: &mut Vec<String>,
+) -> StackEvents {
+    let name_syscalls = counter.is_some();
     let open = |ev: Software, ring: &Ring, configure: &dyn Fn(&mut Builder<'_>)| {
         let user = ev != Software::CONTEXT_SWITCHES || opts.off_cpu_stacks;
         let mut b = stack_builder(ev, pid, ring.cpu as usize, kernel, start, opts, user);
@@ -1039,11 +1068,17 @@ fn open_stack_events(
         sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
         Ok::<_, io::Error>(c)
     };
-    let mut open_all = |ev: Software, configure: &dyn Fn(&mut Builder<'_>)| {
+    let open_all = |rings: &mut [Ring],
+                    ev: Software,
+                    configure: &dyn Fn(&mut Builder<'_>),
+                    filter: Option<&OwnedFd>| {
         let mut ids = Vec::new();
         let mut counters = Vec::new();
         for ring in rings.iter() {
             let c = open(ev, ring, configure)?;
+            if let Some(prog) = filter {
+                sys::perf_set_bpf(c.as_raw_fd(), prog.as_raw_fd())?;
+            }
             ids.push(c.id());
             counters.push(c);
         }
@@ -1053,24 +1088,59 @@ fn open_stack_events(
         Ok::<_, io::Error>(ids)
     };
     let mut clock_ids = Vec::new();
+    let mut clock_per_cpu = false;
     if opts.frequency_hz > 0 {
         let hz = opts.frequency_hz;
-        match open_all(Software::CPU_CLOCK, &|b| {
-            b.sample_frequency(hz);
-        }) {
-            Ok(ids) => clock_ids = ids,
-            Err(e) => missing.push(format!(
-                "on-CPU stacks are missing: the cpu-clock sampling event could not be opened ({e})"
-            )),
+        // Whole CPUs, filtered, where the counter's process map can filter them.
+        if let Some(counter) = counter {
+            let per_cpu = |b: &mut Builder<'_>| {
+                b.sample_frequency(hz)
+                    .any_pid()
+                    .inherit(false)
+                    .enable_on_exec(false)
+                    .enabled(true);
+            };
+            match counter
+                .sample_filter()
+                .and_then(|prog| open_all(rings, Software::CPU_CLOCK, &per_cpu, Some(&prog)))
+            {
+                Ok(ids) => {
+                    clock_ids = ids;
+                    clock_per_cpu = true;
+                }
+                Err(e) => notes.push(format!(
+                    "on-CPU samples follow each recorded thread, which costs it a timer restart at every switch: the CPU-wide sampling event or its process filter could not be had ({e})"
+                )),
+            }
+        }
+        if !clock_per_cpu {
+            match open_all(
+                rings,
+                Software::CPU_CLOCK,
+                &|b| {
+                    b.sample_frequency(hz);
+                },
+                None,
+            ) {
+                Ok(ids) => clock_ids = ids,
+                Err(e) => missing.push(format!(
+                    "on-CPU stacks are missing: the cpu-clock sampling event could not be opened ({e})"
+                )),
+            }
         }
     }
     let mut switch_ids = Vec::new();
     // With syscalls counted in the kernel, the switch-out stack also names the syscall, so
     // it is taken (kernel half only) even when off-CPU stacks are not wanted.
     if (opts.off_cpu_stacks || name_syscalls) && kernel {
-        match open_all(Software::CONTEXT_SWITCHES, &|b| {
-            b.sample_period(1);
-        }) {
+        match open_all(
+            rings,
+            Software::CONTEXT_SWITCHES,
+            &|b| {
+                b.sample_period(1);
+            },
+            None,
+        ) {
             Ok(ids) => switch_ids = ids,
             Err(e) => missing.push(format!(
                 "off-CPU stacks are missing: the context-switch sampling event could not be opened ({e})"
@@ -1081,7 +1151,12 @@ fn open_stack_events(
     }
     let off_cpu = opts.off_cpu_stacks && !switch_ids.is_empty();
     if clock_ids.is_empty() && !off_cpu {
-        return (clock_ids, switch_ids, None);
+        return StackEvents {
+            clock_ids,
+            clock_per_cpu,
+            switch_ids,
+            sampling: None,
+        };
     }
     let read = |path: &str| {
         std::fs::read_to_string(path)
@@ -1099,7 +1174,12 @@ fn open_stack_events(
         boot_id: read("/proc/sys/kernel/random/boot_id"),
         kernel_release: read("/proc/sys/kernel/osrelease"),
     };
-    (clock_ids, switch_ids, Some(sampling))
+    StackEvents {
+        clock_ids,
+        clock_per_cpu,
+        switch_ids,
+        sampling: Some(sampling),
+    }
 }
 
 /// COMM, FORK, EXIT, LOST and MMAP2 records.

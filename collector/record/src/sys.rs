@@ -471,6 +471,9 @@ pub fn bpf_raw_tracepoint_open(name: &str, prog: &OwnedFd) -> io::Result<OwnedFd
 pub enum BpfProg {
     /// Attached to a perf tracepoint event; its context is the tracepoint's record.
     Tracepoint = 5,
+    /// Attached with [`perf_set_bpf`] to a sampling (non-tracepoint) event: runs at each of
+    /// its overflows, and a return of 0 drops the sample before it is written.
+    PerfEvent = 7,
     /// Attached with [`bpf_raw_tracepoint_open`]; its context is the tracepoint's arguments.
     RawTracepoint = 17,
 }
