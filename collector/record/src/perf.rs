@@ -537,6 +537,7 @@ impl PerfSession {
         let StackEvents {
             clock_ids,
             clock_per_cpu,
+            clock_note,
             switch_ids,
             sampling,
         } = open_stack_events(
@@ -547,8 +548,8 @@ impl PerfSession {
             opts,
             counted.as_ref().map(|c| &c.counter),
             &mut missing,
-            &mut notes,
         );
+        notes.extend(clock_note);
 
         let mut counters = Counters::default();
         counters.open(pid, kernel, start, syscall_tp);
@@ -1037,6 +1038,8 @@ struct StackEvents {
     /// The cpu-clock events observe whole CPUs, filtered in the kernel to the recorded
     /// processes (rather than following each recorded thread).
     clock_per_cpu: bool,
+    /// Why the cpu-clock events follow the threads when the counter is loaded.
+    clock_note: Option<String>,
     /// Sample ids of the switch-out stack events, one per CPU.
     switch_ids: Vec<u64>,
     sampling: Option<Sampling>,
@@ -1057,7 +1060,6 @@ fn open_stack_events(
     opts: &PerfOptions,
     counter: Option<&syscount::SyscallCounter>,
     missing: &mut Vec<String>,
-    notes: &mut Vec<String>,
 ) -> StackEvents {
     let name_syscalls = counter.is_some();
     let open = |ev: Software, ring: &Ring, configure: &dyn Fn(&mut Builder<'_>)| {
@@ -1089,6 +1091,7 @@ fn open_stack_events(
     };
     let mut clock_ids = Vec::new();
     let mut clock_per_cpu = false;
+    let mut clock_note = None;
     if opts.frequency_hz > 0 {
         let hz = opts.frequency_hz;
         // Whole CPUs, filtered, where the counter's process map can filter them.
@@ -1108,7 +1111,7 @@ fn open_stack_events(
                     clock_ids = ids;
                     clock_per_cpu = true;
                 }
-                Err(e) => notes.push(format!(
+                Err(e) => clock_note = Some(format!(
                     "on-CPU samples follow each recorded thread, which costs it a timer restart at every switch: the CPU-wide sampling event or its process filter could not be had ({e})"
                 )),
             }
@@ -1154,6 +1157,7 @@ fn open_stack_events(
         return StackEvents {
             clock_ids,
             clock_per_cpu,
+            clock_note,
             switch_ids,
             sampling: None,
         };
@@ -1177,6 +1181,7 @@ fn open_stack_events(
     StackEvents {
         clock_ids,
         clock_per_cpu,
+        clock_note,
         switch_ids,
         sampling: Some(sampling),
     }
