@@ -176,6 +176,12 @@ impl BpfSyscalls {
     /// events of their own: disabled, and never inherited. (An inherited copy of an event
     /// shares its program, and when the copy is freed at a thread's exit the kernel takes the
     /// program off the tracepoint: counting stopped at the first thread exit.)
+    ///
+    /// The events observe the calling thread, not the child: an event that is not inherited
+    /// in the child's perf context keeps its children's contexts from being clones of it, and
+    /// the kernel can then no longer swap two recorded tasks' contexts at a switch between
+    /// them (docs/DESIGN.md). The caller is the thread that runs the recording to its end
+    /// (`record::record`), so the programs stay on for all of it.
     fn open(pid: libc::pid_t) -> io::Result<Self> {
         let counter = syscount::SyscallCounter::new(pid as u32)?;
         Self::hang(counter, sys::gettid())
@@ -730,12 +736,17 @@ impl PerfSession {
         self.drain_until(watermark, out)
     }
 
-    /// End the window of a recording of running processes: disable every event (the rings
-    /// then take no more records, the counting events stop) and stop the syscall counter, as
+    /// End the window of a recording of running processes: stop the syscall counter and
+    /// disable every event (the rings then take no more records, the counting events stop), as
     /// close together as can be, so that what comes next — reading the counts, which takes a
     /// while with many threads, and the rings' backlog — describes one window. (A launched
     /// command has exited by then: nothing moves.)
     pub fn stop(&mut self) {
+        // The counter first: a thread born between the two is then seen and not counted (a
+        // thread cut by the window's end, as any other), never counted and not seen.
+        if let Some(c) = self.counted.as_mut() {
+            c.counter.stop();
+        }
         for ring in self.rings.iter_mut() {
             let _ = ring.sampler.disable();
             for c in ring._followers.iter_mut() {
@@ -753,9 +764,6 @@ impl PerfSession {
             for counter in list.iter_mut() {
                 let _ = counter.disable();
             }
-        }
-        if let Some(c) = self.counted.as_mut() {
-            c.counter.stop();
         }
     }
 
