@@ -7,7 +7,7 @@ use iotrace_collector::{analysis, report};
 
 use crate::print_stdout;
 
-pub const EXAMPLES: &str = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n    iotrace report t.data --blocked-threshold 1ms\n    iotrace report --json t.data | jq '.warnings[].message'\n";
+pub const EXAMPLES: &str = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n    iotrace report t.data --blocked-threshold 1ms\n    iotrace report --json t.data | jq '.tasks[] | {name, yield_sites, woken_by}'\n    iotrace report --json t.data | jq '.warnings[].message'\n";
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -26,12 +26,18 @@ pub struct ReportArgs {
     /// ten times the threshold.
     #[arg(long, value_parser = crate::timeline::parse_percent, default_value = "5%", value_name = "PERCENT")]
     blocked_share: f64,
+    /// A wake→poll delay at least this long counts as the task waiting for a worker: what held
+    /// the workers meanwhile is looked at, and a task whose p99 delay reaches it, mostly
+    /// behind polls that blocked in the kernel, gets a scheduling_delay warning.
+    #[arg(long, value_parser = crate::time::parse_ns, default_value = "1ms", value_name = "TIME")]
+    sched_delay: u64,
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let opts = iotrace_collector::tasks::TaskOptions {
         blocked_threshold_ns: args.blocked_threshold,
         warn_share: args.blocked_share,
+        sched_delay_ns: args.sched_delay,
     };
     let summary =
         analysis::summarize_file_with(&args.file, &opts, &mut iotrace_collector::tasks::NoSink)?;

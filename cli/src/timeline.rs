@@ -31,6 +31,10 @@ pub struct WindowArgs {
     /// Warn about a task when such stretches add up to this share of its poll time.
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
     blocked_share: f64,
+    /// A wake→poll delay at least this long is a task waiting for a worker (warned about when
+    /// its p99 reaches it, mostly behind blocked polls).
+    #[arg(long, value_parser = crate::time::parse_ns, default_value = "1ms", value_name = "TIME")]
+    sched_delay: u64,
 }
 
 impl WindowArgs {
@@ -39,6 +43,7 @@ impl WindowArgs {
             tasks: TaskOptions {
                 blocked_threshold_ns: self.blocked_threshold,
                 warn_share: self.blocked_share,
+                sched_delay_ns: self.sched_delay,
             },
             from_ns: self.from,
             to_ns: self.to,

@@ -288,7 +288,27 @@ pub fn wire_frame(batch: &SpanBatch) -> Vec<u8> {
     p.extend_from_slice(&batch.pid.to_le_bytes());
     p.extend_from_slice(&batch.tid.to_le_bytes());
     p.extend_from_slice(&batch.dropped_total.to_le_bytes());
-    for e in &batch.events {
+    let mut events = batch.events.iter().peekable();
+    while let Some(e) = events.next() {
+        // An event and the `At` after it are one EVENT_AT record.
+        if let (
+            SpanEvent::Event {
+                time,
+                span,
+                callsite,
+                fields,
+            },
+            Some(SpanEvent::At { stack, .. }),
+        ) = (e, events.peek())
+        {
+            p.push(10);
+            for v in [*time, span.unwrap_or(0), *callsite, *stack] {
+                p.extend_from_slice(&v.to_le_bytes());
+            }
+            put_fields(&mut p, fields);
+            events.next();
+            continue;
+        }
         encode_event(&mut p, e);
     }
     let mut out = (p.len() as u32).to_le_bytes().to_vec();
@@ -391,6 +411,16 @@ fn encode_event(p: &mut Vec<u8>, e: &SpanEvent) {
             u64s(p, 8, &[*time, span.unwrap_or(0), *callsite]);
             put_fields(p, fields);
         }
+        SpanEvent::Stack { id, frames } => {
+            let n = frames.len().min(intake::wire::MAX_STACK);
+            u64s(p, 9, &[*id]);
+            p.push(n as u8);
+            for f in &frames[..n] {
+                p.extend_from_slice(&f.to_le_bytes());
+            }
+        }
+        // An `At` with no event before it has no wire form.
+        SpanEvent::At { .. } => {}
     }
 }
 

@@ -7,7 +7,9 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Level, Metadata};
 
-pub(crate) use iotrace_wire::{kind, level, tag, ty, FIXED_RECORD, FRAME_HEADER, HELLO_LEN};
+pub(crate) use iotrace_wire::{
+    kind, level, tag, ty, FIXED_RECORD, FRAME_HEADER, HELLO_LEN, MAX_STACK,
+};
 /// Longest string value kept (bytes); longer values are cut at a character boundary.
 pub(crate) const MAX_VALUE_STR: usize = 512;
 /// Longest callsite name, target, module, file or field name kept (bytes).

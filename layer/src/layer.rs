@@ -45,6 +45,7 @@ pub struct IotraceLayer {
     off_while_detached: bool,
     resources: bool,
     waker_refcounts: bool,
+    yield_sites: bool,
 }
 
 impl std::fmt::Debug for IotraceLayer {
@@ -62,12 +63,22 @@ impl IotraceLayer {
             off_while_detached: false,
             resources: false,
             waker_refcounts: false,
+            yield_sites: yield_sites_from_env(),
         }
     }
 
-    /// Also record tokio's `waker.clone` and `waker.drop` events. Off by default: only wakes
-    /// (`waker.wake`, `waker.wake_by_ref`) matter to task states, and the reference counting
-    /// events are four records per request.
+    /// Record where tasks yield and what wakes them (on unless `IOTRACE_YIELD_SITES=0`): tokio's
+    /// `waker.clone` events (a leaf future storing the waker before it returns Pending), and
+    /// with every waker event the stack its thread's frame pointers give (about 40 frames,
+    /// sent once per thread and distinct stack, then 8 bytes per event). Off, waker events are
+    /// wakes only and carry no stack, as before version 2 of the wire.
+    pub fn with_yield_sites(mut self, record: bool) -> Self {
+        self.yield_sites = record;
+        self
+    }
+
+    /// Also record tokio's `waker.drop` events, and `waker.clone` when yield sites are off. Off
+    /// by default: drops say nothing about task states.
     pub fn with_waker_refcounts(mut self, record: bool) -> Self {
         self.waker_refcounts = record;
         self
@@ -116,18 +127,37 @@ impl IotraceLayer {
     }
 }
 
-/// Whether a tokio waker event is a `waker.clone` or `waker.drop` (no allocation, no format).
-fn is_refcount_op(event: &Event<'_>) -> bool {
-    struct Op(bool);
+/// The environment's say on yield sites: on unless `IOTRACE_YIELD_SITES=0`.
+fn yield_sites_from_env() -> bool {
+    std::env::var_os("IOTRACE_YIELD_SITES").is_none_or(|v| v != "0")
+}
+
+/// What a tokio waker event does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WakerOp {
+    Clone,
+    Drop,
+    Wake,
+    Other,
+}
+
+/// The `op` of a tokio waker event (no allocation, no format).
+fn waker_op(event: &Event<'_>) -> WakerOp {
+    struct Op(WakerOp);
     impl tracing::field::Visit for Op {
         fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
             if field.name() == "op" {
-                self.0 = value == "waker.clone" || value == "waker.drop";
+                self.0 = match value {
+                    "waker.clone" => WakerOp::Clone,
+                    "waker.drop" => WakerOp::Drop,
+                    "waker.wake" | "waker.wake_by_ref" => WakerOp::Wake,
+                    _ => WakerOp::Other,
+                };
             }
         }
         fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
     }
-    let mut op = Op(false);
+    let mut op = Op(WakerOp::Other);
     event.record(&mut op);
     op.0
 }
@@ -228,7 +258,7 @@ where
                 let mut f = Fields::begin(e, None);
                 values.record(&mut f);
                 f.finish();
-            })
+            });
         });
     }
 
@@ -246,7 +276,7 @@ where
                 e.u64(time);
                 e.u64(sid);
                 e.u64(fid);
-            })
+            });
         });
     }
 
@@ -255,31 +285,53 @@ where
             return;
         }
         let meta = event.metadata();
-        if !self.waker_refcounts && meta.target() == WAKER_TARGET && is_refcount_op(event) {
+        let is_waker = meta.target() == WAKER_TARGET;
+        let op = if is_waker {
+            waker_op(event)
+        } else {
+            WakerOp::Other
+        };
+        let wanted = match op {
+            WakerOp::Drop => self.waker_refcounts,
+            WakerOp::Clone => self.waker_refcounts || self.yield_sites,
+            WakerOp::Wake | WakerOp::Other => true,
+        };
+        if !wanted {
             return;
         }
+        let mut frames = [0u64; iotrace_wire::MAX_STACK];
+        let depth = if self.yield_sites && matches!(op, WakerOp::Clone | WakerOp::Wake) {
+            crate::sys::frame_pointer_stack(&mut frames)
+        } else {
+            0
+        };
         let parent = ctx.event_span(event).and_then(|s| our_id(&s)).unwrap_or(0);
         let resolve = |raw: u64| {
             let raw = NonZeroU64::new(raw)?;
             lookup(&ctx, &Id::from_non_zero_u64(raw))
         };
-        let task_ids: Option<&dyn Fn(u64) -> Option<u64>> = if meta.target() == WAKER_TARGET {
-            Some(&resolve)
-        } else {
-            None
-        };
+        let task_ids: Option<&dyn Fn(u64) -> Option<u64>> =
+            if is_waker { Some(&resolve) } else { None };
         let key = callsite_key(meta);
         let time = now_ns();
         write(|l| {
+            let stack = (depth > 0).then(|| l.stack_id(time, &frames[..depth]));
             l.record(time, |e| {
-                e.u8(tag::EVENT);
+                e.u8(if stack.is_some() {
+                    tag::EVENT_AT
+                } else {
+                    tag::EVENT
+                });
                 e.u64(time);
                 e.u64(parent);
                 e.u64(key);
+                if let Some(id) = stack {
+                    e.u64(id);
+                }
                 let mut f = Fields::begin(e, task_ids);
                 event.record(&mut f);
                 f.finish();
-            })
+            });
         });
     }
 

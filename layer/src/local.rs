@@ -24,6 +24,8 @@ const SPARE: usize = 2;
 
 /// Entries of the per-thread span id cache (direct-mapped by tracing's span id).
 const CACHE: usize = 64;
+/// Stack definitions a thread remembers having sent (direct-mapped by stack id).
+const SENT: usize = 256;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Bumped on every span close. tracing reuses an id only after the span closed, so a cached
@@ -80,6 +82,8 @@ pub(crate) struct Local {
     stack: [(usize, u64, u64); STACK],
     depth: usize,
     cache: [Slot; CACHE],
+    /// Ids of the stacks this thread has defined on the current connection (0: none).
+    sent: [u64; SENT],
 }
 
 thread_local! {
@@ -119,7 +123,30 @@ impl Local {
             stack: [(0, 0, 0); STACK],
             depth: 0,
             cache: [EMPTY_SLOT; CACHE],
+            sent: [0; SENT],
         }
+    }
+
+    /// The id of the stack `frames` (innermost first) in this thread's records, writing its
+    /// STACK definition first unless this thread already sent it on this connection.
+    pub(crate) fn stack_id(&mut self, time: u64, frames: &[u64]) -> u64 {
+        let id = stack_hash(frames);
+        let slot = (id as usize) % SENT;
+        if self.sent[slot] != id {
+            let n = frames.len().min(encode::MAX_STACK);
+            let written = self.record(time, |e| {
+                e.u8(encode::tag::STACK);
+                e.u64(id);
+                e.u8(n as u8);
+                for &f in &frames[..n] {
+                    e.u64(f);
+                }
+            });
+            if written {
+                self.sent[slot] = id;
+            }
+        }
+        id
     }
 
     pub(crate) fn new_id(&mut self) -> u64 {
@@ -200,6 +227,7 @@ impl Local {
     fn same_connection(&mut self) {
         if self.events > 0 && self.gen != sink::generation() {
             self.events = 0;
+            self.sent = [0; SENT];
             if let Some(b) = self.buf.as_mut() {
                 b.truncate(FRAME_HEADER);
             }
@@ -227,15 +255,16 @@ impl Local {
     }
 
     /// Appends a variable-size record written by `write`; hands off the buffer and retries once
-    /// if it does not fit; counts it as dropped if it fits in no buffer.
-    pub(crate) fn record(&mut self, time: u64, mut write: impl FnMut(&mut Enc<'_>)) {
+    /// if it does not fit; counts it as dropped if it fits in no buffer. Returns whether it was
+    /// written.
+    pub(crate) fn record(&mut self, time: u64, mut write: impl FnMut(&mut Enc<'_>)) -> bool {
         self.same_connection();
         for _ in 0..2 {
             let mut enc = Enc::new(self.buf_mut(), CAP);
             write(&mut enc);
             if enc.commit() {
                 self.written(time);
-                return;
+                return true;
             }
             if self.events == 0 {
                 break;
@@ -243,6 +272,7 @@ impl Local {
             self.handoff();
         }
         sink::count_dropped(1);
+        false
     }
 
     #[inline]
@@ -281,10 +311,22 @@ impl Local {
         };
         if let Err(mut frame) = sink::send(frame) {
             sink::count_dropped(events);
+            // Stack definitions in the dropped records must be sent again.
+            self.sent = [0; SENT];
             frame.bytes.truncate(FRAME_HEADER);
             self.buf = Some(frame.bytes);
         }
     }
+}
+
+/// A stack's id: a 64-bit hash of its frames, never 0.
+fn stack_hash(frames: &[u64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ frames.len() as u64;
+    for &f in frames {
+        h = (h.rotate_left(5) ^ f).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    h ^= h >> 29;
+    h.max(1)
 }
 
 impl Drop for Local {
@@ -352,6 +394,21 @@ mod tests {
         }
         assert_eq!(l.pop_entered(1, STACK as u64 + 1), None);
         assert_eq!(l.pop_entered(1, 0), Some(0));
+    }
+
+    #[test]
+    fn a_stack_is_defined_once_per_thread_until_its_records_are_dropped() {
+        let mut l = Local::new();
+        let a = l.stack_id(1, &[1, 2, 3]);
+        let len = l.buf.as_ref().map_or(0, Vec::len);
+        assert_eq!(len, FRAME_HEADER + 1 + 8 + 1 + 3 * 8);
+        assert_eq!(l.stack_id(2, &[1, 2, 3]), a);
+        assert_eq!(l.buf.as_ref().map_or(0, Vec::len), len, "sent once");
+        assert_ne!(l.stack_id(3, &[1, 2, 4]), a);
+        assert_ne!(stack_hash(&[1, 2]), stack_hash(&[2, 1]));
+        l.sent = [0; SENT];
+        l.stack_id(4, &[1, 2, 3]);
+        assert!(l.buf.as_ref().map_or(0, Vec::len) > len + 42, "sent again");
     }
 
     #[test]

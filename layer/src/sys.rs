@@ -1,5 +1,6 @@
-//! The layer's only contact with libc: the monotonic clock, the kernel thread id, a socket write
-//! that cannot raise SIGPIPE, and an `atexit` hook. Every `unsafe` block of the crate is here.
+//! The layer's only contact with libc and the machine: the monotonic clock, the kernel thread id,
+//! a socket write that cannot raise SIGPIPE, an `atexit` hook, and a walk of the calling thread's
+//! frame pointers. Every `unsafe` block of the crate is here.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -86,6 +87,87 @@ pub(crate) fn peer_gone(fd: RawFd) -> bool {
     n > 0 && p.revents != 0
 }
 
+std::thread_local! {
+    /// The calling thread's stack: (lowest, one past the highest) address; (0, 0) until asked,
+    /// (1, 1) when pthread could not say.
+    static STACK_BOUNDS: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn stack_bounds() -> (usize, usize) {
+    let known = STACK_BOUNDS.try_with(|b| b.get()).unwrap_or((1, 1));
+    if known != (0, 0) {
+        return known;
+    }
+    let mut bounds = (1, 1);
+    // SAFETY: `attr` is initialised by pthread_getattr_np before pthread_attr_getstack reads it
+    // and destroyed once; `addr` and `size` are valid out-pointers. For the main thread glibc
+    // reads /proc/self/maps here (once per thread, never on a hot path after).
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
+            let mut addr: *mut libc::c_void = std::ptr::null_mut();
+            let mut size: libc::size_t = 0;
+            if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 && size > 0 {
+                bounds = (addr as usize, addr as usize + size);
+            }
+            libc::pthread_attr_destroy(&mut attr);
+        }
+    }
+    let _ = STACK_BOUNDS.try_with(|b| b.set(bounds));
+    bounds
+}
+
+/// Return addresses of the calling thread's frames, innermost first, from its frame-pointer
+/// chain, into `out`; returns how many. Only frames between the current stack pointer and the
+/// top of the thread's stack are read, and each must be above the last, so a program built
+/// without frame pointers gives a short or meaningless stack, never a fault. x86-64 and aarch64
+/// (where a frame record is `[previous frame pointer, return address]`); elsewhere nothing.
+#[inline(never)]
+pub(crate) fn frame_pointer_stack(out: &mut [u64]) -> usize {
+    let (fp, sp): (usize, usize);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads two registers into locals; no memory is touched.
+    unsafe {
+        std::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) fp, out(reg) sp,
+            options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        std::arch::asm!("mov {}, x29", "mov {}, sp", out(reg) fp, out(reg) sp,
+            options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = out;
+        return 0;
+    }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let (_, top) = stack_bounds();
+        let mut fp = fp;
+        let mut n = 0;
+        while n < out.len() && fp >= sp && fp % 8 == 0 && fp.saturating_add(16) <= top {
+            // SAFETY: `fp..fp + 16` lies between this thread's stack pointer and the top of its
+            // stack, which is mapped and readable; the words are read as plain integers.
+            let (next, ret) = unsafe {
+                let p = fp as *const usize;
+                (p.read_volatile(), p.add(1).read_volatile())
+            };
+            if ret == 0 {
+                break;
+            }
+            out[n] = ret as u64;
+            n += 1;
+            if next <= fp {
+                break;
+            }
+            fp = next;
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +177,42 @@ mod tests {
         let a = now_ns();
         let b = now_ns();
         assert!(a > 0 && b >= a);
+    }
+
+    #[inline(never)]
+    fn deeper(n: u32, out: &mut [u64]) -> usize {
+        if n == 0 {
+            return frame_pointer_stack(out);
+        }
+        let k = deeper(n - 1, out);
+        std::hint::black_box(k)
+    }
+
+    #[test]
+    fn frame_walk_sees_each_recursive_frame() {
+        // This crate is built with frame pointers (.cargo/config.toml); each `deeper` frame
+        // returns to the same place in `deeper`.
+        let mut a = [0u64; 64];
+        let mut b = [0u64; 64];
+        let short = deeper(1, &mut a);
+        let long = deeper(11, &mut b);
+        assert!(short >= 2, "{short} frames");
+        assert!(
+            long >= short + 10,
+            "{long} frames for 10 more calls than {short}"
+        );
+        let same = b[..long].windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(
+            same >= 9,
+            "{same} repeated return addresses in {:x?}",
+            &b[..long]
+        );
+        std::thread::spawn(|| {
+            let mut c = [0u64; 64];
+            assert!(deeper(3, &mut c) >= 4);
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

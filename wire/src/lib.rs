@@ -20,8 +20,12 @@ pub const ATTACH_ENV: &str = "IOTRACE_ATTACH";
 
 /// First 8 bytes of every stream.
 pub const MAGIC: [u8; 8] = *b"IOTRSPAN";
-/// The protocol version both ends speak.
-pub const VERSION: u16 = 1;
+/// The protocol version the layer speaks (2: adds STACK and EVENT_AT).
+pub const VERSION: u16 = 2;
+/// The oldest version a reader still accepts (version 1 is version 2 without its two records).
+pub const MIN_VERSION: u16 = 1;
+/// Most frames in one STACK record.
+pub const MAX_STACK: usize = 64;
 /// Size of the hello that opens a stream: magic, version, flags, pid.
 pub const HELLO_LEN: usize = 16;
 /// Smallest frame (after the length prefix): pid, tid, dropped.
@@ -43,6 +47,10 @@ pub mod tag {
     pub const RECORD: u8 = 6;
     pub const FOLLOWS_FROM: u8 = 7;
     pub const EVENT: u8 = 8;
+    /// A stack of return addresses, defined once per thread (version 2).
+    pub const STACK: u8 = 9;
+    /// An EVENT with the stack it was raised at (version 2).
+    pub const EVENT_AT: u8 = 10;
 }
 
 /// Field value types: the byte in front of every value.
@@ -149,6 +157,20 @@ pub enum SpanEvent {
         callsite: u64,
         fields: Vec<FieldValue>,
     },
+    /// A stack the thread's frame pointers gave at an event: return addresses, innermost first.
+    /// `id` is the layer's (a hash of the frames, unique within the process); the recorder
+    /// turns it into a node of the trace's stack tree and does not store this record.
+    Stack {
+        id: u64,
+        frames: Vec<u64>,
+    },
+    /// The stack of the [`SpanEvent::Event`] just before it in the same batch (decoded from one
+    /// EVENT_AT record). On the wire `stack` is a [`SpanEvent::Stack`] id; in a trace file it is
+    /// a node of the trace's stack tree.
+    At {
+        time: u64,
+        stack: u64,
+    },
 }
 
 impl SpanEvent {
@@ -163,13 +185,16 @@ impl SpanEvent {
             SpanEvent::Record { .. } => tag::RECORD,
             SpanEvent::FollowsFrom { .. } => tag::FOLLOWS_FROM,
             SpanEvent::Event { .. } => tag::EVENT,
+            SpanEvent::Stack { .. } => tag::STACK,
+            SpanEvent::At { .. } => tag::EVENT_AT,
         }
     }
 
     /// The record's time, if it has one (callsites have none).
     pub fn time(&self) -> Option<u64> {
         match self {
-            SpanEvent::Callsite(_) => None,
+            SpanEvent::Callsite(_) | SpanEvent::Stack { .. } => None,
+            SpanEvent::At { time, .. } => Some(*time),
             SpanEvent::NewSpan { time, .. }
             | SpanEvent::Enter { time, .. }
             | SpanEvent::Exit { time, .. }
@@ -278,7 +303,7 @@ impl fmt::Display for WireError {
             WireError::Magic(b) => write!(f, "not an iotrace span stream (first bytes {b:02x?})"),
             WireError::Version(v) => write!(
                 f,
-                "speaks span wire version {v}; this recorder reads version {VERSION}"
+                "speaks span wire version {v}; this recorder reads versions {MIN_VERSION} to {VERSION}"
             ),
             WireError::FrameLength(n) => {
                 write!(f, "frame length {n} is outside {MIN_FRAME}..={MAX_FRAME}")
@@ -309,7 +334,7 @@ pub fn decode_hello(hello: &[u8; HELLO_LEN]) -> Result<u32, WireError> {
         return Err(WireError::Magic(magic));
     }
     let version = r.u16()?;
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(WireError::Version(version));
     }
     let _flags = r.u16()?;
@@ -333,7 +358,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<SpanBatch, WireError> {
     let dropped_total = r.u64()?;
     let mut events = Vec::new();
     while !r.is_empty() {
-        events.push(r.record()?);
+        r.record(&mut events)?;
     }
     Ok(SpanBatch {
         pid,
@@ -475,9 +500,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn record(&mut self) -> Result<SpanEvent, WireError> {
+    /// Decodes one record into `out` (an EVENT_AT gives two events: the event, then its `At`).
+    fn record(&mut self, out: &mut Vec<SpanEvent>) -> Result<(), WireError> {
         let at = self.at;
-        Ok(match self.u8()? {
+        let ev = match self.u8()? {
             tag::CALLSITE => SpanEvent::Callsite(self.callsite()?),
             tag::NEW_SPAN => SpanEvent::NewSpan {
                 time: self.u64()?,
@@ -514,7 +540,39 @@ impl<'a> Reader<'a> {
                 callsite: self.u64()?,
                 fields: self.fields()?,
             },
+            tag::STACK => {
+                let id = self.u64()?;
+                let n = usize::from(self.u8()?);
+                if n > MAX_STACK {
+                    return Err(WireError::Code {
+                        what: "stack length",
+                        code: n as u8,
+                        at: at + 9,
+                    });
+                }
+                let mut frames = Vec::with_capacity(n.min(self.bytes.len() - self.at));
+                for _ in 0..n {
+                    frames.push(self.u64()?);
+                }
+                SpanEvent::Stack { id, frames }
+            }
+            tag::EVENT_AT => {
+                let time = self.u64()?;
+                let span = self.nonzero()?;
+                let callsite = self.u64()?;
+                let stack = self.u64()?;
+                let fields = self.fields()?;
+                out.push(SpanEvent::Event {
+                    time,
+                    span,
+                    callsite,
+                    fields,
+                });
+                SpanEvent::At { time, stack }
+            }
             tag => return Err(WireError::Tag { tag, at }),
-        })
+        };
+        out.push(ev);
+        Ok(())
     }
 }

@@ -482,8 +482,8 @@ impl Sink for Collected {
             merged: 0,
         };
         match iv.phase {
-            TaskPhase::Scheduled => t.state = SCHEDULED,
-            TaskPhase::Idle => t.state = IDLE,
+            TaskPhase::Scheduled(_) => t.state = SCHEDULED,
+            TaskPhase::Idle(_) => t.state = IDLE,
             TaskPhase::Poll(p) => {
                 t.state = if p.stretches > 0 { POLL_BLOCKED } else { POLL };
                 t.tid = p.tid;

@@ -581,7 +581,7 @@ pub fn summarize_file_with(
     }
     let stop = reader.stop().map(|s| s.to_string());
     let mut summary = summarizer.finish_to(stop, sink);
-    crate::tasks::naming::name_warning_stacks(path, &mut summary.warnings);
+    crate::tasks::naming::name_report_stacks(path, &mut summary.tasks, &mut summary.warnings);
     Ok(summary)
 }
 

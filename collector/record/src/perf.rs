@@ -1275,6 +1275,17 @@ fn other_record(
 }
 
 impl PerfSession {
+    /// The node of a stack the span layer took in process `pid` (return addresses, innermost
+    /// first) in the trace's stack tree; new nodes come out of [`PerfSession::take_stack_defs`].
+    pub fn intern_user_stack(&mut self, pid: u32, frames: &[u64]) -> u32 {
+        self.stacks.intern(pid, frames)
+    }
+
+    /// Stack nodes defined since the last call, to be written before anything that uses them.
+    pub fn take_stack_defs(&mut self) -> Option<iotrace_trace::StackDefs> {
+        self.stacks.take_defs()
+    }
+
     /// A mapping the rings did not carry (an attached process's, read from /proc): the
     /// unwinder learns it too.
     pub fn observe_mmap(&mut self, m: &Mmap) {

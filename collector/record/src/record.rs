@@ -21,6 +21,7 @@ use crate::sys;
 use iotrace_trace::{
     Capabilities, End, ExitStatus, Header, Record, Rusage, SpanStats, TraceWriter,
 };
+use iotrace_wire::SpanEvent;
 
 /// What to record and how.
 #[derive(Debug, Clone)]
@@ -176,7 +177,12 @@ impl Drop for SignalWatch {
 struct Out {
     writer: TraceWriter,
     error: Option<io::Error>,
+    /// The span layer's stacks (by pid and the layer's id) as nodes of the trace's stack tree.
+    span_stacks: rustc_hash::FxHashMap<(u32, u64), u32>,
 }
+
+/// Most layer stacks remembered; past it, events at new stacks lose their stack.
+const MAX_SPAN_STACKS: usize = 1 << 20;
 
 impl Out {
     fn failed(&mut self, e: io::Error) {
@@ -199,11 +205,52 @@ impl Out {
         Ok(())
     }
 
-    fn write_spans(&mut self, batch: &mut intake::SpanBatch) {
+    /// Writes a span batch. The layer's stacks become nodes of the trace's stack tree (written
+    /// first), and each `At` names its node; without perf there are no mappings to name their
+    /// frames with, and they are left out.
+    fn write_spans(&mut self, batch: &mut intake::SpanBatch, perf: Option<&mut PerfSession>) {
+        if batch
+            .events
+            .iter()
+            .any(|e| matches!(e, SpanEvent::Stack { .. } | SpanEvent::At { .. }))
+        {
+            self.resolve_stacks(batch, perf);
+        }
         if self.error.is_none() {
             if let Err(e) = self.writer.write_spans(batch) {
                 self.failed(e);
             }
+        }
+    }
+
+    fn resolve_stacks(&mut self, batch: &mut intake::SpanBatch, perf: Option<&mut PerfSession>) {
+        let pid = batch.pid;
+        let Some(perf) = perf else {
+            batch
+                .events
+                .retain(|e| !matches!(e, SpanEvent::Stack { .. } | SpanEvent::At { .. }));
+            return;
+        };
+        let stacks = &mut self.span_stacks;
+        batch.events.retain_mut(|e| match e {
+            SpanEvent::Stack { id, frames } => {
+                if stacks.len() < MAX_SPAN_STACKS {
+                    let node = perf.intern_user_stack(pid, frames);
+                    stacks.insert((pid, *id), node);
+                }
+                false
+            }
+            SpanEvent::At { stack, .. } => match stacks.get(&(pid, *stack)) {
+                Some(&node) => {
+                    *stack = u64::from(node);
+                    true
+                }
+                None => false,
+            },
+            _ => true,
+        });
+        if let Some(defs) = perf.take_stack_defs() {
+            let _ = self.write(&Record::StackDefs(defs));
         }
     }
 
@@ -307,6 +354,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut out = Out {
         writer,
         error: None,
+        span_stacks: Default::default(),
     };
 
     let pidfd = sys::pidfd_open(pid)?;
@@ -393,7 +441,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         if let Some((_, intake)) = &spans {
             intake.take_ready();
             while let Some(mut batch) = intake.try_recv() {
-                out.write_spans(&mut batch);
+                out.write_spans(&mut batch, perf.as_mut());
             }
         }
 
@@ -438,7 +486,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     if let Some((dir, intake)) = spans.take() {
         let (stats, rest) = intake.shutdown();
         for mut batch in rest {
-            out.write_spans(&mut batch);
+            out.write_spans(&mut batch, perf.as_mut());
         }
         span_dropped = stats.dropped_by_programs;
         out.write(&Record::SpanStats(SpanStats {
@@ -524,7 +572,7 @@ fn adopt(caps: &mut Capabilities, session: PerfSession) -> PerfSession {
 /// Ends the trace file: its size, and the error that stopped writing it, if one did (said
 /// on stderr when it is the final flush).
 fn finish_trace(out: Out, opts: &RecordOptions) -> (u64, Option<String>) {
-    let Out { writer, error } = out;
+    let Out { writer, error, .. } = out;
     let bytes = writer.bytes();
     let write_error = match error {
         // What was buffered when the disk filled may be lost; the file on disk says how far
@@ -758,6 +806,7 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut out = Out {
         writer,
         error: None,
+        span_stacks: Default::default(),
     };
     let list: Vec<String> = pids.iter().map(u32::to_string).collect();
     eprintln!(
@@ -825,7 +874,7 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         for r in &spans {
             r.intake.take_ready();
             while let Some(mut batch) = r.intake.try_recv() {
-                out.write_spans(&mut batch);
+                out.write_spans(&mut batch, perf.as_mut());
             }
         }
         if std::time::Instant::now() >= next_poll {
@@ -871,7 +920,7 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     for r in spans.drain(..) {
         let (s, rest) = r.intake.shutdown();
         for mut batch in rest {
-            out.write_spans(&mut batch);
+            out.write_spans(&mut batch, perf.as_mut());
         }
         stats.clients += s.clients;
         stats.frames += s.frames;

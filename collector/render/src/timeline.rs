@@ -56,12 +56,16 @@ pub fn write_timeline(
     // Name the stacks of the warnings and of the blocked stretches with the most time.
     let mut ids = heaviest_stacks(&tracks.stack_time);
     ids.extend(summary.warnings.iter().filter_map(|w| w.stack_id));
+    ids.extend(iotrace_analysis::tasks::naming::task_stack_ids(
+        &summary.tasks,
+    ));
     let names = if ids.is_empty() {
         iotrace_analysis::tasks::naming::StackNames::new()
     } else {
         col.name_stacks(&ids)
     };
     iotrace_analysis::tasks::naming::apply_warning_names(&names, &mut summary.warnings);
+    iotrace_analysis::tasks::naming::apply_task_names(&names, &mut summary.tasks);
     page::write_tail(&summary, tracks.strings, &names, &mut w).map_err(write_err)?;
     let bytes = w.finish().map_err(write_err)?;
     Ok(TimelineOutcome {

@@ -492,8 +492,9 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, postcard::Error> {
 fn span_time(event: &mut iotrace_wire::SpanEvent) -> Option<&mut u64> {
     use iotrace_wire::SpanEvent::*;
     match event {
-        Callsite(_) => None,
-        NewSpan { time, .. }
+        Callsite(_) | Stack { .. } => None,
+        At { time, .. }
+        | NewSpan { time, .. }
         | Enter { time, .. }
         | Exit { time, .. }
         | Close { time, .. }

@@ -158,34 +158,55 @@ fn short_fn(f: &str) -> String {
     parts[n.saturating_sub(2)..].join("::")
 }
 
+/// What a tokio waker event does to its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakerOp {
+    /// `waker.wake`, `waker.wake_by_ref`: the task is scheduled.
+    Wake,
+    /// `waker.clone`: a future stores the task's waker (where it will yield, when the poll
+    /// returns Pending).
+    Clone,
+}
+
+fn waker_op(v: &Value) -> Option<WakerOp> {
+    match v {
+        Value::Str(s) if s == "waker.wake" || s == "waker.wake_by_ref" => Some(WakerOp::Wake),
+        Value::Str(s) if s == "waker.clone" => Some(WakerOp::Clone),
+        _ => None,
+    }
+}
+
 /// If `values` of an event at `class` wake a task, the task's span id.
 pub fn woken_span(class: Option<&Class>, values: &[FieldValue]) -> Option<u64> {
-    let is_wake =
-        |v: &Value| matches!(v, Value::Str(s) if s == "waker.wake" || s == "waker.wake_by_ref");
+    match waker_event(class, values) {
+        Some((WakerOp::Wake, span)) => Some(span),
+        _ => None,
+    }
+}
+
+/// If an event at `class` is a tokio waker event that wakes or stores a task's waker, what it
+/// does and the task's span id.
+pub fn waker_event(class: Option<&Class>, values: &[FieldValue]) -> Option<(WakerOp, u64)> {
     match class {
         Some(Class::Waker { op, task }) => {
             let op = values.iter().find(|v| Some(usize::from(v.index)) == *op)?;
             let task = values
                 .iter()
                 .find(|v| Some(usize::from(v.index)) == *task)?;
-            match (&op.value, &task.value) {
-                (o, Value::Span(id)) if is_wake(o) => Some(*id),
+            match (waker_op(&op.value), &task.value) {
+                (Some(op), Value::Span(id)) => Some((op, *id)),
                 _ => None,
             }
         }
         Some(_) => None,
         // Callsite not known (yet): only waker events carry span-id values.
         None => {
-            let wake = values.iter().any(|v| is_wake(&v.value));
+            let op = values.iter().find_map(|v| waker_op(&v.value))?;
             let id = values.iter().find_map(|v| match v.value {
                 Value::Span(id) => Some(id),
                 _ => None,
-            });
-            if wake {
-                id
-            } else {
-                None
-            }
+            })?;
+            Some((op, id))
         }
     }
 }
@@ -284,5 +305,12 @@ mod tests {
             fv(1, Value::Span(5)),
         ];
         assert_eq!(woken_span(Some(&class), &clone), None);
+        assert_eq!(waker_event(Some(&class), &clone), Some((WakerOp::Clone, 5)));
+        assert_eq!(waker_event(None, &clone), Some((WakerOp::Clone, 5)));
+        let drop = [
+            fv(0, Value::Str("waker.drop".into())),
+            fv(1, Value::Span(5)),
+        ];
+        assert_eq!(waker_event(Some(&class), &drop), None);
     }
 }

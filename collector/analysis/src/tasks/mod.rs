@@ -46,10 +46,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 pub use identity::TaskInfo;
-pub use rows::{TaskRow, TaskTotals, Warning};
+pub use rows::{Delay, Holder, TaskRow, TaskTotals, WakerRow, Warning, WokenBy, YieldSiteRow};
 
 use crate::summary::syscall_name;
-use identity::Class;
+use identity::{Class, WakerOp};
 use iotrace_trace::Record;
 use iotrace_wire::{SpanBatch, SpanEvent};
 use model::SpanEv;
@@ -65,6 +65,9 @@ const MAX_SPAN_QUEUE: usize = 1 << 22;
 
 /// Default share of a task's poll time spent blocked above which it is warned about.
 pub const DEFAULT_WARN_SHARE: f64 = 0.05;
+/// Default wake→poll delay past which the workers' polls meanwhile are looked at, and a task's
+/// p99 past which it gets a `scheduling_delay` warning.
+pub const DEFAULT_SCHED_DELAY_NS: u64 = 1_000_000;
 
 /// How the task analysis decides.
 #[derive(Debug, Clone)]
@@ -75,6 +78,9 @@ pub struct TaskOptions {
     /// time in polls (0..=1). Rare short waits (a contended lock once in thousands of polls)
     /// stay below it; a task that sleeps or does blocking I/O in its polls does not.
     pub warn_share: f64,
+    /// A wake→poll delay at least this long makes the analysis ask what held the workers;
+    /// a task whose p99 delay reaches it, mostly behind polls that blocked, is warned about.
+    pub sched_delay_ns: u64,
 }
 
 impl Default for TaskOptions {
@@ -82,6 +88,7 @@ impl Default for TaskOptions {
         TaskOptions {
             blocked_threshold_ns: DEFAULT_BLOCKED_THRESHOLD_NS,
             warn_share: DEFAULT_WARN_SHARE,
+            sched_delay_ns: DEFAULT_SCHED_DELAY_NS,
         }
     }
 }
@@ -142,11 +149,59 @@ pub struct Poll {
     pub measured: bool,
 }
 
+/// Where a task's future returned Pending: the stack at which its leaf future stored the
+/// task's waker (tokio's `waker.clone`, with the frame-pointer stack the layer took there) and
+/// the user's spans entered at that moment. Both `None`: not known (no `waker.clone` in the
+/// poll and none before it, or a program without the layer's yield sites).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct YieldSite {
+    /// Node of the trace's stack tree (innermost frame: in the layer).
+    pub stack: Option<StackId>,
+    /// The spans entered below the task's own, outermost first (`a > b`): an index into
+    /// [`TaskReport::span_chains`].
+    pub spans: Option<u32>,
+}
+
+impl YieldSite {
+    pub fn is_known(&self) -> bool {
+        self.stack.is_some() || self.spans.is_some()
+    }
+}
+
+/// Who woke a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WakeSource {
+    /// Another task's poll (or the task's own: a yield).
+    Task(TaskKey),
+    /// A runtime thread outside any poll: the I/O or timer driver, or a finished task's
+    /// harness (`after`: the task that thread polled last). Which one its stack says.
+    Driver {
+        tid: u32,
+        stack: Option<StackId>,
+        after: Option<TaskKey>,
+    },
+    /// A thread that never polled a task (outside the runtime).
+    Thread { tid: u32, stack: Option<StackId> },
+}
+
+/// A wake that a poll followed: from the waker, at `woken`, to the task's poll at `polled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakeEdge {
+    pub task: TaskKey,
+    pub woken: u64,
+    pub polled: u64,
+    /// The thread the wake ran on.
+    pub waker_tid: u32,
+    pub by: WakeSource,
+}
+
 /// What a task was doing during a [`TaskInterval`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskPhase {
-    Scheduled,
-    Idle,
+    /// Spawned (`None`) or woken, waiting for a worker.
+    Scheduled(Option<WakeSource>),
+    /// Returned Pending at this site, waiting for a wake.
+    Idle(YieldSite),
     Poll(Poll),
 }
 
@@ -165,6 +220,8 @@ pub struct TaskInterval {
 pub trait Sink {
     fn thread_interval(&mut self, _iv: &ThreadInterval) {}
     fn task_interval(&mut self, _iv: &TaskInterval) {}
+    /// A wake and the poll it led to (told when the poll starts).
+    fn wake(&mut self, _w: &WakeEdge) {}
 }
 
 /// A sink that keeps nothing.
@@ -202,6 +259,8 @@ pub struct TaskReport {
     pub threads: Vec<ThreadStates>,
     /// Whether the trace had any span events.
     pub saw_spans: bool,
+    /// The span chains [`YieldSite::spans`] indexes.
+    pub span_chains: Vec<String>,
 }
 
 /// Folds trace records, in file order, into thread and task states.
@@ -228,6 +287,7 @@ impl Default for TaskAnalyzer {
 impl TaskAnalyzer {
     pub fn new(opts: TaskOptions) -> Self {
         let warn_share = opts.warn_share;
+        let sched_delay_ns = opts.sched_delay_ns;
         let lone_block_ns = opts
             .blocked_threshold_ns
             .saturating_mul(rows::LONE_BLOCK_FACTOR);
@@ -235,11 +295,12 @@ impl TaskAnalyzer {
             kernel: kernel::Kernel::new(opts.blocked_threshold_ns),
             opts,
             spans: reorder::Reorder::default(),
-            model: model::Model::default(),
+            model: model::Model::new(sched_delay_ns),
             classes: identity::Classes::default(),
             results: rows::Results {
                 warn_share,
                 lone_block_ns,
+                delay_threshold_ns: sched_delay_ns,
                 ..rows::Results::default()
             },
             names: HashMap::new(),
@@ -317,10 +378,16 @@ impl TaskAnalyzer {
         let (pid, tid) = (batch.pid, batch.tid);
         let mut newest = 0;
         let mut run = Vec::with_capacity(batch.events.len());
-        for event in &batch.events {
+        let mut events = batch.events.iter().peekable();
+        while let Some(event) = events.next() {
             let Some(time) = event.time() else {
                 if let SpanEvent::Callsite(c) = event {
                     self.classes.insert((pid, c.id), identity::classify(c));
+                    if c.kind == iotrace_wire::CallsiteKind::Span {
+                        self.model
+                            .callsite_names
+                            .insert((pid, c.id), c.name.clone());
+                    }
                 }
                 continue;
             };
@@ -330,16 +397,22 @@ impl TaskAnalyzer {
                     span,
                     callsite,
                     fields,
+                    parent,
                     ..
                 } => match self.classes.get(&(pid, *callsite)) {
                     Some(Class::Task(cs)) => SpanEv::NewTask {
                         span: *span,
                         info: Box::new(identity::task_info(cs, fields)),
                     },
-                    Some(_) => SpanEv::NewOther { span: *span },
+                    Some(_) => SpanEv::NewOther {
+                        span: *span,
+                        callsite: *callsite,
+                        parent: *parent,
+                    },
                     None => SpanEv::NewUnresolved {
                         span: *span,
                         callsite: *callsite,
+                        parent: *parent,
                         fields: fields.clone(),
                     },
                 },
@@ -347,11 +420,31 @@ impl TaskAnalyzer {
                 SpanEvent::Exit { span, .. } => SpanEv::Exit { tid, span: *span },
                 SpanEvent::Close { span, .. } => SpanEv::Close { span: *span },
                 SpanEvent::Event {
-                    callsite, fields, ..
-                } => match identity::woken_span(self.classes.get(&(pid, *callsite)), fields) {
-                    Some(span) => SpanEv::Wake { span },
-                    None => continue,
-                },
+                    callsite,
+                    fields,
+                    span: ctx,
+                    ..
+                } => {
+                    // The stack the layer took at it, in the trace's stack tree.
+                    let stack = match events.peek() {
+                        Some(SpanEvent::At { stack, .. }) => {
+                            let s = u32::try_from(*stack).ok();
+                            events.next();
+                            s
+                        }
+                        _ => None,
+                    };
+                    match identity::waker_event(self.classes.get(&(pid, *callsite)), fields) {
+                        Some((WakerOp::Wake, span)) => SpanEv::Wake { span, tid, stack },
+                        Some((WakerOp::Clone, span)) => SpanEv::Register {
+                            span,
+                            tid,
+                            ctx: *ctx,
+                            stack,
+                        },
+                        None => continue,
+                    }
+                }
                 _ => continue,
             };
             run.push((time, (pid, ev)));
@@ -435,7 +528,9 @@ impl TaskAnalyzer {
         threads.sort_by_key(|t| (t.pid, t.tid));
         let kernel_view = self.kernel.saw_switches;
         let late = self.spans.late() + self.model.late + self.kernel.late_events();
-        let (tasks, warnings, mut totals) = self.results.finish(&self.names, &self.opts);
+        let (tasks, warnings, mut totals) =
+            self.results
+                .finish(&self.names, &self.opts, &self.model.strings);
         totals.kernel_view = kernel_view;
         totals.late_events = late;
         TaskReport {
@@ -444,6 +539,7 @@ impl TaskAnalyzer {
             totals,
             threads,
             saw_spans: self.saw_spans,
+            span_chains: std::mem::take(&mut self.model.strings),
         }
     }
 }

@@ -11,12 +11,27 @@ use super::hist::LogHist;
 use super::identity::{self, TaskInfo};
 use super::kernel::{Cum, Kernel};
 use super::rows::Results;
-use super::{Poll, Sink, StackId, TaskInterval, TaskKey, TaskPhase};
+use super::{
+    Poll, Sink, StackId, TaskInterval, TaskKey, TaskPhase, WakeEdge, WakeSource, YieldSite,
+};
 use iotrace_wire::FieldValue;
 use rustc_hash::{FxHashMap as FxMap, FxHashSet as FxSet};
+use std::collections::VecDeque;
 
 /// Most closed spans kept while their creation record is still to come.
 const MAX_ORPHANS: usize = 100_000;
+/// Distinct yield sites kept per task; idle time at further ones counts as unknown.
+const MAX_SITES: usize = 32;
+/// Distinct wakers (tasks, threads, driver stacks) kept per task.
+const MAX_WAKERS: usize = 16;
+/// Distinct holders kept per task (what held the workers while it waited).
+const MAX_HOLDERS: usize = 16;
+/// Finished polls remembered per worker thread, to see what held it during a long delay.
+const RECENT_POLLS: usize = 64;
+/// Open non-task spans followed for span chains; past it, new ones are not.
+const MAX_OPEN_SPANS: usize = 1 << 20;
+/// Deepest span chain named.
+const MAX_CHAIN: usize = 16;
 
 /// A span event, reduced to what the task model needs.
 #[derive(Debug)]
@@ -27,11 +42,14 @@ pub(crate) enum SpanEv {
     },
     NewOther {
         span: u64,
+        callsite: u64,
+        parent: Option<u64>,
     },
     /// Created at a callsite whose definition had not arrived yet.
     NewUnresolved {
         span: u64,
         callsite: u64,
+        parent: Option<u64>,
         fields: Vec<FieldValue>,
     },
     Enter {
@@ -45,8 +63,18 @@ pub(crate) enum SpanEv {
     Close {
         span: u64,
     },
+    /// A waker event that wakes `span`, on thread `tid`, at `stack`.
     Wake {
         span: u64,
+        tid: u32,
+        stack: Option<StackId>,
+    },
+    /// `waker.clone` of `span`'s waker on thread `tid`, inside span `ctx`, at `stack`.
+    Register {
+        span: u64,
+        tid: u32,
+        ctx: Option<u64>,
+        stack: Option<StackId>,
     },
 }
 
@@ -80,6 +108,59 @@ pub(crate) struct Stats {
     pub workers: Vec<(u32, u64, u64)>,
     pub stacks: Vec<(StackId, u64)>,
     pub unmeasured_polls: u64,
+    /// (site, idle ns, idle stretches); unknown sites under `YieldSite::default()`.
+    pub sites: Vec<(YieldSite, u64, u64)>,
+    /// Who scheduled each scheduled stretch that a wake began: (source, stretches). Driver
+    /// and thread sources keep their stack; tasks by key.
+    pub wakers: Vec<(WakeSource, u64)>,
+    /// Scheduled stretches whose waker was not kept (past [`MAX_WAKERS`]).
+    pub wakers_dropped: u64,
+    /// Wake→poll delays at least the threshold long, and their total.
+    pub delayed: u64,
+    pub delayed_ns: u64,
+    /// During those delays: (holder label, worker ns in its polls, of which blocked ns, polls).
+    pub holders: Vec<(u32, u64, u64, u64)>,
+    /// Worker time in those delays not inside any poll (the workers were elsewhere).
+    pub unheld_ns: u64,
+    /// Worker threads seen during those delays (most at once).
+    pub workers_seen: u32,
+}
+
+impl Stats {
+    fn add_idle(&mut self, site: YieldSite, ns: u64) {
+        let at = match self.sites.iter().position(|e| e.0 == site) {
+            Some(i) => i,
+            None if self.sites.len() < MAX_SITES || !site.is_known() => {
+                self.sites.push((site, 0, 0));
+                self.sites.len() - 1
+            }
+            None => return self.add_idle(YieldSite::default(), ns),
+        };
+        let e = &mut self.sites[at];
+        e.1 = e.1.saturating_add(ns);
+        e.2 += 1;
+    }
+
+    fn add_waker(&mut self, by: WakeSource) {
+        match self.wakers.iter().position(|e| e.0 == by) {
+            Some(i) => self.wakers[i].1 += 1,
+            None if self.wakers.len() < MAX_WAKERS => self.wakers.push((by, 1)),
+            None => self.wakers_dropped += 1,
+        }
+    }
+
+    fn add_holder(&mut self, label: u32, ns: u64, blocked: u64) {
+        match self.holders.iter().position(|e| e.0 == label) {
+            Some(i) => {
+                let e = &mut self.holders[i];
+                e.1 = e.1.saturating_add(ns);
+                e.2 = e.2.saturating_add(blocked);
+                e.3 += 1;
+            }
+            None if self.holders.len() < MAX_HOLDERS => self.holders.push((label, ns, blocked, 1)),
+            None => self.unheld_ns = self.unheld_ns.saturating_add(ns),
+        }
+    }
 }
 
 impl Stats {
@@ -137,6 +218,14 @@ pub(crate) struct Task {
     pub woken: bool,
     /// The last poll, which is the drop of a tokio task if the span closes next.
     tentative: Option<Poll>,
+    /// The last waker stored in the current poll.
+    poll_site: Option<YieldSite>,
+    /// Where the current (or last) idle stretch waits.
+    idle_site: YieldSite,
+    /// Who began the current scheduled stretch, and on which thread.
+    woken_by: Option<(WakeSource, u32)>,
+    /// The task's label among holders (name and spawn place), once it has polled.
+    label: Option<u32>,
     pub stats: Stats,
 }
 
@@ -155,6 +244,10 @@ impl Task {
             woken_in_poll: false,
             woken: false,
             tentative: None,
+            poll_site: None,
+            idle_site: YieldSite::default(),
+            woken_by: None,
+            label: None,
             stats: Stats::default(),
         }
     }
@@ -164,6 +257,16 @@ impl Task {
 pub(crate) struct Out<'a> {
     pub sink: &'a mut dyn Sink,
     pub results: &'a mut Results,
+}
+
+/// A thread that polls tasks: its process and its last polls.
+#[derive(Default)]
+struct Worker {
+    pid: u32,
+    /// (start, end, holder label) of its last finished polls.
+    recent: VecDeque<(u64, u64, u32)>,
+    /// The task it polled last, and when that poll ended.
+    last: Option<(TaskKey, u64)>,
 }
 
 /// All tasks being followed.
@@ -178,9 +281,27 @@ pub(crate) struct Model {
     /// Events earlier than their task's current state (arrived after the watermark).
     pub(crate) late: u64,
     pub(crate) sched: LogHist,
+    /// Threads in a poll now: tid → task.
+    polling: FxMap<u32, TaskKey>,
+    workers: FxMap<u32, Worker>,
+    /// Open spans that are not tasks: (callsite, parent), for span chains.
+    spans: FxMap<TaskKey, (u64, Option<u64>)>,
+    /// Span callsite names by (pid, callsite).
+    pub(crate) callsite_names: FxMap<(u32, u64), String>,
+    /// Span chains and holder labels.
+    pub(crate) strings: Vec<String>,
+    string_ids: FxMap<String, u32>,
+    pub(crate) delay_threshold_ns: u64,
 }
 
 impl Model {
+    pub(crate) fn new(delay_threshold_ns: u64) -> Self {
+        Model {
+            delay_threshold_ns,
+            ..Model::default()
+        }
+    }
+
     pub(crate) fn apply(
         &mut self,
         pid: u32,
@@ -194,6 +315,7 @@ impl Model {
             SpanEv::NewUnresolved {
                 span,
                 callsite,
+                parent,
                 fields,
             } => {
                 let ev = match classes.get(&(pid, callsite)) {
@@ -201,9 +323,11 @@ impl Model {
                         span,
                         info: Box::new(identity::task_info(cs, &fields)),
                     },
-                    Some(_) => SpanEv::NewOther { span },
-                    // Never defined: not something we can name; treat as a plain span.
-                    None => SpanEv::NewOther { span },
+                    Some(_) | None => SpanEv::NewOther {
+                        span,
+                        callsite,
+                        parent,
+                    },
                 };
                 self.apply(pid, t, ev, kernel, classes, out);
             }
@@ -223,10 +347,17 @@ impl Model {
                     self.tasks.insert(key, task);
                 }
             }
-            SpanEv::NewOther { span } => {
+            SpanEv::NewOther {
+                span,
+                callsite,
+                parent,
+            } => {
                 let key = TaskKey { pid, span };
                 if self.orphans.remove(&key).is_none() && self.tasks.remove(&key).is_none() {
                     self.non_tasks.insert(key);
+                    if self.spans.len() < MAX_OPEN_SPANS {
+                        self.spans.insert(key, (callsite, parent));
+                    }
                 }
             }
             SpanEv::Enter { tid, span } => {
@@ -234,6 +365,19 @@ impl Model {
                 if self.non_tasks.contains(&key) || self.orphans.contains_key(&key) {
                     return;
                 }
+                // A long wait for a worker: what held the workers meanwhile.
+                let held = match self.tasks.get(&key) {
+                    Some(task)
+                        if task.depth == 0
+                            && task.phase == Phase::Scheduled
+                            && t >= task.since
+                            && t - task.since >= self.delay_threshold_ns
+                            && self.delay_threshold_ns > 0 =>
+                    {
+                        Some(self.held(pid, task.since, t, kernel))
+                    }
+                    _ => None,
+                };
                 let task = self
                     .tasks
                     .entry(key)
@@ -242,10 +386,23 @@ impl Model {
                 if task.depth > 1 {
                     return;
                 }
+                self.polling.insert(tid, key);
+                let worker = self.workers.entry(tid).or_default();
+                worker.pid = pid;
                 task.poll_tid = tid;
                 task.poll_start = t;
                 task.cum0 = kernel.cum_at(tid, t);
                 task.woken_in_poll = false;
+                task.poll_site = None;
+                if let Some((holders, unheld, workers)) = held {
+                    task.stats.delayed += 1;
+                    task.stats.delayed_ns = task.stats.delayed_ns.saturating_add(t - task.since);
+                    task.stats.unheld_ns = task.stats.unheld_ns.saturating_add(unheld);
+                    task.stats.workers_seen = task.stats.workers_seen.max(workers);
+                    for (label, ns, blocked) in holders {
+                        task.stats.add_holder(label, ns, blocked);
+                    }
+                }
                 if let Some(p) = task.tentative.take() {
                     task.stats.add_poll(&p);
                     out.sink.task_interval(&TaskInterval {
@@ -263,8 +420,19 @@ impl Model {
                     let d = t - task.since;
                     task.stats.sched.add(d);
                     self.sched.add(d);
+                    if let Some((by, waker_tid)) = task.woken_by {
+                        task.stats.add_waker(by);
+                        out.sink.wake(&WakeEdge {
+                            task: key,
+                            woken: task.since,
+                            polled: t,
+                            waker_tid,
+                            by,
+                        });
+                    }
                 }
                 set_phase(key, task, Phase::Polling, t, out.sink);
+                task.woken_by = None;
             }
             SpanEv::Exit { tid, span } => {
                 let key = TaskKey { pid, span };
@@ -280,6 +448,26 @@ impl Model {
                 }
                 let p = measure(kernel, tid, task.poll_start, t, task.cum0);
                 task.tentative = Some(p);
+                if self.polling.get(&tid) == Some(&key) {
+                    self.polling.remove(&tid);
+                }
+                if task.label.is_none() {
+                    if let Some(info) = &task.info {
+                        let label = match &info.location {
+                            Some(loc) => format!("{} ({loc})", info.name),
+                            None => info.name.clone(),
+                        };
+                        task.label = Some(intern(&mut self.strings, &mut self.string_ids, label));
+                    }
+                }
+                if let Some(w) = self.workers.get_mut(&tid) {
+                    if w.recent.len() >= RECENT_POLLS {
+                        w.recent.pop_front();
+                    }
+                    w.recent
+                        .push_back((task.poll_start, t, task.label.unwrap_or(u32::MAX)));
+                    w.last = Some((key, t));
+                }
                 if task.phase != Phase::Polling || t < task.since {
                     self.late += 1;
                     return;
@@ -287,15 +475,51 @@ impl Model {
                 task.phase = if task.woken_in_poll {
                     Phase::Scheduled
                 } else {
+                    // No waker stored in this poll: the one stored before still stands.
+                    if let Some(site) = task.poll_site.take() {
+                        task.idle_site = site;
+                    }
                     Phase::Idle
                 };
                 task.since = t;
             }
-            SpanEv::Wake { span } => {
+            SpanEv::Register {
+                span,
+                tid,
+                ctx,
+                stack,
+            } => {
+                let key = TaskKey { pid, span };
+                let polled_here = self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|task| task.phase == Phase::Polling && task.poll_tid == tid);
+                if !polled_here {
+                    return;
+                }
+                let spans = self.chain(pid, span, ctx);
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    task.poll_site = Some(YieldSite { stack, spans });
+                }
+            }
+            SpanEv::Wake { span, tid, stack } => {
                 let key = TaskKey { pid, span };
                 if self.non_tasks.contains(&key) || self.orphans.contains_key(&key) {
                     return;
                 }
+                let by = match (self.polling.get(&tid), self.workers.get(&tid)) {
+                    (Some(&y), _) => WakeSource::Task(y),
+                    (None, Some(w)) => WakeSource::Driver {
+                        tid,
+                        stack,
+                        // A task's harness wakes its JoinHandle right after its last poll.
+                        after: w
+                            .last
+                            .filter(|&(_, end)| t.saturating_sub(end) < HARNESS_SLACK_NS)
+                            .map(|(k, _)| k),
+                    },
+                    (None, None) => WakeSource::Thread { tid, stack },
+                };
                 let task = self
                     .tasks
                     .entry(key)
@@ -303,9 +527,13 @@ impl Model {
                 task.woken = true;
                 task.stats.wakes += 1;
                 match task.phase {
-                    Phase::Polling => task.woken_in_poll = true,
+                    Phase::Polling => {
+                        task.woken_in_poll = true;
+                        task.woken_by.get_or_insert((by, tid));
+                    }
                     Phase::Idle | Phase::Unknown if t >= task.since => {
-                        set_phase(key, task, Phase::Scheduled, t, out.sink)
+                        set_phase(key, task, Phase::Scheduled, t, out.sink);
+                        task.woken_by = Some((by, tid));
                     }
                     _ => {}
                 }
@@ -313,6 +541,7 @@ impl Model {
             SpanEv::Close { span } => {
                 let key = TaskKey { pid, span };
                 if self.non_tasks.remove(&key) {
+                    self.spans.remove(&key);
                     return;
                 }
                 let Some(mut task) = self.tasks.remove(&key) else {
@@ -383,17 +612,121 @@ impl Model {
     }
 }
 
+/// A wake this soon after a thread's last poll, outside any poll, may be that task's harness
+/// (a finished task waking its JoinHandle).
+const HARNESS_SLACK_NS: u64 = 1_000_000;
+
+fn intern(strings: &mut Vec<String>, ids: &mut FxMap<String, u32>, s: String) -> u32 {
+    if let Some(&id) = ids.get(&s) {
+        return id;
+    }
+    let id = strings.len() as u32;
+    strings.push(s.clone());
+    ids.insert(s, id);
+    id
+}
+
+impl Model {
+    /// The spans entered below task `task`'s own at a moment whose innermost span is `ctx`,
+    /// outermost first, as an interned chain (`None`: no span of the user's).
+    fn chain(&mut self, pid: u32, task: u64, ctx: Option<u64>) -> Option<u32> {
+        let mut names: Vec<&str> = Vec::new();
+        let mut cur = ctx;
+        while let Some(span) = cur {
+            if span == task || names.len() >= MAX_CHAIN {
+                break;
+            }
+            let Some(&(callsite, parent)) = self.spans.get(&TaskKey { pid, span }) else {
+                break;
+            };
+            names.push(
+                self.callsite_names
+                    .get(&(pid, callsite))
+                    .map_or("?", String::as_str),
+            );
+            cur = parent;
+        }
+        if names.is_empty() {
+            return None;
+        }
+        names.reverse();
+        let chain = names.join(" > ");
+        Some(intern(&mut self.strings, &mut self.string_ids, chain))
+    }
+
+    /// What the worker threads of `pid` did between `from` and `to`: (holder label, ns in its
+    /// polls, of which the worker was blocked), worker ns in no poll, and how many workers.
+    fn held(
+        &mut self,
+        pid: u32,
+        from: u64,
+        to: u64,
+        kernel: &Kernel,
+    ) -> (Vec<(u32, u64, u64)>, u64, u32) {
+        let mut out: Vec<(u32, u64, u64)> = Vec::new();
+        let mut unheld = 0u64;
+        let mut workers = 0u32;
+        let blocked =
+            |tid: u32, a: u64, b: u64| match (kernel.cum_at(tid, a), kernel.cum_at(tid, b)) {
+                (Some(x), Some(y)) => y.since(&x).blocked,
+                _ => 0,
+            };
+        let mut add = |label: u32, ns: u64, bl: u64| match out.iter_mut().find(|e| e.0 == label) {
+            Some(e) => {
+                e.1 += ns;
+                e.2 += bl;
+            }
+            None => out.push((label, ns, bl)),
+        };
+        for (&tid, w) in &self.workers {
+            if w.pid != pid {
+                continue;
+            }
+            workers += 1;
+            let mut in_polls = 0u64;
+            for &(s, e, label) in &w.recent {
+                let (a, b) = (s.max(from), e.min(to));
+                if b > a {
+                    in_polls += b - a;
+                    add(label, b - a, blocked(tid, a, b));
+                }
+            }
+            if let Some(task) = self.polling.get(&tid).and_then(|k| self.tasks.get(k)) {
+                let a = task.poll_start.max(from);
+                if to > a {
+                    in_polls += to - a;
+                    add(task.label.unwrap_or(u32::MAX), to - a, blocked(tid, a, to));
+                }
+            }
+            unheld += (to - from).saturating_sub(in_polls);
+        }
+        // Polls of tasks not named yet.
+        if out.iter().any(|e| e.0 == u32::MAX) {
+            let unknown = intern(
+                &mut self.strings,
+                &mut self.string_ids,
+                "an unnamed task".to_owned(),
+            );
+            for e in out.iter_mut().filter(|e| e.0 == u32::MAX) {
+                e.0 = unknown;
+            }
+        }
+        (out, unheld, workers)
+    }
+}
+
 /// Ends the current scheduled/idle stretch at `t` (emitting it) and starts `phase`.
 fn set_phase(key: TaskKey, task: &mut Task, phase: Phase, t: u64, sink: &mut dyn Sink) {
     let d = t.saturating_sub(task.since);
     let emitted = match task.phase {
         Phase::Scheduled => {
             task.stats.scheduled_ns = task.stats.scheduled_ns.saturating_add(d);
-            Some(TaskPhase::Scheduled)
+            Some(TaskPhase::Scheduled(task.woken_by.map(|w| w.0)))
         }
         Phase::Idle => {
             task.stats.idle_ns = task.stats.idle_ns.saturating_add(d);
-            Some(TaskPhase::Idle)
+            task.stats.add_idle(task.idle_site, d);
+            Some(TaskPhase::Idle(task.idle_site))
         }
         _ => None,
     };

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::{StackId, Warning};
+use super::{StackId, TaskRow, WakerRow, Warning};
 use crate::stacks::{Need, StackFold};
 use crate::symbolize::{self, FrameKey, KernelSymbols};
 use iotrace_trace::{FormatError, Record, TraceReader};
@@ -73,16 +73,247 @@ pub fn names_in(
         .collect()
 }
 
-/// Fills in the stacks of `warnings` that have one. A trace without stacks (or a failure to read them) leaves the warnings as they are.
-pub fn name_warning_stacks(trace: &Path, warnings: &mut [Warning]) {
-    let ids: Vec<StackId> = warnings.iter().filter_map(|w| w.stack_id).collect();
+/// Fills in the stacks of `warnings` that have one, and the tasks' yield sites and driver
+/// wakes. A trace without stacks (or a failure to read them) leaves them as they are.
+pub fn name_report_stacks(trace: &Path, tasks: &mut [TaskRow], warnings: &mut [Warning]) {
+    let mut ids: Vec<StackId> = warnings.iter().filter_map(|w| w.stack_id).collect();
+    ids.extend(task_stack_ids(tasks));
     if ids.is_empty() {
         return;
     }
+    ids.sort_unstable();
+    ids.dedup();
     let Ok(names) = stack_names(trace, &ids) else {
         return;
     };
     apply_warning_names(&names, warnings);
+    apply_task_names(&names, tasks);
+}
+
+/// The stacks the task rows point at: their yield sites and the stacks of driver wakes.
+pub fn task_stack_ids(tasks: &[TaskRow]) -> Vec<StackId> {
+    let mut ids: Vec<StackId> = tasks
+        .iter()
+        .flat_map(|t| {
+            t.yield_sites
+                .iter()
+                .filter_map(|s| s.stack_id)
+                .chain(t.driver_wakes.iter().filter_map(|d| d.0))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Names the tasks' yield sites from `names` and sorts their driver wakes into I/O, timer and
+/// task (a finished task's harness) by the frames of their stacks.
+pub fn apply_task_names(names: &StackNames, tasks: &mut [TaskRow]) {
+    for t in tasks.iter_mut() {
+        for site in &mut t.yield_sites {
+            let Some(frames) = site.stack_id.and_then(|id| names.get(&id)) else {
+                continue;
+            };
+            if let Some(line) = site_line(frames) {
+                site.site = line;
+            }
+            site.stack = Some(frames.iter().map(|(n, _)| n.clone()).collect());
+        }
+        // Two stacks of one await (another caller further out) are one site.
+        let mut merged: Vec<super::YieldSiteRow> = Vec::new();
+        for site in t.yield_sites.drain(..) {
+            match merged
+                .iter_mut()
+                .find(|m| m.site == site.site && m.site != "unknown")
+            {
+                Some(m) => {
+                    m.idle_ns += site.idle_ns;
+                    m.count += site.count;
+                }
+                None => merged.push(site),
+            }
+        }
+        merged.sort_by_key(|m| (m.site == "unknown", std::cmp::Reverse(m.idle_ns)));
+        t.yield_sites = merged;
+        let mut by_kind: Vec<(&'static str, u64, u64)> = Vec::new();
+        for &(stack, after, n) in &t.driver_wakes {
+            let frames = stack.and_then(|id| names.get(&id));
+            let kind = frames.map_or("unknown", |f| driver_kind(f));
+            let kind = if kind == "task" && after.is_none() {
+                "unknown"
+            } else {
+                kind
+            };
+            let w = &mut t.woken_by;
+            if kind != "unknown" {
+                w.unknown = w.unknown.saturating_sub(n);
+                match kind {
+                    "io" => w.io += n,
+                    "timer" => w.timer += n,
+                    _ => w.task += n,
+                }
+            }
+            let id = if kind == "task" {
+                after.map_or(0, |k| k.span)
+            } else {
+                0
+            };
+            match by_kind.iter_mut().find(|e| e.0 == kind && e.1 == id) {
+                Some(e) => e.2 += n,
+                None => by_kind.push((kind, id, n)),
+            }
+        }
+        for (kind, id, n) in by_kind {
+            let name = match kind {
+                "io" => "the I/O driver",
+                "timer" => "the timer",
+                "task" => "a finished task",
+                _ => "a runtime thread outside any poll",
+            };
+            t.wakers.push(WakerRow {
+                kind: kind.to_owned(),
+                id,
+                name: name.to_owned(),
+                count: n,
+            });
+        }
+        t.wakers.sort_by_key(|w| std::cmp::Reverse(w.count));
+        t.wakers.truncate(super::rows::MAX_WAKER_ROWS);
+    }
+}
+
+/// Which driver a wake outside any poll came from, by its stack's frames: the innermost
+/// frame that is the I/O driver's, the timer's or a task harness's decides (tokio's timer
+/// driver parks in the I/O driver, so an I/O wake has timer frames further out).
+fn driver_kind(frames: &[(String, bool)]) -> &'static str {
+    const KINDS: [(&str, &[&str]); 3] = [
+        (
+            "timer",
+            &[
+                "runtime::time::",
+                "time::entry::",
+                "TimerEntry",
+                "StateCell",
+            ],
+        ),
+        (
+            "io",
+            &["runtime::io::", "ScheduledIo", "io::driver", "mio::"],
+        ),
+        (
+            "task",
+            &["runtime::task::harness", "task::core::", "Harness<"],
+        ),
+    ];
+    for (name, _) in frames {
+        for (kind, pats) in KINDS {
+            if pats.iter().any(|p| name.contains(p)) {
+                return kind;
+            }
+        }
+    }
+    "unknown"
+}
+
+/// Whether a frame's function is the runtime's or a library's rather than the program's:
+/// the layer, tracing, tokio, futures and the standard library, and trait glue on a generic
+/// type (`<&mut T as tokio::io::AsyncRead>::poll_read`).
+fn is_library(name: &str) -> bool {
+    const LIBS: [&str; 12] = [
+        "iotrace_layer",
+        "tracing",
+        "tokio",
+        "core::",
+        "std::",
+        "alloc::",
+        "futures",
+        "__",
+        "mio",
+        "pin_project",
+        "[unknown]",
+        "dyn ",
+    ];
+    let lib = |n: &str| {
+        let n = n.trim_start_matches(['&', ' ']).trim_start_matches("mut ");
+        LIBS.iter().any(|l| n.starts_with(l))
+    };
+    match name.strip_prefix('<').and_then(|r| r.split_once(" as ")) {
+        Some((ty, _)) => {
+            let bare = ty.trim_start_matches(['&', ' ']).trim_start_matches("mut ");
+            let generic = !bare.contains("::") && bare.len() <= 2;
+            generic || lib(ty) || lib(bare.split('<').next().unwrap_or(bare))
+        }
+        None => lib(name.trim_start_matches('<')),
+    }
+}
+
+/// A function name without ` at file:line`, ` (inlined)`, closure suffixes and generic
+/// arguments: `tokio::sync::mpsc::bounded::Receiver<T>::recv::{{closure}}` →
+/// `tokio::sync::mpsc::bounded::Receiver::recv`; a trait impl's type:
+/// `<tokio::time::sleep::Sleep as core::future::future::Future>::poll` →
+/// `tokio::time::sleep::Sleep`.
+fn short_name(name: &str) -> String {
+    let name = name.split(" at ").next().unwrap_or(name);
+    let name = name.trim_end_matches(" (inlined)");
+    let name = match name.strip_prefix('<') {
+        Some(rest) => match rest.find(" as ") {
+            Some(i) => &rest[..i],
+            None => rest,
+        },
+        None => name,
+    };
+    let mut out = String::new();
+    let mut depth = 0u32;
+    for c in name.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    let mut out = out.as_str();
+    while let Some(s) = out.strip_suffix("::{{closure}}") {
+        out = s;
+    }
+    out.trim_start_matches('&').to_owned()
+}
+
+/// The yield site of a stack, in a line: the future nearest the program's code that stored
+/// the waker, the program's function, and its place (`tokio::time::sleep::Sleep in
+/// app::tick at src/main.rs:40`). `None` when no frame is named.
+pub fn site_line(frames: &[(String, bool)]) -> Option<String> {
+    let user = frames.iter().position(|(n, k)| !*k && !is_library(n));
+    let Some(at) = user else {
+        // All library: the outermost named frame that is not the layer's or tracing's.
+        return frames
+            .iter()
+            .rev()
+            .find(|(n, _)| !n.starts_with("[unknown]"))
+            .map(|(n, _)| short_name(n));
+    };
+    let (user_name, _) = &frames[at];
+    let place = user_name.split(" at ").nth(1);
+    // The library frame just inside it: what the program awaited.
+    let awaited = frames[..at]
+        .iter()
+        .rev()
+        .find(|(n, _)| {
+            let s = short_name(n);
+            !s.starts_with("core::") && !s.starts_with("std::") && !s.starts_with("alloc::")
+        })
+        .map(|(n, _)| short_name(n));
+    let mut line = String::new();
+    if let Some(a) = awaited {
+        line.push_str(&a);
+        line.push_str(" in ");
+    }
+    line.push_str(&short_name(user_name));
+    if let Some(p) = place {
+        line.push_str(" at ");
+        line.push_str(p);
+    }
+    Some(line)
 }
 
 /// Fills in the stacks of `warnings` from `names`.

@@ -60,13 +60,108 @@ pub struct TaskRow {
     pub(crate) worker: Option<(u32, usize)>,
     #[serde(skip)]
     pub(crate) stack: Option<super::StackId>,
+    /// Where it yielded: the sites with the most idle time first (at most
+    /// [`MAX_YIELD_SITES`] known ones), then the idle time whose site is not known, if any.
+    pub yield_sites: Vec<YieldSiteRow>,
+    /// Idle time whose yield site is not known.
+    pub yield_unknown_ns: u64,
+    /// Who began its scheduled stretches (one count per stretch that a wake began).
+    pub woken_by: WokenBy,
+    /// The tasks and threads that woke it most, most first (at most [`MAX_WAKER_ROWS`]).
+    pub wakers: Vec<WakerRow>,
+    /// Wake→poll delays at least the `--sched-delay` threshold long, and their total.
+    pub delayed_wakes: u64,
+    pub delayed_ns: u64,
+    /// Driver wakes, resolved into `woken_by` once their stacks are named.
+    #[serde(skip)]
+    pub(crate) driver_wakes: Vec<(Option<super::StackId>, Option<super::TaskKey>, u64)>,
 }
 
-/// One task that blocked its worker thread inside polls (`warnings[]`). Its one-line text
-/// (`message` in the JSON report) is the renderer's (`iotrace_render::warning`).
+/// Most known yield sites listed per task.
+pub const MAX_YIELD_SITES: usize = 5;
+/// Most wakers listed per task.
+pub const MAX_WAKER_ROWS: usize = 5;
+
+/// One place where a task's future returned Pending (`tasks[].yield_sites[]`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct YieldSiteRow {
+    /// In one line: the future that stored the waker, in which of the program's functions,
+    /// at which line (`tokio::time::sleep::Sleep in app::tick at src/main.rs:40`); else the
+    /// user's spans there (`in span conn > read_request`); `unknown` when neither is known.
+    pub site: String,
+    /// The stack there, innermost frame first (null without one).
+    pub stack: Option<Vec<String>>,
+    /// The user's spans entered there, outermost first (`a > b`).
+    pub spans: Option<String>,
+    pub idle_ns: u64,
+    /// Idle stretches that waited there.
+    pub count: u64,
+    #[serde(skip)]
+    pub(crate) stack_id: Option<super::StackId>,
+}
+
+/// Who began a task's scheduled stretches (`tasks[].woken_by`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WokenBy {
+    /// The I/O driver (readiness of a socket, pipe, ...).
+    pub io: u64,
+    /// The timer driver (a sleep, interval or timeout elapsed).
+    pub timer: u64,
+    /// Another task's poll (or its own: a yield), or a task that finished (its JoinHandle).
+    pub task: u64,
+    /// A thread that never polled a task (outside the runtime).
+    pub thread: u64,
+    /// A runtime thread outside any poll whose stack did not say which driver.
+    pub unknown: u64,
+}
+
+/// A task or thread that woke a task (`tasks[].wakers[]`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WakerRow {
+    /// `task`, `thread`, `io`, `timer` or `unknown`.
+    pub kind: String,
+    /// The waking task's row `id`, or the thread's tid.
+    pub id: u64,
+    pub name: String,
+    pub count: u64,
+}
+
+/// What held the workers while a task waited for one (`warnings[].delay`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Delay {
+    /// The task's wake→poll p99, and the threshold it reached.
+    pub p99_ns: u64,
+    pub threshold_ns: u64,
+    /// Delays at least the threshold long, out of `wakes` scheduled stretches.
+    pub delayed: u64,
+    pub wakes: u64,
+    pub delayed_ns: u64,
+    /// Worker threads of its process seen during those delays.
+    pub workers: u32,
+    /// Worker time during those delays, in polls (by task, most first) and in no poll.
+    pub held_by: Vec<Holder>,
+    pub unheld_ns: u64,
+}
+
+/// Polls of one task (by name and spawn place) that held the workers (`delay.held_by[]`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Holder {
+    /// `name (spawn place)`.
+    pub task: String,
+    pub held_ns: u64,
+    /// Of that, the worker was blocked in the kernel.
+    pub blocked_ns: u64,
+    /// Delays during which it held a worker.
+    pub delays: u64,
+}
+
+/// One warning (`warnings[]`): a task that blocked its worker thread inside polls
+/// (`blocked_in_poll`), or one that waited long for a worker while the workers were held by
+/// blocked polls (`scheduling_delay`, with `delay`). Its one-line text (`message` in the JSON
+/// report) is the renderer's (`iotrace_render::warning`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Warning {
-    /// Always `blocked_in_poll` for now.
+    /// `blocked_in_poll` or `scheduling_delay`.
     pub kind: &'static str,
     /// The task's name, and its row's `id` and `pid` in `tasks`.
     pub task: String,
@@ -93,7 +188,14 @@ pub struct Warning {
     /// `stack`'s frames with whether each is the kernel's (the renderers pick the lines to show).
     #[serde(skip)]
     pub frames: Vec<(String, bool)>,
+    /// For `scheduling_delay`: the delays and what held the workers (null otherwise).
+    pub delay: Option<Delay>,
 }
+
+/// Share of the held worker time that must have been blocked in the kernel for a
+/// `scheduling_delay` warning: the workers were held by polls that blocked, which the task
+/// that waited can name and fix, not by a fair queue of short polls.
+pub const DELAY_BLOCKED_SHARE: f64 = 0.25;
 
 /// Totals over every task (`task_summary` in JSON).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -129,6 +231,10 @@ pub(crate) struct Results {
     pub(crate) start_ns: u64,
     pub(crate) sched: LogHist,
     pub(crate) warn_share: f64,
+    /// Rows that get a `scheduling_delay` warning, with their holders (label, ns, blocked,
+    /// delays) and the time no poll held.
+    pub(crate) delayed: Vec<(TaskRow, Vec<(u32, u64, u64, u64)>, u64, u32, u64)>,
+    pub(crate) delay_threshold_ns: u64,
     /// One blocked poll alone is warned about only if it blocked at least this long (see
     /// [`warrants_warning`]).
     pub(crate) lone_block_ns: u64,
@@ -173,6 +279,52 @@ impl Results {
         let syscall = s.syscalls.iter().max_by_key(|w| w.1).map(|w| w.0);
         let stack = s.stacks.iter().max_by_key(|w| w.1).map(|w| w.0);
         self.sched.merge(&s.sched);
+        let mut sites: Vec<&(super::YieldSite, u64, u64)> =
+            s.sites.iter().filter(|e| e.0.is_known()).collect();
+        sites.sort_by_key(|e| std::cmp::Reverse(e.1));
+        let unknown = s.sites.iter().find(|e| !e.0.is_known());
+        let yield_unknown_ns = unknown.map_or(0, |e| e.1);
+        let mut yield_sites: Vec<YieldSiteRow> = sites
+            .iter()
+            .take(MAX_YIELD_SITES)
+            .map(|e| YieldSiteRow {
+                site: String::new(),
+                stack: None,
+                spans: None,
+                idle_ns: e.1,
+                count: e.2,
+                stack_id: e.0.stack,
+            })
+            .zip(sites.iter().map(|e| e.0.spans))
+            .map(|(mut row, spans)| {
+                // Resolved in `finish` (the chains' names are the model's).
+                row.spans = spans.map(|i| i.to_string());
+                row
+            })
+            .collect();
+        if let Some(u) = unknown {
+            yield_sites.push(YieldSiteRow {
+                site: "unknown".to_owned(),
+                idle_ns: u.1,
+                count: u.2,
+                ..YieldSiteRow::default()
+            });
+        }
+        let mut woken_by = WokenBy::default();
+        let mut driver_wakes = Vec::new();
+        let mut wakers: Vec<(super::WakeSource, u64)> = s.wakers.clone();
+        for &(by, n) in &s.wakers {
+            match by {
+                super::WakeSource::Task(_) => woken_by.task += n,
+                super::WakeSource::Thread { .. } => woken_by.thread += n,
+                super::WakeSource::Driver { stack, after, .. } => {
+                    woken_by.unknown += n;
+                    driver_wakes.push((stack, after, n));
+                }
+            }
+        }
+        woken_by.unknown += s.wakers_dropped;
+        wakers.sort_by_key(|e| std::cmp::Reverse(e.1));
         let row = TaskRow {
             id: key.span,
             pid: key.pid,
@@ -199,7 +351,21 @@ impl Results {
             syscall,
             worker,
             stack,
+            yield_sites,
+            yield_unknown_ns,
+            woken_by,
+            wakers: Vec::new(),
+            delayed_wakes: s.delayed,
+            delayed_ns: s.delayed_ns,
+            driver_wakes,
         };
+        let row = TaskRow {
+            wakers: waker_rows(&wakers, &row, key),
+            ..row
+        };
+        if delay_warrants(&row, &s, self.delay_threshold_ns) {
+            t_delay_push(self, &row, &s);
+        }
         let t = &mut self.totals;
         t.tasks += 1;
         t.polls += row.polls;
@@ -230,7 +396,39 @@ impl Results {
         mut self,
         names: &HashMap<u32, String>,
         opts: &super::TaskOptions,
+        strings: &[String],
     ) -> (Vec<TaskRow>, Vec<Warning>, TaskTotals) {
+        let chain = |s: &Option<String>| {
+            s.as_ref()
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| strings.get(i))
+                .cloned()
+        };
+        for r in &mut self.rows {
+            for site in &mut r.yield_sites {
+                if site.site != "unknown" {
+                    site.spans = chain(&site.spans);
+                    site.site = default_site(site);
+                }
+            }
+        }
+        let task_names: HashMap<(u32, u64), String> = self
+            .rows
+            .iter()
+            .map(|r| ((r.pid, r.id), r.name.clone()))
+            .collect();
+        for r in &mut self.rows {
+            let pid = r.pid;
+            for w in &mut r.wakers {
+                let name = match w.kind.as_str() {
+                    "thread" => names.get(&(w.id as u32)),
+                    _ => task_names.get(&(pid, w.id)),
+                };
+                if let Some(n) = name {
+                    w.name = n.clone();
+                }
+            }
+        }
         if self.rows.len() > MAX_ROWS {
             self.rows.sort_by_key(|r| std::cmp::Reverse(interest(r)));
             self.totals.omitted += (self.rows.len() - MAX_ROWS) as u64;
@@ -243,12 +441,147 @@ impl Results {
             self.totals.warnings_omitted += (self.warned.len() - MAX_WARNINGS) as u64;
             self.warned.truncate(MAX_WARNINGS);
         }
-        let warnings = self.warned.iter().map(|r| warning(r, names)).collect();
+        let mut warnings: Vec<Warning> = self.warned.iter().map(|r| warning(r, names)).collect();
+        self.delayed
+            .sort_by_key(|d| std::cmp::Reverse(d.0.delayed_ns));
+        for (row, holders, unheld, workers, p99) in &self.delayed {
+            if warnings.len() >= MAX_WARNINGS {
+                self.totals.warnings_omitted += 1;
+                continue;
+            }
+            self.totals.warned_tasks += 1;
+            warnings.push(delay_warning(
+                row,
+                holders,
+                *unheld,
+                *workers,
+                *p99,
+                strings,
+                self.delay_threshold_ns,
+            ));
+        }
         self.totals.blocked_threshold_ns = opts.blocked_threshold_ns;
         self.totals.warn_share = opts.warn_share;
         self.totals.scheduled_p50_ns = self.sched.quantile(0.5);
         self.totals.scheduled_p99_ns = self.sched.quantile(0.99);
         (self.rows, warnings, self.totals)
+    }
+}
+
+/// The site line of a row whose stack is not named (yet): its spans, or its stack's id.
+pub(crate) fn default_site(site: &YieldSiteRow) -> String {
+    match (&site.spans, site.stack_id) {
+        (Some(chain), _) => format!("in span {chain}"),
+        (None, Some(id)) => format!("stack {id} (not named)"),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+fn waker_rows(wakers: &[(super::WakeSource, u64)], _row: &TaskRow, _key: TaskKey) -> Vec<WakerRow> {
+    let mut rows: Vec<WakerRow> = Vec::new();
+    for &(by, n) in wakers {
+        let (kind, id) = match by {
+            super::WakeSource::Task(k) => ("task", k.span),
+            super::WakeSource::Thread { tid, .. } => ("thread", u64::from(tid)),
+            // Named once the stacks are (driver kinds come from them).
+            super::WakeSource::Driver { .. } => continue,
+        };
+        match rows.iter_mut().find(|r| r.kind == kind && r.id == id) {
+            Some(r) => r.count += n,
+            None => rows.push(WakerRow {
+                kind: kind.to_owned(),
+                id,
+                name: String::new(),
+                count: n,
+            }),
+        }
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.count));
+    rows.truncate(MAX_WAKER_ROWS);
+    rows
+}
+
+/// The `scheduling_delay` rule: the task is not meant to block, its p99 wake→poll delay
+/// reached the threshold, and in its delays the workers were mostly held by polls that
+/// blocked in the kernel (at least [`DELAY_BLOCKED_SHARE`] of the time they were held).
+fn delay_warrants(row: &TaskRow, s: &super::model::Stats, threshold: u64) -> bool {
+    let held: u64 = s.holders.iter().map(|h| h.1).sum();
+    let blocked: u64 = s.holders.iter().map(|h| h.2).sum();
+    threshold > 0
+        && row.kind != "blocking"
+        && s.delayed > 0
+        && row.scheduled_p99_ns.is_some_and(|p| p >= threshold)
+        && held > 0
+        && blocked as f64 >= DELAY_BLOCKED_SHARE * held as f64
+}
+
+fn t_delay_push(results: &mut Results, row: &TaskRow, s: &super::model::Stats) {
+    if results.delayed.len() >= 2 * MAX_WARNINGS {
+        results.totals.warnings_omitted += 1;
+        return;
+    }
+    results.delayed.push((
+        row.clone(),
+        s.holders.clone(),
+        s.unheld_ns,
+        s.workers_seen,
+        row.scheduled_p99_ns.unwrap_or(0),
+    ));
+}
+
+fn delay_warning(
+    r: &TaskRow,
+    holders: &[(u32, u64, u64, u64)],
+    unheld_ns: u64,
+    workers: u32,
+    p99_ns: u64,
+    strings: &[String],
+    threshold_ns: u64,
+) -> Warning {
+    let mut held_by: Vec<Holder> = holders
+        .iter()
+        .map(|&(label, held_ns, blocked_ns, delays)| Holder {
+            task: strings
+                .get(label as usize)
+                .cloned()
+                .unwrap_or_else(|| "an unnamed task".to_owned()),
+            held_ns,
+            blocked_ns,
+            delays,
+        })
+        .collect();
+    held_by.sort_by_key(|h| std::cmp::Reverse(h.blocked_ns.max(h.held_ns / 4)));
+    let blocked_ns = held_by.iter().map(|h| h.blocked_ns).sum();
+    Warning {
+        kind: "scheduling_delay",
+        task: r.name.clone(),
+        task_id: r.id,
+        pid: r.pid,
+        location: r.location.clone(),
+        polls: r.delayed_wakes,
+        total_polls: r.polls,
+        blocked_ns,
+        syscall: String::new(),
+        stack: None,
+        stack_id: None,
+        worker_tid: 0,
+        worker: String::new(),
+        other_workers: 0,
+        frames: Vec::new(),
+        delay: Some(Delay {
+            p99_ns,
+            threshold_ns,
+            delayed: r.delayed_wakes,
+            wakes: r.woken_by.io
+                + r.woken_by.timer
+                + r.woken_by.task
+                + r.woken_by.thread
+                + r.woken_by.unknown,
+            delayed_ns: r.delayed_ns,
+            workers,
+            held_by,
+            unheld_ns,
+        }),
     }
 }
 
@@ -275,6 +608,7 @@ fn warning(r: &TaskRow, names: &HashMap<u32, String>) -> Warning {
         worker,
         other_workers: others as u64,
         frames: Vec::new(),
+        delay: None,
     }
 }
 

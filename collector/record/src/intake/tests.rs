@@ -149,6 +149,24 @@ fn every_record() -> (Vec<u8>, Vec<SpanEvent>) {
             .u8(6)
             .u64(5)
             .0,
+        W::default()
+            .u8(9)
+            .u64(0xabc)
+            .u8(2)
+            .u64(0x1000)
+            .u64(0x2000)
+            .0,
+        W::default()
+            .u8(10)
+            .u64(17)
+            .u64(5)
+            .u64(78)
+            .u64(0xabc)
+            .u8(1)
+            .u8(1)
+            .u8(6)
+            .u64(5)
+            .0,
         W::default().u8(5).u64(16).u64(5).0,
     ]
     .concat();
@@ -193,6 +211,20 @@ fn every_record() -> (Vec<u8>, Vec<SpanEvent>) {
             span: Some(5),
             callsite: 78,
             fields: vec![fv(1, Value::Span(5))],
+        },
+        SpanEvent::Stack {
+            id: 0xabc,
+            frames: vec![0x1000, 0x2000],
+        },
+        SpanEvent::Event {
+            time: 17,
+            span: Some(5),
+            callsite: 78,
+            fields: vec![fv(1, Value::Span(5))],
+        },
+        SpanEvent::At {
+            time: 17,
+            stack: 0xabc,
         },
         SpanEvent::Close { time: 16, span: 5 },
     ];
@@ -244,9 +276,15 @@ fn hello_with_bad_magic_or_unknown_version_is_rejected() {
     let mut bad = good;
     bad[0] = b'X';
     assert!(matches!(decode_hello(&bad), Err(WireError::Magic(_))));
-    let mut v2 = good;
-    v2[8] = 2;
-    assert_eq!(decode_hello(&v2), Err(WireError::Version(2)));
+    let mut v1 = good;
+    v1[8] = 1;
+    assert_eq!(decode_hello(&v1), Ok(9), "version 1 is a subset of 2");
+    let mut v3 = good;
+    v3[8] = 3;
+    assert_eq!(decode_hello(&v3), Err(WireError::Version(3)));
+    let mut v0 = good;
+    v0[8] = 0;
+    assert_eq!(decode_hello(&v0), Err(WireError::Version(0)));
     let mut flags = good;
     flags[10] = 0xff;
     assert_eq!(decode_hello(&flags), Ok(9), "unknown flag bits are ignored");
@@ -447,16 +485,16 @@ fn absurd_length_prefix_is_rejected_at_once() {
 fn wrong_version_and_foreign_pid_are_rejected() {
     let dir = TempDir::new();
     let intake = start(dir.path()).expect("start");
-    let mut v2 = hello(4);
-    v2[8] = 2;
-    connect(&intake).write_all(&v2).expect("write");
+    let mut v3 = hello(4);
+    v3[8] = 3;
+    connect(&intake).write_all(&v3).expect("write");
     let mut c = connect(&intake);
     c.write_all(&hello(4)).expect("write");
     c.write_all(&frame(5, 1, 0, &enter(1, 1))).expect("write");
     let mut got = Vec::new();
     wait_for(&intake, &mut got, |s| s.bad_clients == 2);
     let w = intake.stats().warnings.join("\n");
-    assert!(w.contains("version 2"), "{w}");
+    assert!(w.contains("version 3"), "{w}");
     assert!(w.contains("frame from pid 5"), "{w}");
     assert!(got.is_empty());
 }
