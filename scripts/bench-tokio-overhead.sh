@@ -10,7 +10,11 @@
 # demo: user registers and a copy of the stack top with each sample, the leaf unwound from CFI).
 # Targets with fp-cfi (issue "stacks that name the user's code"): CPU/request <= 1.15 x bare,
 # <= 32 bytes per stack sample in the file. MODES="fp fp-cfi dwarf" picks other modes.
-#   usage: [SAMPLES=1 [MODES=...]] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
+# A mode ending in `-noyield` records the same with the layer's yield sites off
+# (IOTRACE_YIELD_SITES=0: no waker.clone events, no stacks at waker events); YIELD=1 runs each
+# mode both ways. Targets with yield sites on (issue "where futures yield"): CPU/request
+# <= 1.2 x bare with everything on, <= 100 bytes per request.
+#   usage: [SAMPLES=1 [MODES=...]] [YIELD=1] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -25,18 +29,26 @@ tick=$(getconf CLK_TCK)
 if [ "${SAMPLES:-0}" = 1 ]; then
   read -r -a modes <<<"${MODES:-fp fp-cfi}"
 else
-  modes=(nosamples)
+  read -r -a modes <<<"${MODES:-nosamples}"
+fi
+if [ "${YIELD:-0}" = 1 ]; then
+  both=()
+  for m in "${modes[@]}"; do both+=("$m" "$m-noyield"); done
+  modes=("${both[@]}")
 fi
 
 # run MODE -> prints "requests req_per_s p99_us cpu_ns hwm_bytes trace_bytes recorder_cpu_ns
 # stack_samples bytes_per_sample"
 run() {
-  local mode=$1 fifo=$out/fifo.$RANDOM
+  local mode=$1 fifo=$out/fifo.$RANDOM yield=1
   mkfifo "$fifo"
   case $mode in
+    *-noyield) yield=0; mode=${mode%-noyield} ;;
+  esac
+  case $mode in
     bare) "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
-    nosamples) "$bin/iotrace" record -q --no-samples -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
-    *) "$bin/iotrace" record -q --call-graph "$mode" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+    nosamples) IOTRACE_YIELD_SITES=$yield "$bin/iotrace" record -q --no-samples -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+    *) IOTRACE_YIELD_SITES=$yield "$bin/iotrace" record -q --call-graph "$mode" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
   esac
   local top=$!
   exec 3<"$fifo"
@@ -96,7 +108,7 @@ def load(p):
 samples = sys.argv[1] == "1"
 b = load(sys.argv[2])
 recs = [(os.path.basename(p).removeprefix("rec."), load(p)) for p in sys.argv[3:]]
-names = ["recorded" if m == "nosamples" else m for m, _ in recs]
+names = [m.replace("nosamples", "recorded") for m, _ in recs]
 cpu_target = "<= 1.15 (fp-cfi)" if samples else "<= 1.5"
 head = f"{'':22}{'bare':>10}" + "".join(f"{n:>10}{'ratio':>8}" for n in names)
 print(head + "   target")

@@ -86,6 +86,17 @@ impl NamesTrace for export::ExportError {
     }
 }
 
+/// What the Perfetto exports left out of the wakes, for the user.
+fn wakes_note(out: &export::ExportOutcome) -> Vec<String> {
+    if out.wakes_left_out == 0 {
+        return Vec::new();
+    }
+    vec![format!(
+        "{} more wakes left out of the flows (an even share of them is kept); use --from/--to to see every one",
+        out.wakes_left_out
+    )]
+}
+
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let output = args
         .output
@@ -100,16 +111,24 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 export::export(&args.file, &output, ExportFormat::Perfetto, &opts),
                 context,
             )?;
-            let line = format!("{} trace events; open it in ui.perfetto.dev", out.events);
-            (out.truncated, Vec::new(), (out.bytes, line))
+            let line = format!(
+                "{} trace events, {} wakes as flows; open it in ui.perfetto.dev",
+                out.events, out.flows
+            );
+            let notes = wakes_note(&out);
+            (out.truncated, notes, (out.bytes, line))
         }
         FormatArg::Pftrace => {
             let out = about(
                 export::export(&args.file, &output, ExportFormat::Pftrace, &opts),
                 context,
             )?;
-            let line = format!("{} trace packets; open it in ui.perfetto.dev", out.events);
-            (out.truncated, Vec::new(), (out.bytes, line))
+            let line = format!(
+                "{} trace packets, {} wakes as flows; open it in ui.perfetto.dev",
+                out.events, out.flows
+            );
+            let notes = wakes_note(&out);
+            (out.truncated, notes, (out.bytes, line))
         }
         FormatArg::Pprof => {
             let out = about(export::pprof::export(&args.file, &output, &opts), context)?;

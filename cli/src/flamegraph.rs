@@ -16,6 +16,8 @@ EXAMPLES:
         iotrace flamegraph t.data --kind offcpu -o off.svg
     Samples under the tokio task and spans active on their thread:
         iotrace flamegraph t.data --kind async -o async.svg
+    Where tasks wait: idle time (µs) under each task, by the await it yielded at:
+        iotrace flamegraph t.data --kind idle -o idle.svg
     Folded stacks for flamegraph.pl, inferno or speedscope:
         iotrace flamegraph t.data --folded > cpu.folded
     Only one thread, one task, or a time window (since the start of the recording):
@@ -42,6 +44,10 @@ pub enum KindArg {
     Wall,
     /// On- and off-CPU in µs, under the task and span stack active on the thread.
     Async,
+    /// Tasks' idle time (returned Pending, waiting for a wake) in µs, under the task, by yield
+    /// site: the stack from the task's future down to the await that stored its waker
+    /// (`[unknown yield site]` when not known).
+    Idle,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -111,6 +117,7 @@ impl FlamegraphArgs {
             KindArg::Offcpu => Kind::OffCpu,
             KindArg::Wall => Kind::Wall,
             KindArg::Async => Kind::Async,
+            KindArg::Idle => Kind::Idle,
         });
         o.group_by = match self.group_by {
             GroupByArg::Thread => GroupBy::Thread,
@@ -147,6 +154,15 @@ fn finish_write(result: std::io::Result<()>, path: &Path) -> anyhow::Result<()> 
 
 pub fn run(args: FlamegraphArgs) -> anyhow::Result<ExitCode> {
     let opts = args.options();
+    if opts.kind == Kind::Idle {
+        // Idle time is a task's, not a thread's.
+        if !args.tid.is_empty() {
+            anyhow::bail!("--tid does not apply to --kind idle (idle time belongs to tasks, not threads); --task narrows it");
+        }
+        if args.no_idle {
+            anyhow::bail!("--no-idle leaves out idle threads and does not apply to --kind idle, which draws tasks' idle time");
+        }
+    }
     if let Some(pair) = &args.diff {
         return run_diff(&args, &opts, &pair[0], &pair[1]);
     }
@@ -174,6 +190,23 @@ fn report(trace: &Path, output: &Path, opts: &fg::Options, folded: &fg::Folded) 
     } else {
         output.display().to_string()
     };
+    if let Some(idle) = &folded.idle {
+        eprintln!(
+            "iotrace: {}: idle flamegraph, {} {} in {} stacks ({} tasks, {} idle stretches, {} µs of them at an unknown yield site); {}",
+            target,
+            folded.total(),
+            folded.unit,
+            folded.lines.len(),
+            idle.tasks,
+            idle.stretches,
+            idle.unknown_ns / 1000,
+            folded.symbols.summary()
+        );
+        if let Some(t) = &folded.truncated {
+            eprintln!("iotrace: warning: {}: {t}", trace.display());
+        }
+        return;
+    }
     eprintln!(
         "iotrace: {}: {} flamegraph, {} {} in {} stacks (trace: {} on-CPU samples, {} off-CPU stacks, {:.0} bytes each); {}",
         target,

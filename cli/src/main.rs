@@ -32,9 +32,10 @@ EXAMPLES:
         iotrace report --json t.data
     Without perf (non-root, or to compare):
         iotrace record --no-perf -- make -j2
-    Flamegraphs of a recording: on-CPU, off-CPU (time blocked), by async task:
+    Flamegraphs of a recording: on-CPU, off-CPU (time blocked), by async task, where tasks wait:
         iotrace flamegraph t.data -o cpu.svg
         iotrace flamegraph t.data --kind async -o async.svg
+        iotrace flamegraph t.data --kind idle -o idle.svg
     Every thread and task through time, in a browser or in ui.perfetto.dev:
         iotrace timeline t.data -o timeline.html
         iotrace export t.data --format perfetto -o trace.json
@@ -98,8 +99,8 @@ enum Command {
     #[command(after_help = compare::EXAMPLES)]
     Compare(compare::CompareArgs),
     /// Draw a flamegraph of a trace: on-CPU, off-CPU (weighted by time blocked), wall (both),
-    /// or async (samples under the task and spans active on their thread); or the difference
-    /// between two traces.
+    /// async (samples under the task and spans active on their thread), or idle (each task's
+    /// idle time under the await it yielded at); or the difference between two traces.
     ///
     /// Symbols are resolved offline from the mappings recorded in the trace, so the program
     /// may have exited; its files must still be there. Frames without a name say why (e.g.

@@ -48,6 +48,7 @@ impl WindowArgs {
             from_ns: self.from,
             to_ns: self.to,
             max_intervals: timeline::DEFAULT_MAX_INTERVALS,
+            max_wakes: timeline::DEFAULT_MAX_WAKES,
         }
     }
 }
@@ -125,18 +126,25 @@ pub fn run(args: TimelineArgs) -> anyhow::Result<ExitCode> {
         || format!("drawing the timeline of {}", args.file.display()),
     )?;
     eprintln!(
-        "iotrace: wrote {} ({}): {} threads, {} tasks, {} intervals",
+        "iotrace: wrote {} ({}): {} threads, {} tasks, {} intervals, {} wakes",
         args.output.display(),
         iotrace_collector::report::bytes(out.bytes),
         out.threads,
         out.tasks,
-        out.intervals
+        out.intervals,
+        out.wakes
     );
     warn_truncated(&args.file, out.truncated.as_deref());
     if out.drawn < out.intervals {
         eprintln!(
             "iotrace: merged short stretches to draw {} of them (--max-intervals); use --from/--to to see every one",
             out.drawn
+        );
+    }
+    if out.wakes_left_out > 0 {
+        eprintln!(
+            "iotrace: {} more wakes not drawn (an even share of them is kept); use --from/--to to see every one",
+            out.wakes_left_out
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,11 @@
 //! The layer caches span ids per thread until any span closes; `iotrace_after_close` pays a
 //! close of another span before each pair, so (after_close - close_only) is the uncached pair.
 //!
+//! The `waker_event` group is the cost of one tokio `waker.clone` event (what a leaf future
+//! storing a task's waker raises) with the layer's yield sites on (the event plus a walk of the
+//! frame pointers, about 20 frames deep here) and off (`with_yield_sites(false)`: the event is
+//! skipped, as before yield sites).
+//!
 //! `cargo bench -p iotrace-layer --bench enter_exit -- --quick`
 
 use std::hint::black_box;
@@ -40,6 +45,22 @@ fn close_one(dispatch: &Dispatch) {
     tracing::dispatcher::with_default(dispatch, || drop(black_box(tracing::info_span!("other"))));
 }
 
+/// What tokio's waker vtable raises when a future clones a task's waker.
+#[inline(never)]
+fn waker_clone() {
+    tracing::trace!(target: "tokio::task::waker", op = "waker.clone", task.id = 1u64);
+}
+
+/// `waker_clone` under `depth` more frames, as a leaf future sits under a task's futures.
+#[inline(never)]
+fn nested(depth: u32) {
+    if depth == 0 {
+        waker_clone();
+    } else {
+        nested(black_box(depth - 1));
+    }
+}
+
 fn ns_per(mut f: impl FnMut()) -> f64 {
     const N: u32 = 2_000_000;
     let t = Instant::now();
@@ -63,6 +84,10 @@ fn main() {
     );
     let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
     let iotrace = tracing::dispatcher::with_default(&dispatch, || tracing::info_span!("bench"));
+    let no_yield = Dispatch::new(
+        tracing_subscriber::registry().with(iotrace_layer::layer().with_yield_sites(false)),
+    );
+    let waker = |d: &Dispatch| tracing::dispatcher::with_default(d, || nested(black_box(16)));
 
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -81,6 +106,10 @@ fn main() {
             })
         });
         g.finish();
+        let mut g = c.benchmark_group("waker_event");
+        g.bench_function("yield_sites_on", |b| b.iter(|| waker(&dispatch)));
+        g.bench_function("yield_sites_off", |b| b.iter(|| waker(&no_yield)));
+        g.finish();
     }
     c.final_summary();
 
@@ -92,7 +121,13 @@ fn main() {
         close_one(&dispatch);
         pair(&iotrace)
     });
+    let on = ns_per(|| waker(&dispatch));
+    let off = ns_per(|| waker(&no_yield));
     iotrace_layer::flush();
+    println!(
+        "waker.clone event ns: yield sites on {on:.1}, off {off:.1} (the stack costs {:.1})",
+        on - off
+    );
     println!(
         "enter+exit ns/pair: no subscriber {n:.1}, registry {r:.1}, registry+iotrace {i:.1} \
          (layer adds {:.1}); uncached pair after a close {:.1}; records dropped by the layer: {}",

@@ -29,6 +29,12 @@
 //! exits, and at [`flush`] or `exit()`; a thread that sleeps keeps its last records until then.
 //! The one allocation per span is the 8-byte id the registry stores in the span's extensions.
 //!
+//! Yield sites: with tokio's waker events the layer also records `waker.clone` (a future storing
+//! its task's waker before returning Pending) and walks the calling thread's frame pointers at
+//! `waker.clone` and `waker.wake`, so that `iotrace report` can say at which await each task
+//! waited and who woke it. `IOTRACE_YIELD_SITES=0` or
+//! [`IotraceLayer::with_yield_sites`]`(false)` turns that off.
+//!
 //! Span ids: tracing reuses a span's id after it closes; the layer gives every span its own id
 //! that is never reused in the process, and translates the `task.id` of tokio's waker events
 //! (a tracing span id) into it.

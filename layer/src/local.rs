@@ -82,8 +82,9 @@ pub(crate) struct Local {
     stack: [(usize, u64, u64); STACK],
     depth: usize,
     cache: [Slot; CACHE],
-    /// Ids of the stacks this thread has defined on the current connection (0: none).
+    /// Ids of the stacks this thread has defined on connection `sent_gen` (0: none).
     sent: [u64; SENT],
+    sent_gen: u64,
 }
 
 thread_local! {
@@ -124,6 +125,7 @@ impl Local {
             depth: 0,
             cache: [EMPTY_SLOT; CACHE],
             sent: [0; SENT],
+            sent_gen: 0,
         }
     }
 
@@ -131,6 +133,12 @@ impl Local {
     /// STACK definition first unless this thread already sent it on this connection.
     pub(crate) fn stack_id(&mut self, time: u64, frames: &[u64]) -> u64 {
         let id = stack_hash(frames);
+        let gen = sink::generation();
+        if self.sent_gen != gen {
+            // A new recorder (attach): it has seen none of them.
+            self.sent = [0; SENT];
+            self.sent_gen = gen;
+        }
         let slot = (id as usize) % SENT;
         if self.sent[slot] != id {
             let n = frames.len().min(encode::MAX_STACK);

@@ -1,6 +1,7 @@
 //! `iotrace export --format pprof | firefox | otlp`, each read by the real client or the
 //! official definitions: `go tool pprof`, the OTLP protos (PyPI's `opentelemetry-proto`), and
-//! the Firefox Profiler's processed-format invariants.
+//! the Firefox Profiler's processed-format invariants; and the wakes of the Perfetto exports
+//! (`perfetto`, `pftrace`) as flows, the protobuf read with Perfetto's protos.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -704,5 +705,195 @@ fn otlp_of_a_program_without_spans_is_one_clear_line() {
     assert!(
         err.contains("no stack samples") && err.trim().lines().count() == 1,
         "{err}"
+    );
+}
+
+/// Decodes a `.pftrace` with Perfetto's Python protos and prints, as JSON, per flow id the track
+/// (a thread's name, or a task track's name) and kind of the event that starts it (`flow_ids`)
+/// and of the one that ends it (`terminating_flow_ids`), the yield sites of idle slices by
+/// track, and whether every track's events are in time order.
+const DECODE_FLOWS: &str = r#"
+import json, sys
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+t = Trace()
+t.ParseFromString(open(sys.argv[1], "rb").read())
+tracks, names, arg_names, strings, last = {}, {}, {}, {}, {}
+starts, ends, sites = {}, {}, {}
+ok = True
+kinds = {TrackEvent.TYPE_SLICE_BEGIN: "begin", TrackEvent.TYPE_INSTANT: "instant"}
+for p in t.packet:
+    d = p.interned_data
+    for e in d.event_names: names[e.iid] = e.name
+    for e in d.debug_annotation_names: arg_names[e.iid] = e.name
+    for e in d.debug_annotation_string_values: strings[e.iid] = e.str.decode()
+    if p.HasField("track_descriptor"):
+        td = p.track_descriptor
+        tracks[td.uuid] = td.thread.thread_name if td.HasField("thread") else td.name
+        continue
+    ev = p.track_event
+    if p.timestamp < last.get(ev.track_uuid, 0): ok = False
+    last[ev.track_uuid] = p.timestamp
+    where = [tracks[ev.track_uuid], kinds.get(ev.type, "other"), names.get(ev.name_iid), p.timestamp]
+    for f in ev.flow_ids: starts[f] = where
+    for f in ev.terminating_flow_ids: ends[f] = where
+    args = {arg_names[a.name_iid]: strings.get(a.string_value_iid) for a in ev.debug_annotations if a.HasField("string_value_iid")}
+    if "yield_site" in args:
+        sites.setdefault(tracks[ev.track_uuid], []).append(args["yield_site"])
+flows = [[starts.get(f), ends.get(f)] for f in sorted(set(starts) | set(ends))]
+print(json.dumps({"ok": ok, "flows": flows, "sites": sites}))
+"#;
+
+/// The Chrome JSON timestamp in integer nanoseconds.
+fn json_ns(v: &serde_json::Value) -> i64 {
+    (v.as_f64().expect("a number") * 1000.0).round() as i64
+}
+
+#[test]
+fn perfetto_exports_of_yields_carry_each_wake_as_a_flow_to_the_woken_tasks_poll() {
+    let test = "perfetto_exports_of_yields_carry_each_wake_as_a_flow_to_the_woken_tasks_poll";
+    if !perf_available(test) {
+        return;
+    }
+    let dir = temp_dir("export-yields");
+    let trace = dir.join("yields.data");
+    let bin = demo_binary("yields");
+    let out = record(&trace, &[], &[bin.to_str().unwrap(), "20"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Chrome JSON: `s` on the channel-feeder thread, `f` (bound to the enclosing slice) on the
+    // worker thread at the moment the receiver's poll begins.
+    let json = dir.join("trace.json");
+    export_ok(&trace, "perfetto", &json);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    let feeder = events
+        .iter()
+        .find(|e| e["ph"] == "M" && e["args"]["name"] == "channel-feeder")
+        .map(|e| e["tid"].clone())
+        .expect("the channel-feeder thread is named");
+    let is_receiver = |e: &serde_json::Value| {
+        e["ph"] == "b"
+            && e["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("receiver ("))
+    };
+    let polls: std::collections::HashSet<(String, i64)> = events
+        .iter()
+        .filter(|e| is_receiver(e) && e["cat"].as_str().is_some_and(|c| c.starts_with("poll")))
+        .map(|e| (e["tid"].to_string(), json_ns(&e["ts"])))
+        .collect();
+    let mut flows: std::collections::HashMap<u64, [Option<&serde_json::Value>; 2]> =
+        std::collections::HashMap::new();
+    for e in events {
+        let end = match e["ph"].as_str() {
+            Some("s") => 0,
+            Some("f") => 1,
+            _ => continue,
+        };
+        let id = e["id"].as_u64().expect("a flow id");
+        assert!(
+            flows.entry(id).or_default()[end].replace(e).is_none(),
+            "flow {id} twice"
+        );
+    }
+    let to_receiver = flows
+        .values()
+        .filter(|[s, f]| {
+            let (Some(s), Some(f)) = (s, f) else {
+                panic!("half a flow: {s:?} {f:?}");
+            };
+            assert!(json_ns(&s["ts"]) <= json_ns(&f["ts"]), "{s} {f}");
+            assert_eq!(f["bp"], "e");
+            s["tid"] == feeder && polls.contains(&(f["tid"].to_string(), json_ns(&f["ts"])))
+        })
+        .count();
+    assert!(
+        to_receiver >= 15,
+        "{to_receiver} flows from channel-feeder finish where a receiver poll begins ({} flows, {} polls)",
+        flows.len(),
+        polls.len()
+    );
+    // Idle slices say where the task yielded; scheduled ones who woke it.
+    let receiver: Vec<&serde_json::Value> = events.iter().filter(|e| is_receiver(e)).collect();
+    let recv_sites = receiver
+        .iter()
+        .filter(|e| {
+            e["cat"] == "idle"
+                && e["args"]["yield_site"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("recv"))
+        })
+        .count();
+    let fed = receiver
+        .iter()
+        .filter(|e| {
+            e["cat"] == "scheduled"
+                && e["args"]["woken_by"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("channel-feeder"))
+        })
+        .count();
+    assert!(
+        recv_sites >= 15 && fed >= 15,
+        "{recv_sites} idle slices at recv, {fed} woken by the feeder"
+    );
+
+    // pftrace: the flow starts with an instant on the feeder's track and ends on the receiver's
+    // poll slice.
+    let Some(python) = python_venv(
+        test,
+        "perfetto-venv",
+        &["perfetto", "protobuf"],
+        "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+    ) else {
+        return;
+    };
+    let pf = dir.join("trace.pftrace");
+    export_ok(&trace, "pftrace", &pf);
+    let out = Command::new(&python)
+        .args(["-c", DECODE_FLOWS])
+        .arg(&pf)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "the official protos do not decode it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("decoder output");
+    assert_eq!(got["ok"], true, "a track's events go back in time");
+    let flows = got["flows"].as_array().unwrap();
+    let on_receiver = flows
+        .iter()
+        .filter(|f| {
+            let (s, e) = (&f[0], &f[1]);
+            s[0] == "channel-feeder"
+                && s[1] == "instant"
+                && e[0].as_str().is_some_and(|t| t.starts_with("receiver ("))
+                && e[1] == "begin"
+                && e[2].as_str().is_some_and(|n| n.starts_with("poll"))
+                && s[3].as_u64() <= e[3].as_u64()
+        })
+        .count();
+    assert!(
+        on_receiver >= 15,
+        "{on_receiver} flows from channel-feeder end on a receiver poll: {flows:?}"
+    );
+    let sleeper_sites = got["sites"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(track, _)| track.starts_with("sleeper ("))
+        .flat_map(|(_, v)| v.as_array().unwrap())
+        .filter(|s| s.as_str().is_some_and(|s| s.contains("sleep")))
+        .count();
+    assert!(
+        sleeper_sites >= 15,
+        "{sleeper_sites} sleeper idle slices at the sleep: {}",
+        got["sites"]
     );
 }

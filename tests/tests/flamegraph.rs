@@ -509,3 +509,159 @@ fn no_idle_leaves_out_a_thread_that_only_slept_and_keeps_a_busy_one() {
     assert_eq!(total(&busy), total(&all), "{err}");
     assert!(!err.contains("idle threads"), "{err}");
 }
+
+/// The line of `yields.rs` (instrumented-demos/src/bin/yields.rs) that holds `text`.
+fn yields_line(text: &str) -> usize {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../instrumented-demos/src/bin/yields.rs");
+    let src = std::fs::read_to_string(&src).expect("read yields.rs");
+    1 + src
+        .lines()
+        .position(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no `{text}` in yields.rs"))
+}
+
+/// `yields ROUNDS` recorded into DIR/yields.data.
+fn record_yields(dir: &Path, rounds: &str) -> PathBuf {
+    let trace = dir.join("yields.data");
+    let yields = demo_binary("yields");
+    let out = record(&trace, &[], &[yields.to_str().expect("utf-8"), rounds]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    trace
+}
+
+/// `yields 30`: three tasks, each idle 30 times for about 10 ms, one at a sleep, one at a
+/// socket read, one at a channel receive. The idle graph has each under its task, from the
+/// task's own future (the await's line) down into the future that stored the waker, with none
+/// of the worker loop above it and none of the waker's clone, tracing or the layer below it.
+#[test]
+fn idle_graph_puts_each_tasks_idle_time_under_the_await_it_yielded_at() {
+    if !perf_available("idle_graph_puts_each_tasks_idle_time_under_the_await_it_yielded_at") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-idle-kind");
+    let trace = record_yields(&dir, "30");
+    let (lines, err) = folded_stacks(&trace, &["--kind", "idle"]);
+    assert!(err.contains("idle flamegraph"), "{err}");
+    for (stack, _) in &lines {
+        for machinery in [
+            "iotrace_layer",
+            "tokio::runtime::task::waker",
+            "tokio::runtime::task::core::Core<",
+            "worker::Context::run_task",
+        ] {
+            assert!(!stack.contains(machinery), "{machinery} in {stack}");
+        }
+    }
+    for (task, awaited, await_text) in [
+        (
+            "sleeper",
+            "tokio::time::sleep",
+            "tokio::time::sleep(GAP).await",
+        ),
+        ("reader", "read", "stream.read(&mut byte).await"),
+        ("receiver", "recv", "rx.recv().await"),
+    ] {
+        let root = format!("task {task}");
+        let mine: Vec<&(String, u64)> = lines
+            .iter()
+            .filter(|(s, _)| s.split(';').next() == Some(root.as_str()))
+            .collect();
+        // 30 waits of 10 ms each: at least 90% of 300 ms, in µs.
+        let us: u64 = mine.iter().map(|l| l.1).sum();
+        assert!(us >= 270_000, "{root}: {us} µs idle\n{lines:#?}");
+        let (heaviest, w) = mine.iter().max_by_key(|l| l.1).copied().unwrap();
+        let frames: Vec<&str> = heaviest.split(';').collect();
+        assert!(
+            *w * 10 >= us * 8 && frames.len() >= 3,
+            "{root}: heaviest {heaviest} {w} of {us} µs"
+        );
+        // The first frame under the task is the task's own future, at the await.
+        let future = format!("yields::{task}::{{{{closure}}}}");
+        assert!(frames[1].starts_with(&future), "{root}: {heaviest}");
+        if let Some((_, at)) = frames[1].split_once(" at ") {
+            let line = yields_line(await_text);
+            assert!(
+                at.ends_with(&format!("bin/yields.rs:{line}")),
+                "{root} yields at {at}, the await is at line {line}"
+            );
+        }
+        assert!(
+            frames[2..].iter().any(|f| f.contains(awaited)),
+            "{root}: no {awaited} inside {future}: {heaviest}"
+        );
+    }
+}
+
+#[test]
+fn idle_svg_opens_in_headless_chromium_with_the_task_and_its_sleep() {
+    if !perf_available("idle_svg_opens_in_headless_chromium_with_the_task_and_its_sleep") {
+        return;
+    }
+    let _serial = serial();
+    let Some(browser) = chromium("idle_svg_opens_in_headless_chromium_with_the_task_and_its_sleep")
+    else {
+        return;
+    };
+    let dir = temp_dir("fg-idle-chromium");
+    let trace = record_yields(&dir, "10");
+    let svg = dir.join("idle.svg");
+    let out = run_iotrace(&[
+        "flamegraph",
+        trace.to_str().unwrap(),
+        "--kind",
+        "idle",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (dom, log) = open_in_chromium(&browser, &svg, &dir.join("chromium-profile"));
+    let errors = console_errors(&log);
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    assert!(dom.contains("Idle time by yield site"), "no title");
+    let titles: Vec<&str> = dom
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split("</title>").next())
+        .collect();
+    for frame in [
+        "task sleeper (",
+        "yields::sleeper::{{closure}}",
+        "tokio::time::sleep::Sleep",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(frame)),
+            "no frame {frame:?} in the rendered SVG: {titles:#?}"
+        );
+    }
+}
+
+#[test]
+fn idle_graph_of_a_trace_without_tasks_says_why() {
+    let _serial = serial();
+    let trace = temp_dir("fg-idle-notasks").join("t.data");
+    let fx = fx();
+    assert!(record(&trace, &["--no-perf"], &[&fx, "spin", "50"])
+        .status
+        .success());
+    let out = run_iotrace(&[
+        "flamegraph",
+        trace.to_str().unwrap(),
+        "--kind",
+        "idle",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no tasks"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

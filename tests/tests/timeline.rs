@@ -1,8 +1,8 @@
 //! Thread states, task states and blocked-worker warnings end to end: each demo server runs
 //! under `iotrace record` with a bounded load, and the report must show what its code makes
 //! certain (a handler that sleeps in its poll blocks its worker for the whole sleep; an epoll
-//! loop blocks only in epoll_wait). Then the timeline page in headless Chromium and the
-//! Perfetto export.
+//! loop blocks only in epoll_wait). Then the timeline page in headless Chromium (with the
+//! `yields` program's yield sites and wake arrows) and the Perfetto export.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -129,10 +129,20 @@ fn tokio_blocking_handler_is_warned_and_blocks_for_every_sleep() {
     // Each request's handler sleeps IO_MS inside one poll of its connection's task.
     let requests = r["spans"]["requests"].as_u64().unwrap();
     assert!(requests >= s.requests, "{requests} < {}", s.requests);
-    let warnings = r["warnings"].as_array().unwrap();
+    // The handlers block their workers; the other tasks wait for a worker meanwhile (those
+    // get `scheduling_delay` warnings, looked at in yields.rs).
+    let all = r["warnings"].as_array().unwrap();
+    assert!(
+        all.iter()
+            .all(|w| w["kind"] == "blocked_in_poll" || w["kind"] == "scheduling_delay"),
+        "{all:#?}"
+    );
+    let warnings: Vec<&Value> = all
+        .iter()
+        .filter(|w| w["kind"] == "blocked_in_poll")
+        .collect();
     assert!(!warnings.is_empty(), "no warning: {:#}", r["tasks"]);
-    for w in warnings {
-        assert_eq!(w["kind"], "blocked_in_poll");
+    for w in &warnings {
         let loc = w["location"].as_str().unwrap_or("");
         assert!(loc.contains("strategy/tokio.rs"), "{w}");
         assert!(w["syscall"].as_str().unwrap().contains("nanosleep"), "{w}");
@@ -368,6 +378,145 @@ fn timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task() {
     assert!(track_attr(&dom, "intervals") > s.requests);
 }
 
+/// The `yields` program recorded for 20 rounds: `sleeper` waits on a timer, `reader` on a socket,
+/// `receiver` on a channel that the std thread `channel-feeder` sends to every 10 ms.
+fn record_yields(dir: &Path) -> PathBuf {
+    let trace = dir.join("yields.data");
+    let bin = demo_binary("yields");
+    let out = record(&trace, &[], &[bin.to_str().unwrap(), "20"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    trace
+}
+
+/// The data of a timeline page: the JSON in its `#data` element.
+fn page_data(html: &str) -> Value {
+    let open = "<script id=\"data\" type=\"application/json\">";
+    let at = html.find(open).expect("the #data element") + open.len();
+    let end = at + html[at..].find("</script>").expect("the end of #data");
+    serde_json::from_str(&html[at..end]).expect("the page's data is JSON")
+}
+
+/// A page track's stretches: (start, end, state, x), times in ns since the recording started.
+fn page_stretches(track: &Value) -> Vec<(u64, u64, u64, i64)> {
+    let iv = track["iv"].as_array().unwrap();
+    let mut start = 0;
+    iv.chunks(4)
+        .map(|c| {
+            start += c[0].as_u64().unwrap();
+            (
+                start,
+                start + c[1].as_u64().unwrap(),
+                c[2].as_u64().unwrap(),
+                c[3].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn timeline_names_where_tasks_yield_and_draws_each_wake_from_its_waker() {
+    let test = "timeline_names_where_tasks_yield_and_draws_each_wake_from_its_waker";
+    if !perf_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("tl-yields");
+    let trace = record_yields(&dir);
+    let page = dir.join("timeline.html");
+    let out = run_iotrace(&[
+        "timeline",
+        trace.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    let d = page_data(&html);
+    let tracks = d["tracks"].as_array().unwrap();
+    let track = |kind: &str, label: &dyn Fn(&str) -> bool| {
+        tracks
+            .iter()
+            .position(|t| t["kind"] == kind && label(t["label"].as_str().unwrap()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind} track in {:?}",
+                    tracks.iter().map(|t| &t["label"]).collect::<Vec<_>>()
+                )
+            })
+    };
+    let sleeper = track("task", &|l| l == "sleeper");
+    let receiver = track("task", &|l| l == "receiver");
+    let feeder = track("thread", &|l| l.starts_with("channel-feeder "));
+    // Each idle stretch points at its yield site, named: the sleep's and the recv's await.
+    let site = |x: i64| -> Option<&str> {
+        let i = d["yields"][usize::try_from(x).ok()?].as_i64()?;
+        d["sites"][usize::try_from(i).ok()?].as_str()
+    };
+    for (task, awaited) in [(sleeper, "sleep"), (receiver, "recv")] {
+        let idle: Vec<(u64, u64, u64, i64)> = page_stretches(&tracks[task])
+            .into_iter()
+            .filter(|iv| iv.2 == 6)
+            .collect();
+        let named = idle
+            .iter()
+            .filter(|iv| {
+                site(iv.3).is_some_and(|s| s.contains(awaited) && s.contains("yields.rs:"))
+            })
+            .count();
+        assert!(
+            named >= 15,
+            "{named} of {} idle stretches of {} name a site with {awaited}: {:?}",
+            idle.len(),
+            tracks[task]["label"],
+            idle.iter().map(|iv| site(iv.3)).collect::<Vec<_>>()
+        );
+    }
+    // Wakes: from the feeder thread's track to the receiver's, as a thread outside the runtime.
+    let wakes: Vec<&[Value]> = d["wakes"].as_array().unwrap().chunks(5).collect();
+    let fed = wakes
+        .iter()
+        .filter(|w| w[2] == feeder && w[3] == receiver && w[4] == 2)
+        .count();
+    assert!(
+        fed >= 15,
+        "{fed} wakes from channel-feeder to receiver in {:?}",
+        wakes
+    );
+    // The sleeper's come from the runtime (its timer), never from the feeder.
+    assert!(wakes.iter().all(|w| !(w[2] == feeder && w[3] == sleeper)));
+    assert_eq!(d["wakes_left_out"], 0);
+
+    // The page draws them: every wake in view with `#wakes=all`.
+    let Some(browser) = chromium(test) else {
+        return;
+    };
+    // The fragment rides on the file URL that the helper makes of the path.
+    let (dom, log) = open_in_chromium(
+        &browser,
+        &dir.join("timeline.html#wakes=all"),
+        &dir.join("profile"),
+    );
+    let errors = console_errors(&log);
+    assert!(errors.is_empty(), "console: {errors:#?}");
+    assert_eq!(track_attr(&dom, "errors"), 0, "script errors");
+    assert_eq!(track_attr(&dom, "rendered"), 1, "the canvas was not drawn");
+    assert_eq!(track_attr(&dom, "wakes"), wakes.len() as u64);
+    let arrows = track_attr(&dom, "arrows");
+    assert!(
+        arrows >= fed as u64 && arrows <= wakes.len() as u64,
+        "{arrows} arrows drawn of {} wakes",
+        wakes.len()
+    );
+}
+
 /// A track of the Chrome trace event format: thread slices by (pid, tid), async slices by
 /// (pid, name, id), counters by (pid, name).
 fn track_of(e: &Value) -> String {
@@ -408,9 +557,22 @@ fn perfetto_export_parses_and_every_track_runs_forward() {
     let mut last: HashMap<String, i64> = HashMap::new();
     let mut open: HashMap<String, i64> = HashMap::new();
     let (mut slices, mut tasks, mut counters) = (0, 0, 0);
+    // Wake flows by id: where each starts and finishes.
+    let mut flows: HashMap<u64, (Option<i64>, Option<i64>)> = HashMap::new();
     for e in events {
         let ph = e["ph"].as_str().unwrap();
         if ph == "M" {
+            continue;
+        }
+        if ph == "s" || ph == "f" {
+            assert_eq!(e["cat"], "wake", "{e}");
+            let id = e["id"].as_u64().expect("a flow's id");
+            let ends = flows.entry(id).or_default();
+            let end = if ph == "s" { &mut ends.0 } else { &mut ends.1 };
+            assert!(end.replace(ns(&e["ts"])).is_none(), "two {ph} of flow {id}");
+            if ph == "f" {
+                assert_eq!(e["bp"], "e", "{e}");
+            }
             continue;
         }
         let ts = ns(&e["ts"]);
@@ -438,6 +600,15 @@ fn perfetto_export_parses_and_every_track_runs_forward() {
     }
     assert!(open.is_empty(), "unfinished slices: {open:?}");
     assert!(slices > 0 && tasks as u64 > s.requests && counters > 0);
+    // Every wake's flow starts, then finishes (the connections' tasks are woken by their
+    // sockets).
+    assert!(!flows.is_empty(), "no wake flows");
+    for (id, ends) in &flows {
+        match ends {
+            (Some(s), Some(f)) => assert!(s <= f, "flow {id} finishes before it starts"),
+            _ => panic!("flow {id} is half a pair: {ends:?}"),
+        }
+    }
     let names: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(names
         .iter()

@@ -1,8 +1,10 @@
 //! Every thread's and task's stretches through time, kept from one pass of the analysis
 //! ([`crate::tasks`]) by a sink ([`Collected`]) that stores them compactly by track, spilling to a
 //! temporary file past a memory budget (`store.rs`), and, in the same pass, the stack tree that
-//! names the blocked stretches' stacks. The timeline page and the exports (`iotrace-render`)
-//! read them back one track at a time.
+//! names the blocked stretches' and yield sites' stacks. The timeline page and the exports
+//! (`iotrace-render`) read them back one track at a time. Wakes (who woke a task, and when the
+//! poll that followed began) are kept beside them, in memory and bounded
+//! ([`TimelineOptions::max_wakes`]).
 
 use std::collections::HashSet;
 
@@ -16,6 +18,7 @@ use crate::symbolize::{self, KernelSymbols};
 use crate::tasks::naming::StackNames;
 use crate::tasks::{
     Sink, StackId, TaskInterval, TaskKey, TaskOptions, TaskPhase, ThreadInterval, ThreadState,
+    WakeEdge,
 };
 use iotrace_trace::{FormatError, Record, TraceReader};
 
@@ -44,10 +47,15 @@ pub struct TimelineOptions {
     pub to_ns: Option<u64>,
     /// Most intervals drawn; past it, runs of short stretches are merged (0: no limit).
     pub max_intervals: u64,
+    /// Most wakes kept (0: no limit); past it, an even share of them is kept across the
+    /// window and the rest counted ([`Collected::wakes_left_out`]).
+    pub max_wakes: u64,
 }
 
 /// Default [`TimelineOptions::max_intervals`]: what a browser draws and holds comfortably.
 pub const DEFAULT_MAX_INTERVALS: u64 = 2_000_000;
+/// Default [`TimelineOptions::max_wakes`]: about 16 MiB held (80 bytes a wake), 5 MiB of page.
+pub const DEFAULT_MAX_WAKES: u64 = 200_000;
 
 impl Default for TimelineOptions {
     fn default() -> Self {
@@ -56,6 +64,7 @@ impl Default for TimelineOptions {
             from_ns: None,
             to_ns: None,
             max_intervals: DEFAULT_MAX_INTERVALS,
+            max_wakes: DEFAULT_MAX_WAKES,
         }
     }
 }
@@ -90,7 +99,8 @@ pub struct ThreadIv {
     pub merged: u32,
 }
 
-/// A task's stretch in one phase; the poll fields are zero for other phases.
+/// A task's stretch in one phase; the poll fields are zero for other phases, the yield site's
+/// `None` but for idle ones.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskIv {
     pub start: u64,
@@ -102,8 +112,41 @@ pub struct TaskIv {
     pub preempted: u64,
     pub blocked: u64,
     pub counted: u64,
+    /// Where an idle stretch's task returned Pending ([`crate::tasks::YieldSite`]): its stack
+    /// and its span chain (an index into [`Summary::span_chains`]).
+    pub yield_stack: Option<StackId>,
+    pub yield_spans: Option<u32>,
     /// How many stretches this one stands for, when short ones were merged (0: itself).
     pub merged: u32,
+}
+
+impl TaskIv {
+    /// A stretch in `state` with nothing else known.
+    pub fn new(start: u64, end: u64, state: u8) -> Self {
+        TaskIv {
+            start,
+            end,
+            state,
+            tid: 0,
+            syscall: iotrace_trace::Switch::NO_SYSCALL,
+            on_cpu: 0,
+            preempted: 0,
+            blocked: 0,
+            counted: 0,
+            yield_stack: None,
+            yield_spans: None,
+            merged: 0,
+        }
+    }
+}
+
+/// An optional id as a varint: 0 for `None`.
+fn opt_uint(v: Option<u32>) -> u64 {
+    v.map_or(0, |s| u64::from(s) + 1)
+}
+
+fn uint_opt(v: u64) -> Option<u32> {
+    v.checked_sub(1).and_then(|s| u32::try_from(s).ok())
 }
 
 /// A stretch as the store keeps it: start and end first, then what [`Stretch::encode`] adds.
@@ -171,23 +214,18 @@ impl Stretch for TaskIv {
             enc.uint(self.preempted);
             enc.uint(self.blocked);
             enc.uint(self.counted);
+        } else if self.state == IDLE {
+            enc.uint(opt_uint(self.yield_stack));
+            enc.uint(opt_uint(self.yield_spans));
         }
     }
     fn decode(dec: &mut Dec, start: u64, end: u64) -> Self {
         let state = dec.byte();
-        let mut t = TaskIv {
-            start,
-            end,
-            state,
-            tid: 0,
-            syscall: iotrace_trace::Switch::NO_SYSCALL,
-            on_cpu: 0,
-            preempted: 0,
-            blocked: 0,
-            counted: 0,
-            merged: 0,
-        };
-        if state == POLL || state == POLL_BLOCKED {
+        let mut t = TaskIv::new(start, end, state);
+        if state == IDLE {
+            t.yield_stack = uint_opt(dec.uint());
+            t.yield_spans = uint_opt(dec.uint());
+        } else if state == POLL || state == POLL_BLOCKED {
             t.tid = dec.uint() as u32;
             t.syscall = dec.uint() as u16;
             t.on_cpu = dec.uint();
@@ -284,6 +322,15 @@ pub struct Collected {
     /// Each task track's latest stretches, held back and put in order before they are stored
     /// (the analysis emits a poll after the idle and scheduled stretches that follow it).
     pending: Vec<Vec<TaskIv>>,
+    /// Idle time by yield-site stack (gathered when `stacks` is), to name the heaviest.
+    pub idle_time: FxHashMap<StackId, u64>,
+    /// Wakes whose two ends fall in the window, by when they woke once [`collect`] is done.
+    wakes: Vec<WakeEdge>,
+    /// Wakes seen in the window, and every how many one is kept (doubled each time `wakes`
+    /// fills up, keeping every other one of those it holds).
+    wakes_seen: u64,
+    wake_stride: u64,
+    max_wakes: u64,
 }
 
 /// Task stretches held back per track to put them in time order.
@@ -358,6 +405,7 @@ impl Collected {
             })
             .collect();
         self.counters.sort_by_key(|c| (c.1, c.0));
+        self.wakes.sort_by_key(|w| (w.woken, w.polled));
         Ok(())
     }
 
@@ -429,6 +477,38 @@ impl Collected {
     pub fn spilled_bytes(&self) -> u64 {
         self.store.spilled()
     }
+
+    /// The wakes kept, by when they woke: each names the task, who woke it, on which thread, and
+    /// when the poll that followed began.
+    pub fn wakes(&self) -> &[WakeEdge] {
+        &self.wakes
+    }
+
+    /// Wakes in the window that were not kept ([`TimelineOptions::max_wakes`]).
+    pub fn wakes_left_out(&self) -> u64 {
+        self.wakes_seen - self.wakes.len() as u64
+    }
+
+    fn keep_wake(&mut self, w: WakeEdge) {
+        let seen = self.wakes_seen;
+        self.wakes_seen += 1;
+        if !seen.is_multiple_of(self.wake_stride.max(1)) {
+            return;
+        }
+        if self.max_wakes > 0 && self.wakes.len() as u64 >= self.max_wakes {
+            // Keep every other one: those whose number is a multiple of twice the stride.
+            let mut i = 0;
+            self.wakes.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.wake_stride = self.wake_stride.max(1) * 2;
+            if !seen.is_multiple_of(self.wake_stride) {
+                return;
+            }
+        }
+        self.wakes.push(w);
+    }
 }
 
 impl Sink for Collected {
@@ -469,21 +549,16 @@ impl Sink for Collected {
         let Some((start, end)) = self.clip(iv.start, iv.end) else {
             return;
         };
-        let mut t = TaskIv {
-            start,
-            end,
-            state: IDLE,
-            tid: 0,
-            syscall: iotrace_trace::Switch::NO_SYSCALL,
-            on_cpu: 0,
-            preempted: 0,
-            blocked: 0,
-            counted: 0,
-            merged: 0,
-        };
+        let mut t = TaskIv::new(start, end, IDLE);
         match iv.phase {
             TaskPhase::Scheduled(_) => t.state = SCHEDULED,
-            TaskPhase::Idle(_) => t.state = IDLE,
+            TaskPhase::Idle(site) => {
+                t.yield_stack = site.stack;
+                t.yield_spans = site.spans;
+                if let (Some(s), Some(_)) = (site.stack, &self.stacks) {
+                    *self.idle_time.entry(s).or_insert(0) += end - start;
+                }
+            }
             TaskPhase::Poll(p) => {
                 t.state = if p.stretches > 0 { POLL_BLOCKED } else { POLL };
                 t.tid = p.tid;
@@ -503,6 +578,13 @@ impl Sink for Collected {
             }
         };
         self.push_task(track, t);
+    }
+
+    fn wake(&mut self, w: &WakeEdge) {
+        let (lo, hi) = self.window.unwrap_or((0, u64::MAX));
+        if w.woken >= lo && w.polled <= hi && w.woken <= w.polled {
+            self.keep_wake(*w);
+        }
     }
 }
 
@@ -525,6 +607,8 @@ pub fn collect(
     let mut summarizer = Summarizer::with_options(opts.tasks.clone());
     let mut col = Collected {
         rel_window: (opts.from_ns, opts.to_ns),
+        max_wakes: opts.max_wakes,
+        wake_stride: 1,
         stacks: stacks.then(|| Stacks {
             fold: StackFold::with(Need {
                 on_cpu: false,
@@ -559,15 +643,51 @@ impl Collected {
 
 /// Most distinct off-CPU stacks named for the page (those with the most blocked time).
 pub const MAX_NAMED_STACKS: usize = 2000;
+/// Most distinct yield-site stacks named for the page and the exports (those with the most
+/// idle time); idle stretches at others say which stack, unnamed.
+pub const MAX_NAMED_YIELD_STACKS: usize = 500;
 
 /// The off-CPU stacks with the most blocked time, at most [`MAX_NAMED_STACKS`], heaviest first.
 pub fn heaviest_stacks<S: std::hash::BuildHasher>(
     time: &std::collections::HashMap<StackId, u64, S>,
 ) -> Vec<StackId> {
+    heaviest(time, MAX_NAMED_STACKS)
+}
+
+/// The stacks with the most time, at most `max`, heaviest first.
+pub fn heaviest<S: std::hash::BuildHasher>(
+    time: &std::collections::HashMap<StackId, u64, S>,
+    max: usize,
+) -> Vec<StackId> {
     let mut ids: Vec<(StackId, u64)> = time.iter().map(|(&s, &t)| (s, t)).collect();
     ids.sort_by_key(|&(s, t)| (std::cmp::Reverse(t), s));
-    ids.truncate(MAX_NAMED_STACKS);
+    ids.truncate(max);
     ids.into_iter().map(|(s, _)| s).collect()
+}
+
+/// An idle stretch's yield site in a line, as the report names its tasks' sites: the awaited
+/// future, the program's function and its place, then the spans entered there
+/// (`tokio::time::sleep::Sleep in app::tick at src/main.rs:40 (in span conn > read)`).
+/// `None` when neither the stack nor the spans are known.
+pub fn yield_site_line(
+    names: &StackNames,
+    chains: &[String],
+    stack: Option<StackId>,
+    spans: Option<u32>,
+) -> Option<String> {
+    let chain = spans.and_then(|i| chains.get(i as usize));
+    let site = stack.map(|id| {
+        names
+            .get(&id)
+            .and_then(|frames| crate::tasks::naming::site_line(frames))
+            .unwrap_or_else(|| format!("stack {id} (not named)"))
+    });
+    match (site, chain) {
+        (Some(site), Some(chain)) => Some(format!("{site} (in span {chain})")),
+        (Some(site), None) => Some(site),
+        (None, Some(chain)) => Some(format!("in span {chain}")),
+        (None, None) => None,
+    }
 }
 
 #[cfg(test)]
@@ -588,5 +708,100 @@ mod tests {
         normalize(&mut v);
         let spans: Vec<(u64, u64)> = v.iter().map(|i| (i.start, i.end)).collect();
         assert_eq!(spans, [(0, 12), (12, 20), (30, 40)]);
+    }
+
+    #[test]
+    fn idle_stretches_keep_their_yield_site_through_the_store() {
+        let mut store = Store::default();
+        let track = store.track();
+        let mut idle = TaskIv::new(10, 20, IDLE);
+        idle.yield_stack = Some(0);
+        idle.yield_spans = Some(7);
+        let unknown = TaskIv::new(30, 40, IDLE);
+        let mut poll = TaskIv::new(20, 30, POLL);
+        poll.tid = 5;
+        for iv in [idle, poll, unknown] {
+            store.push(track, iv.start, iv.end, |enc| iv.encode(enc));
+        }
+        let got: Vec<TaskIv> = Ivs::new(&store, track).unwrap().collect();
+        assert_eq!(
+            got.iter()
+                .map(|i| (i.state, i.yield_stack, i.yield_spans, i.tid))
+                .collect::<Vec<_>>(),
+            [
+                (IDLE, Some(0), Some(7), 0),
+                (POLL, None, None, 5),
+                (IDLE, None, None, 0)
+            ]
+        );
+    }
+
+    fn wake(n: u64) -> WakeEdge {
+        WakeEdge {
+            task: TaskKey { pid: 1, span: 2 },
+            woken: n * 10,
+            polled: n * 10 + 5,
+            waker_tid: 3,
+            by: crate::tasks::WakeSource::Thread {
+                tid: 3,
+                stack: None,
+            },
+        }
+    }
+
+    #[test]
+    fn wakes_past_the_limit_are_thinned_evenly_and_counted() {
+        let mut col = Collected {
+            max_wakes: 10,
+            wake_stride: 1,
+            ..Collected::default()
+        };
+        for n in 0..100 {
+            col.wake(&wake(n));
+        }
+        let kept: Vec<u64> = col.wakes().iter().map(|w| w.woken / 10).collect();
+        assert!(kept.len() <= 10 && kept.len() >= 5, "{kept:?}");
+        // Evenly spread: a constant step from the first wake on.
+        let step = kept[1] - kept[0];
+        assert!(kept.windows(2).all(|w| w[1] - w[0] == step), "{kept:?}");
+        assert_eq!(kept[0], 0);
+        assert!(*kept.last().unwrap() + step >= 100 - step, "{kept:?}");
+        assert_eq!(col.wakes_left_out(), 100 - kept.len() as u64);
+        // No limit keeps them all.
+        let mut all = Collected {
+            wake_stride: 1,
+            ..Collected::default()
+        };
+        for n in 0..100 {
+            all.wake(&wake(n));
+        }
+        assert_eq!((all.wakes().len(), all.wakes_left_out()), (100, 0));
+    }
+
+    #[test]
+    fn a_yield_site_reads_as_the_report_names_it() {
+        let mut names = StackNames::new();
+        names.insert(
+            4,
+            vec![
+                ("tokio::time::sleep::Sleep::poll_elapsed at sleep.rs:431".into(), false),
+                ("<tokio::time::sleep::Sleep as core::future::future::Future>::poll at sleep.rs:457".into(), false),
+                ("app::tick::{{closure}} at src/main.rs:40".into(), false),
+            ],
+        );
+        let chains = vec!["conn > read".to_owned()];
+        assert_eq!(
+            yield_site_line(&names, &chains, Some(4), None).as_deref(),
+            Some("tokio::time::sleep::Sleep in app::tick at src/main.rs:40")
+        );
+        assert_eq!(
+            yield_site_line(&names, &chains, Some(9), Some(0)).as_deref(),
+            Some("stack 9 (not named) (in span conn > read)")
+        );
+        assert_eq!(
+            yield_site_line(&names, &chains, None, Some(0)).as_deref(),
+            Some("in span conn > read")
+        );
+        assert_eq!(yield_site_line(&names, &chains, None, None), None);
     }
 }

@@ -61,6 +61,10 @@ pub struct Summary {
     /// recorded. Empty for an unfinished trace.
     pub still_running: Vec<ProcessRef>,
     pub records: u64,
+    /// The span chains that yield sites index ([`crate::tasks::YieldSite::spans`]), for the
+    /// timeline and the exports; not part of the JSON report.
+    #[serde(skip)]
+    pub span_chains: Vec<String>,
 }
 
 /// What an attached recording (`record -p`) saw.
@@ -553,6 +557,7 @@ impl Summarizer {
             s.tasks = tasks.tasks;
             s.warnings = tasks.warnings;
             s.task_summary = Some(tasks.totals);
+            s.span_chains = tasks.span_chains;
         }
         s
     }

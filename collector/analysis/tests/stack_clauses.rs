@@ -227,3 +227,64 @@ fn undefined_stack() {
     assert_eq!(items.len(), 1);
     assert_eq!(frames(&f, 2), vec![0x1000]);
 }
+
+#[test]
+fn span_stacks() {
+    use iotrace_wire::{FieldValue, SpanEvent, Value};
+    let event = SpanEvent::Event {
+        time: 2_000,
+        span: None,
+        callsite: 9,
+        fields: vec![FieldValue {
+            index: 0,
+            value: Value::Str("waker.clone".into()),
+        }],
+    };
+    let mut b = build::TraceBuilder::new(42);
+    b.push(Record::StackDefs(StackDefs {
+        nodes: vec![node(0, 42), node(1, 0x1000), node(2, 0x2000)],
+    }));
+    b.spans(
+        42,
+        43,
+        vec![
+            event.clone(),
+            SpanEvent::At {
+                time: 2_000,
+                stack: 3,
+            },
+            // An `At` after no event: ignored.
+            SpanEvent::At {
+                time: 2_100,
+                stack: 3,
+            },
+        ],
+    );
+    b.end(5_000);
+    let (records, stop) = read_all(&b.to_bytes()).expect("reads back");
+    assert!(stop.is_none());
+    let batch = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Spans(s) => Some(s),
+            _ => None,
+        })
+        .expect("the batch");
+    assert_eq!(batch.events[0], event);
+    assert_eq!(
+        batch.events[1],
+        SpanEvent::At {
+            time: 2_000,
+            stack: 3
+        }
+    );
+    // The node is the stack tree's: its frames are the two defined before the batch.
+    let (f, _) = fold(&records);
+    assert_eq!(frames(&f, 3), vec![0x2000, 0x1000]);
+    let mut tasks = iotrace_analysis::tasks::TaskAnalyzer::default();
+    for r in &records {
+        tasks.add(r, &mut iotrace_analysis::tasks::NoSink);
+    }
+    let report = tasks.finish(&mut iotrace_analysis::tasks::NoSink);
+    assert!(report.tasks.is_empty());
+}

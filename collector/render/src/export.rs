@@ -6,10 +6,18 @@
 //!
 //! Perfetto keys an async track by event name, so every slice of a task's track carries the
 //! task's name; its state (`poll`, `poll (blocked)`, `scheduled`, `idle`) is the slice's
-//! category and its `state` argument.
+//! category and its `state` argument. An idle slice's `yield_site` says where the task returned
+//! Pending, a scheduled slice's `woken_by` who woke it.
+//!
+//! Each wake is a flow (`s`, then `f` with `bp: "e"`, category and name `wake`, `id` the wake's
+//! number): from the waker's thread at the moment it woke the task to the worker thread at the
+//! moment the task's poll began. The trace event format binds flow events to the slices of
+//! thread tracks only (not to async ones, where a task's slices are), so the flow ends on the
+//! worker's slice that the task's poll began in; the pftrace export ends it on the poll itself.
 
 mod common;
 pub mod firefox;
+mod flows;
 pub mod otlp;
 mod pftrace;
 pub mod pprof;
@@ -22,7 +30,8 @@ use std::path::Path;
 
 use crate::out::{OutFile, TimelineError, TrackError};
 use iotrace_analysis::intervals::{
-    collect, heaviest_stacks, Collected, TimelineOptions, BLOCKED, STATES,
+    collect, heaviest, heaviest_stacks, yield_site_line, Collected, TimelineOptions, BLOCKED, IDLE,
+    MAX_NAMED_YIELD_STACKS, STATES,
 };
 use iotrace_analysis::summary::syscall_name;
 use iotrace_analysis::tasks::{StackId, TaskKey};
@@ -42,6 +51,9 @@ pub enum ExportFormat {
 #[derive(Debug, Clone, Default)]
 pub struct ExportOutcome {
     pub events: u64,
+    /// Wakes written as flows, and wakes left out (past [`TimelineOptions::max_wakes`]).
+    pub flows: u64,
+    pub wakes_left_out: u64,
     pub bytes: u64,
     /// Set when the trace is damaged or unfinished.
     pub truncated: Option<String>,
@@ -116,8 +128,10 @@ pub fn export(
     opts: &TimelineOptions,
 ) -> Result<ExportOutcome, TimelineError> {
     let (summary, mut col) = collect(trace, opts, true)?;
-    // The blocked slices' stacks, named once each (the heaviest, as the timeline's hovers).
-    let ids = heaviest_stacks(&col.stack_time);
+    // The blocked slices' stacks and the idle slices' yield sites, named once each (the
+    // heaviest, as the timeline's hovers).
+    let mut ids = heaviest_stacks(&col.stack_time);
+    ids.extend(heaviest(&col.idle_time, MAX_NAMED_YIELD_STACKS));
     let stacks = if ids.is_empty() {
         HashMap::new()
     } else {
@@ -132,15 +146,15 @@ pub fn export(
         TrackError::Write(e) => write_err(e),
     };
     let mut w = OutFile::create(out).map_err(write_err)?;
-    let events = match format {
+    let (events, flows) = match format {
         ExportFormat::Perfetto => {
             let mut o = Out {
                 w: &mut w,
                 events: 0,
                 line: Line::default(),
             };
-            write_perfetto(&summary, &col, &stacks, &mut o).map_err(track_err)?;
-            o.events
+            let flows = write_perfetto(&summary, &col, &stacks, &mut o).map_err(track_err)?;
+            (o.events, flows)
         }
         ExportFormat::Pftrace => {
             pftrace::write(&summary, &col, &stacks, &mut w).map_err(track_err)?
@@ -149,6 +163,8 @@ pub fn export(
     let bytes = w.finish().map_err(write_err)?;
     Ok(ExportOutcome {
         events,
+        flows,
+        wakes_left_out: col.wakes_left_out(),
         bytes,
         truncated: summary.truncated.clone(),
     })
@@ -231,6 +247,34 @@ impl<'a> StackLines<'a> {
     }
 }
 
+/// Idle slices' yield sites in a line ([`yield_site_line`]), by (stack, spans), made once, in
+/// the form `wrap` gives them; `None` when the site is not known.
+struct YieldLines<'a> {
+    stacks: &'a StackNames,
+    chains: &'a [String],
+    wrap: fn(&str) -> String,
+    lines: HashMap<(Option<StackId>, Option<u32>), Option<String>>,
+}
+
+impl<'a> YieldLines<'a> {
+    fn new(stacks: &'a StackNames, chains: &'a [String], wrap: fn(&str) -> String) -> Self {
+        YieldLines {
+            stacks,
+            chains,
+            wrap,
+            lines: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, stack: Option<StackId>, spans: Option<u32>) -> Option<&str> {
+        let (stacks, chains, wrap) = (self.stacks, self.chains, self.wrap);
+        self.lines
+            .entry((stack, spans))
+            .or_insert_with(|| yield_site_line(stacks, chains, stack, spans).map(|l| wrap(&l)))
+            .as_deref()
+    }
+}
+
 /// The tasks an export draws (those with stretches), each with its index in the summary and
 /// its track name, `NAME (spawn location)`.
 fn drawn_tasks<'a>(
@@ -271,12 +315,13 @@ fn process_names(summary: &iotrace_analysis::summary::Summary) -> HashMap<u32, S
     processes
 }
 
+/// Writes the Chrome trace event JSON; returns the wakes written as flows.
 fn write_perfetto<W: Write>(
     summary: &iotrace_analysis::summary::Summary,
     col: &Collected,
     stacks: &StackNames,
     o: &mut Out<W>,
-) -> Result<(), TrackError> {
+) -> Result<u64, TrackError> {
     let base = col.start_ns;
     let rel = |t: u64| Us(t.saturating_sub(base));
     let we = TrackError::Write;
@@ -350,14 +395,48 @@ fn write_perfetto<W: Write>(
         }
     }
 
-    // Tasks: one async track each.
+    // Tasks: one async track each; each poll that followed a wake ends that wake's flow.
+    let flows = flows::Flows::new(summary, col, js);
+    let mut yields = YieldLines::new(stacks, &summary.span_chains, js);
+    let mut flows_written = 0u64;
     for (_, key, row, name) in drawn_tasks(summary, col) {
         let name = js(&name);
         let id = format!("{{\"local\":\"0x{:x}\"}}", row.id);
         let pid = row.pid;
+        let mut ends = flows.ends(&key);
         for iv in col.task_ivs(&key).map_err(TrackError::Read)? {
             let state = &state_names[usize::from(iv.state).min(STATES.len() - 1)];
             let tid = if iv.tid != 0 { iv.tid } else { row.pid };
+            let mut woke = None;
+            match ends.at(&iv) {
+                Some(flows::End::Scheduled(i)) => woke = Some(i),
+                Some(flows::End::Poll(i)) if iv.tid != 0 => {
+                    let wake = &flows.wakes[i];
+                    let waker_pid = col.threads.get(&wake.waker_tid).map_or(pid, |t| t.0);
+                    for (ph, bp, pid, tid, ts) in [
+                        ("s", "", waker_pid, wake.waker_tid, wake.woken),
+                        ("f", ",\"bp\":\"e\"", pid, iv.tid, wake.polled),
+                    ] {
+                        o.begin()
+                            .s("{\"ph\":\"")
+                            .s(ph)
+                            .s("\"")
+                            .s(bp)
+                            .s(",\"cat\":\"wake\",\"name\":\"wake\",\"id\":")
+                            .n(i + 1)
+                            .s(",\"pid\":")
+                            .n(pid)
+                            .s(",\"tid\":")
+                            .n(tid)
+                            .s(",\"ts\":")
+                            .us(ts.saturating_sub(base))
+                            .s("}");
+                        o.end().map_err(we)?;
+                    }
+                    flows_written += 1;
+                }
+                _ => {}
+            }
             let l = o.begin();
             l.s("{\"ph\":\"b\",\"cat\":")
                 .s(state)
@@ -387,6 +466,14 @@ fn write_perfetto<W: Write>(
                 if iv.syscall != Switch::NO_SYSCALL {
                     l.s(",\"syscall\":").s(&blocked.get(iv.syscall).1);
                 }
+            }
+            if iv.state == IDLE {
+                if let Some(site) = yields.get(iv.yield_stack, iv.yield_spans) {
+                    l.s(",\"yield_site\":").s(site);
+                }
+            }
+            if let Some(i) = woke {
+                l.s(",\"woken_by\":").s(flows.label(i));
             }
             l.s("}}");
             o.end().map_err(we)?;
@@ -426,7 +513,7 @@ fn write_perfetto<W: Write>(
         .map_err(we)?;
     }
     o.w.write_all(b"\n]}\n").map_err(we)?;
-    Ok(())
+    Ok(flows_written)
 }
 
 #[cfg(test)]

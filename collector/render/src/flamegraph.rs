@@ -1,5 +1,6 @@
-//! Flamegraphs of a trace: on-CPU, off-CPU (weighted by blocked time), wall (both) and async
-//! (each sample under the task and spans active on its thread at that instant).
+//! Flamegraphs of a trace: on-CPU, off-CPU (weighted by blocked time), wall (both), async
+//! (each sample under the task and spans active on its thread at that instant) and idle (each
+//! task's idle time under the task, by yield site: [`idle`]).
 //!
 //! One streaming pass ([`fold_file`]) counts weights per distinct (root frames, stack) in
 //! memory bounded by the number of distinct stacks; frames are then named once each
@@ -11,6 +12,9 @@
 //! [`Options::include_self`]; idle threads are left out with [`Options::no_idle`]. What was
 //! left out is counted in [`Folded::left_out`], never dropped silently.
 //!
+//! The idle graph is not made of stack samples: its pass runs the task model and weighs the
+//! yield-site stacks of idle stretches ([`idle`]); it comes out as the same [`Folded`].
+//!
 //! ```no_run
 //! use iotrace_render::flamegraph::{self, Kind, Options};
 //! let opts = Options::new(Kind::OffCpu);
@@ -19,6 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod idle;
 mod render;
 
 pub(crate) use render::{native_frames, need_frames, thread_name, NamedFrame};
@@ -46,6 +51,9 @@ pub enum Kind {
     Wall,
     /// Both, in µs, under the task and span stack active on the thread.
     Async,
+    /// Tasks' idle time (returned Pending, waiting for a wake), in µs, under the task, by the
+    /// stack of the yield site.
+    Idle,
 }
 
 impl Kind {
@@ -55,6 +63,7 @@ impl Kind {
             Kind::OffCpu => "offcpu",
             Kind::Wall => "wall",
             Kind::Async => "async",
+            Kind::Idle => "idle",
         }
     }
 }
@@ -70,7 +79,8 @@ pub enum GroupBy {
     Span,
 }
 
-/// What to draw and which samples to keep.
+/// What to draw and which samples to keep. The idle graph ([`Kind::Idle`]) weighs tasks, not
+/// threads' samples: of these it uses `task`, `from_ns`/`to_ns` and `title`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub kind: Kind,
@@ -145,6 +155,17 @@ pub enum FlamegraphError {
     Write(io::Error),
 }
 
+/// What went into an idle graph ([`Kind::Idle`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdleStats {
+    /// Tasks drawn, their idle stretches and idle time (within `--from/--to`).
+    pub tasks: u64,
+    pub stretches: u64,
+    pub idle_ns: u64,
+    /// Of that, time whose yield site is not known (under [`idle::UNKNOWN_SITE`]).
+    pub unknown_ns: u64,
+}
+
 /// Folded stacks and what went into them.
 #[derive(Debug, Clone, Default)]
 pub struct Folded {
@@ -163,6 +184,8 @@ pub struct Folded {
     pub truncated: Option<String>,
     /// What the options left out.
     pub left_out: LeftOut,
+    /// For the idle graph: its tasks and stretches.
+    pub idle: Option<IdleStats>,
 }
 
 impl Folded {
@@ -254,6 +277,9 @@ pub(crate) fn stack_pass(
 
 /// Read a trace and fold its stack samples for `opts`.
 pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
+    if opts.kind == Kind::Idle {
+        return idle::fold_idle(path, opts);
+    }
     // Deciding which threads are idle takes both their on- and off-CPU time.
     let need = Need {
         on_cpu: opts.kind != Kind::OffCpu || opts.no_idle,
@@ -293,6 +319,7 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
         symbols,
         truncated,
         left_out,
+        idle: None,
     })
 }
 

@@ -3,17 +3,19 @@
 //!
 //! The trace is read once through the analysis, which keeps every interval
 //! ([`iotrace_analysis::intervals`], shared with [`crate::export`]) and the stack tree that names
-//! the blocked stretches' stacks. The page is `timeline.html` with the data inlined as JSON,
-//! written one track at a time (`page.rs`) by a second thread (`outfile.rs`). The page draws on a canvas and, when a track has more intervals than
-//! pixels in view, colors each pixel column by the state that filled most of it (prefix sums
-//! per state), so it stays smooth with millions of intervals.
+//! the blocked stretches' and yield sites' stacks, and the wakes. The page is `timeline.html`
+//! with the data inlined as JSON, written one track at a time (`page.rs`) by a second thread
+//! (`out.rs`). The page draws on a canvas and, when a track has more intervals than pixels in
+//! view, colors each pixel column by the state that filled most of it (prefix sums per state),
+//! so it stays smooth with millions of intervals. Wakes are arrows from the waker's track to the
+//! woken task's, drawn for the selected track or, on request, for every track.
 
 use std::path::Path;
 
 pub use iotrace_analysis::intervals::{
-    collect, heaviest_stacks, Collected, TaskIv, ThreadIv, TimelineOptions, BLOCKED,
-    DEFAULT_MAX_INTERVALS, IDLE, MAX_NAMED_STACKS, POLL, POLL_BLOCKED, RUNNABLE, RUNNING,
-    SCHEDULED, STATES,
+    collect, heaviest, heaviest_stacks, Collected, TaskIv, ThreadIv, TimelineOptions, BLOCKED,
+    DEFAULT_MAX_INTERVALS, DEFAULT_MAX_WAKES, IDLE, MAX_NAMED_STACKS, MAX_NAMED_YIELD_STACKS, POLL,
+    POLL_BLOCKED, RUNNABLE, RUNNING, SCHEDULED, STATES,
 };
 
 mod page;
@@ -29,6 +31,10 @@ pub struct TimelineOutcome {
     /// Intervals collected, and drawn (fewer when short ones were merged to fit the limit).
     pub intervals: u64,
     pub drawn: u64,
+    /// Wakes drawn as arrows, and those left out (past [`TimelineOptions::max_wakes`], or
+    /// without a track at either end).
+    pub wakes: u64,
+    pub wakes_left_out: u64,
     pub bytes: u64,
     /// Set when the trace is damaged or unfinished (see [`Summary::truncated`]).
     pub truncated: Option<String>,
@@ -53,8 +59,10 @@ pub fn write_timeline(
         TrackError::Read(e) => TimelineError::Spill(e),
         TrackError::Write(e) => write_err(e),
     })?;
-    // Name the stacks of the warnings and of the blocked stretches with the most time.
+    // Name the stacks of the warnings, of the blocked stretches with the most time and of
+    // the yield sites with the most idle time.
     let mut ids = heaviest_stacks(&tracks.stack_time);
+    ids.extend(heaviest(&col.idle_time, MAX_NAMED_YIELD_STACKS));
     ids.extend(summary.warnings.iter().filter_map(|w| w.stack_id));
     ids.extend(iotrace_analysis::tasks::naming::task_stack_ids(
         &summary.tasks,
@@ -66,13 +74,16 @@ pub fn write_timeline(
     };
     iotrace_analysis::tasks::naming::apply_warning_names(&names, &mut summary.warnings);
     iotrace_analysis::tasks::naming::apply_task_names(&names, &mut summary.tasks);
-    page::write_tail(&summary, tracks.strings, &names, &mut w).map_err(write_err)?;
+    let (wakes, wakes_left_out) =
+        page::write_tail(&summary, &col, tracks.strings, &names, &mut w).map_err(write_err)?;
     let bytes = w.finish().map_err(write_err)?;
     Ok(TimelineOutcome {
         threads: summary.threads.len(),
         tasks: summary.tasks.len(),
         intervals: collected,
         drawn: tracks.drawn,
+        wakes,
+        wakes_left_out,
         bytes,
         truncated: summary.truncated.clone(),
     })

@@ -9,8 +9,12 @@ use crate::report::duration;
 const MESSAGE_FRAMES: usize = 3;
 
 /// The warning in one line: who blocked which worker, how often and how long, in which
-/// syscall, and, when its stack is named, the first user frames of that stack.
+/// syscall, and, when its stack is named, the first user frames of that stack; or, for a
+/// `scheduling_delay`, how long the task waited for a worker and what held the workers.
 pub fn message(w: &Warning) -> String {
+    if let Some(d) = &w.delay {
+        return delay_message(w, d);
+    }
     let mut message = format!("task `{}`", w.task);
     if let Some(loc) = &w.location {
         message.push_str(&format!(" ({loc})"));
@@ -42,6 +46,51 @@ pub fn message(w: &Warning) -> String {
         }
     }
     message
+}
+
+/// "task `a` (loc) waited 5.100 ms for a worker (p99; 31 of 400 wakes ≥ 1.000 ms, 120 ms in
+/// all); the 2 workers were in polls of `conn (src/main.rs:71)` for 87% of that time, blocked
+/// in the kernel for 80%".
+fn delay_message(w: &Warning, d: &iotrace_analysis::tasks::Delay) -> String {
+    let mut m = format!("task `{}`", w.task);
+    if let Some(loc) = &w.location {
+        m.push_str(&format!(" ({loc})"));
+    }
+    m.push_str(&format!(
+        " waited {} for a worker (p99; {} of {} wakes ≥ {}, {} in all)",
+        duration(d.p99_ns),
+        d.delayed,
+        d.wakes,
+        duration(d.threshold_ns),
+        duration(d.delayed_ns)
+    ));
+    let worker_time: u64 = d.held_by.iter().map(|h| h.held_ns).sum::<u64>() + d.unheld_ns;
+    let pct = |ns: u64| 100.0 * ns as f64 / worker_time.max(1) as f64;
+    let workers = if d.workers == 1 {
+        "the worker was".to_owned()
+    } else {
+        format!("the {} workers were", d.workers)
+    };
+    match d.held_by.first() {
+        Some(h) => {
+            m.push_str(&format!(
+                "; {workers} in polls of {} for {:.0}% of that time, blocked in the kernel for {:.0}%",
+                h.task,
+                pct(h.held_ns),
+                pct(h.blocked_ns)
+            ));
+            let rest: u64 = d.held_by[1..].iter().map(|h| h.held_ns).sum();
+            if pct(rest + d.unheld_ns) >= 1.0 {
+                m.push_str(&format!(
+                    " (other tasks' polls {:.0}%, no poll {:.0}%)",
+                    pct(rest),
+                    pct(d.unheld_ns)
+                ));
+            }
+        }
+        None => m.push_str(&format!("; {workers} in no poll")),
+    }
+    m
 }
 
 /// Whether a frame name (`name at file:line`) is in the program's own sources: not Rust's
@@ -116,7 +165,44 @@ mod tests {
             worker: "tokio-runtime-w".into(),
             other_workers: 0,
             frames: Vec::new(),
+            delay: None,
         }
+    }
+
+    #[test]
+    fn a_scheduling_delay_names_what_held_the_workers() {
+        let mut w = warning();
+        w.kind = "scheduling_delay";
+        w.delay = Some(iotrace_analysis::tasks::Delay {
+            p99_ns: 5_100_000,
+            threshold_ns: 1_000_000,
+            delayed: 31,
+            wakes: 400,
+            delayed_ns: 120_000_000,
+            workers: 2,
+            held_by: vec![
+                iotrace_analysis::tasks::Holder {
+                    task: "tasks spawned at src/main.rs:71".into(),
+                    held_ns: 174_000_000,
+                    blocked_ns: 160_000_000,
+                    delays: 31,
+                },
+                iotrace_analysis::tasks::Holder {
+                    task: "other".into(),
+                    held_ns: 4_000_000,
+                    blocked_ns: 0,
+                    delays: 3,
+                },
+            ],
+            unheld_ns: 22_000_000,
+        });
+        assert_eq!(
+            message(&w),
+            "task `handler` (src/main.rs:42:5) waited 5.100 ms for a worker (p99; 31 of 400 \
+             wakes ≥ 1.000 ms, 120.000 ms in all); the 2 workers were in polls of \
+             tasks spawned at src/main.rs:71 for 87% of that time, blocked in the kernel for 80% \
+             (other tasks' polls 2%, no poll 11%)"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ fn fields_of(emit: impl FnOnce()) -> Vec<(u8, V)> {
 fn hello_is_magic_version_flags_pid() {
     let h = hello(0x0102_0304);
     assert_eq!(&h[..8], b"IOTRSPAN");
-    assert_eq!(&h[8..10], &[1, 0]);
+    assert_eq!(&h[8..10], &[2, 0]);
     assert_eq!(&h[10..12], &[0, 0]);
     assert_eq!(&h[12..16], &[4, 3, 2, 1]);
 }

@@ -23,7 +23,7 @@ const MAX_ORPHANS: usize = 100_000;
 /// Distinct yield sites kept per task; idle time at further ones counts as unknown.
 const MAX_SITES: usize = 32;
 /// Distinct wakers (tasks, threads, driver stacks) kept per task.
-const MAX_WAKERS: usize = 16;
+const MAX_WAKERS: usize = 32;
 /// Distinct holders kept per task (what held the workers while it waited).
 const MAX_HOLDERS: usize = 16;
 /// Finished polls remembered per worker thread, to see what held it during a long delay.
@@ -142,6 +142,25 @@ impl Stats {
     }
 
     fn add_waker(&mut self, by: WakeSource) {
+        // A driver wake is told apart by its stack (which names the driver); the thread, and
+        // the task its thread polled last when the stack names it, do not matter.
+        let by = match by {
+            WakeSource::Driver {
+                stack: Some(stack), ..
+            } => WakeSource::Driver {
+                tid: 0,
+                stack: Some(stack),
+                after: None,
+            },
+            WakeSource::Driver {
+                stack: None, after, ..
+            } => WakeSource::Driver {
+                tid: 0,
+                stack: None,
+                after,
+            },
+            other => other,
+        };
         match self.wakers.iter().position(|e| e.0 == by) {
             Some(i) => self.wakers[i].1 += 1,
             None if self.wakers.len() < MAX_WAKERS => self.wakers.push((by, 1)),
@@ -281,8 +300,12 @@ pub(crate) struct Model {
     /// Events earlier than their task's current state (arrived after the watermark).
     pub(crate) late: u64,
     pub(crate) sched: LogHist,
-    /// Threads in a poll now: tid → task.
-    polling: FxMap<u32, TaskKey>,
+    /// Threads in a poll now: tid → the tasks being polled, outermost first. tokio's worker
+    /// threads run inside a blocking task of their own (`Launch::launch`) whose "poll" hosts
+    /// every other poll: a thread in no poll but that one is outside any poll.
+    polling: FxMap<u32, Vec<TaskKey>>,
+    /// Tasks inside whose polls other tasks were polled (the runtime's worker loops).
+    hosts: FxSet<TaskKey>,
     workers: FxMap<u32, Worker>,
     /// Open spans that are not tasks: (callsite, parent), for span chains.
     spans: FxMap<TaskKey, (u64, Option<u64>)>,
@@ -386,7 +409,11 @@ impl Model {
                 if task.depth > 1 {
                     return;
                 }
-                self.polling.insert(tid, key);
+                let stack = self.polling.entry(tid).or_default();
+                if let Some(&outer) = stack.last() {
+                    self.hosts.insert(outer);
+                }
+                stack.push(key);
                 let worker = self.workers.entry(tid).or_default();
                 worker.pid = pid;
                 task.poll_tid = tid;
@@ -448,14 +475,20 @@ impl Model {
                 }
                 let p = measure(kernel, tid, task.poll_start, t, task.cum0);
                 task.tentative = Some(p);
-                if self.polling.get(&tid) == Some(&key) {
-                    self.polling.remove(&tid);
+                if let Some(stack) = self.polling.get_mut(&tid) {
+                    if let Some(i) = stack.iter().rposition(|&k| k == key) {
+                        stack.remove(i);
+                    }
+                    if stack.is_empty() {
+                        self.polling.remove(&tid);
+                    }
                 }
                 if task.label.is_none() {
                     if let Some(info) = &task.info {
+                        // Tasks spawned at one place (a handler per connection) are one holder.
                         let label = match &info.location {
-                            Some(loc) => format!("{} ({loc})", info.name),
-                            None => info.name.clone(),
+                            Some(loc) => format!("tasks spawned at {loc}"),
+                            None => format!("`{}`", info.name),
                         };
                         task.label = Some(intern(&mut self.strings, &mut self.string_ids, label));
                     }
@@ -507,8 +540,8 @@ impl Model {
                 if self.non_tasks.contains(&key) || self.orphans.contains_key(&key) {
                     return;
                 }
-                let by = match (self.polling.get(&tid), self.workers.get(&tid)) {
-                    (Some(&y), _) => WakeSource::Task(y),
+                let by = match (self.in_poll(tid), self.workers.get(&tid)) {
+                    (Some(y), _) => WakeSource::Task(y),
                     (None, Some(w)) => WakeSource::Driver {
                         tid,
                         stack,
@@ -547,6 +580,7 @@ impl Model {
                 let Some(mut task) = self.tasks.remove(&key) else {
                     return;
                 };
+                self.hosts.remove(&key);
                 if t >= task.since {
                     set_phase(key, &mut task, Phase::Done, t, out.sink);
                 }
@@ -627,6 +661,12 @@ fn intern(strings: &mut Vec<String>, ids: &mut FxMap<String, u32>, s: String) ->
 }
 
 impl Model {
+    /// The task thread `tid` is polling now, unless that is only a worker loop's host task.
+    fn in_poll(&self, tid: u32) -> Option<TaskKey> {
+        let &key = self.polling.get(&tid)?.last()?;
+        (!self.hosts.contains(&key)).then_some(key)
+    }
+
     /// The spans entered below task `task`'s own at a moment whose innermost span is `ctx`,
     /// outermost first, as an interned chain (`None`: no span of the user's).
     fn chain(&mut self, pid: u32, task: u64, ctx: Option<u64>) -> Option<u32> {
@@ -668,7 +708,9 @@ impl Model {
         let mut workers = 0u32;
         let blocked =
             |tid: u32, a: u64, b: u64| match (kernel.cum_at(tid, a), kernel.cum_at(tid, b)) {
-                (Some(x), Some(y)) => y.since(&x).blocked,
+                // Stretches as long as the blocked threshold, as for blocked polls: a short futex
+                // wait or a page read is not a poll holding its worker.
+                (Some(x), Some(y)) => y.since(&x).blocked_long,
                 _ => 0,
             };
         let mut add = |label: u32, ns: u64, bl: u64| match out.iter_mut().find(|e| e.0 == label) {
@@ -691,7 +733,7 @@ impl Model {
                     add(label, b - a, blocked(tid, a, b));
                 }
             }
-            if let Some(task) = self.polling.get(&tid).and_then(|k| self.tasks.get(k)) {
+            if let Some(task) = self.in_poll(tid).and_then(|k| self.tasks.get(&k)) {
                 let a = task.poll_start.max(from);
                 if to > a {
                     in_polls += to - a;
@@ -705,7 +747,7 @@ impl Model {
             let unknown = intern(
                 &mut self.strings,
                 &mut self.string_ids,
-                "an unnamed task".to_owned(),
+                "tasks not named yet".to_owned(),
             );
             for e in out.iter_mut().filter(|e| e.0 == u32::MAX) {
                 e.0 = unknown;

@@ -139,11 +139,7 @@ pub fn apply_task_names(names: &StackNames, tasks: &mut [TaskRow]) {
         for &(stack, after, n) in &t.driver_wakes {
             let frames = stack.and_then(|id| names.get(&id));
             let kind = frames.map_or("unknown", |f| driver_kind(f));
-            let kind = if kind == "task" && after.is_none() {
-                "unknown"
-            } else {
-                kind
-            };
+
             let w = &mut t.woken_by;
             if kind != "unknown" {
                 w.unknown = w.unknown.saturating_sub(n);

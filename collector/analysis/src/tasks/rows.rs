@@ -77,6 +77,16 @@ pub struct TaskRow {
     pub(crate) driver_wakes: Vec<(Option<super::StackId>, Option<super::TaskKey>, u64)>,
 }
 
+/// A row that gets a `scheduling_delay` warning, with what held the workers in its delays.
+#[derive(Debug, Clone)]
+pub(crate) struct DelayedRow {
+    row: TaskRow,
+    /// (holder label, held ns, of which blocked, delays).
+    holders: Vec<(u32, u64, u64, u64)>,
+    unheld_ns: u64,
+    workers: u32,
+}
+
 /// Most known yield sites listed per task.
 pub const MAX_YIELD_SITES: usize = 5;
 /// Most wakers listed per task.
@@ -143,10 +153,11 @@ pub struct Delay {
     pub unheld_ns: u64,
 }
 
-/// Polls of one task (by name and spawn place) that held the workers (`delay.held_by[]`).
+/// Polls of the tasks spawned at one place (or of one task without a known place) that held
+/// the workers (`delay.held_by[]`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Holder {
-    /// `name (spawn place)`.
+    /// `tasks spawned at FILE:LINE:COL`, or `` `name` ``.
     pub task: String,
     pub held_ns: u64,
     /// Of that, the worker was blocked in the kernel.
@@ -233,7 +244,7 @@ pub(crate) struct Results {
     pub(crate) warn_share: f64,
     /// Rows that get a `scheduling_delay` warning, with their holders (label, ns, blocked,
     /// delays) and the time no poll held.
-    pub(crate) delayed: Vec<(TaskRow, Vec<(u32, u64, u64, u64)>, u64, u32, u64)>,
+    pub(crate) delayed: Vec<DelayedRow>,
     pub(crate) delay_threshold_ns: u64,
     /// One blocked poll alone is warned about only if it blocked at least this long (see
     /// [`warrants_warning`]).
@@ -360,11 +371,11 @@ impl Results {
             driver_wakes,
         };
         let row = TaskRow {
-            wakers: waker_rows(&wakers, &row, key),
+            wakers: waker_rows(&wakers),
             ..row
         };
         if delay_warrants(&row, &s, self.delay_threshold_ns) {
-            t_delay_push(self, &row, &s);
+            delayed_push(self, &row, &s);
         }
         let t = &mut self.totals;
         t.tasks += 1;
@@ -443,22 +454,14 @@ impl Results {
         }
         let mut warnings: Vec<Warning> = self.warned.iter().map(|r| warning(r, names)).collect();
         self.delayed
-            .sort_by_key(|d| std::cmp::Reverse(d.0.delayed_ns));
-        for (row, holders, unheld, workers, p99) in &self.delayed {
+            .sort_by_key(|d| std::cmp::Reverse(d.row.delayed_ns));
+        for d in &self.delayed {
             if warnings.len() >= MAX_WARNINGS {
                 self.totals.warnings_omitted += 1;
                 continue;
             }
             self.totals.warned_tasks += 1;
-            warnings.push(delay_warning(
-                row,
-                holders,
-                *unheld,
-                *workers,
-                *p99,
-                strings,
-                self.delay_threshold_ns,
-            ));
+            warnings.push(delay_warning(d, strings, self.delay_threshold_ns));
         }
         self.totals.blocked_threshold_ns = opts.blocked_threshold_ns;
         self.totals.warn_share = opts.warn_share;
@@ -477,7 +480,7 @@ pub(crate) fn default_site(site: &YieldSiteRow) -> String {
     }
 }
 
-fn waker_rows(wakers: &[(super::WakeSource, u64)], _row: &TaskRow, _key: TaskKey) -> Vec<WakerRow> {
+fn waker_rows(wakers: &[(super::WakeSource, u64)]) -> Vec<WakerRow> {
     let mut rows: Vec<WakerRow> = Vec::new();
     for &(by, n) in wakers {
         let (kind, id) = match by {
@@ -502,49 +505,43 @@ fn waker_rows(wakers: &[(super::WakeSource, u64)], _row: &TaskRow, _key: TaskKey
 }
 
 /// The `scheduling_delay` rule: the task is not meant to block, its p99 wake→poll delay
-/// reached the threshold, and in its delays the workers were mostly held by polls that
-/// blocked in the kernel (at least [`DELAY_BLOCKED_SHARE`] of the time they were held).
+/// reached the threshold in two delays or more, and in its delays the workers were held by
+/// polls that blocked in the kernel (stretches of at least the blocked threshold) for at least
+/// [`DELAY_BLOCKED_SHARE`] of the time they were held.
 fn delay_warrants(row: &TaskRow, s: &super::model::Stats, threshold: u64) -> bool {
     let held: u64 = s.holders.iter().map(|h| h.1).sum();
     let blocked: u64 = s.holders.iter().map(|h| h.2).sum();
     threshold > 0
         && row.kind != "blocking"
-        && s.delayed > 0
+        && s.delayed >= 2
         && row.scheduled_p99_ns.is_some_and(|p| p >= threshold)
         && held > 0
         && blocked as f64 >= DELAY_BLOCKED_SHARE * held as f64
 }
 
-fn t_delay_push(results: &mut Results, row: &TaskRow, s: &super::model::Stats) {
+fn delayed_push(results: &mut Results, row: &TaskRow, s: &super::model::Stats) {
     if results.delayed.len() >= 2 * MAX_WARNINGS {
         results.totals.warnings_omitted += 1;
         return;
     }
-    results.delayed.push((
-        row.clone(),
-        s.holders.clone(),
-        s.unheld_ns,
-        s.workers_seen,
-        row.scheduled_p99_ns.unwrap_or(0),
-    ));
+    results.delayed.push(DelayedRow {
+        row: row.clone(),
+        holders: s.holders.clone(),
+        unheld_ns: s.unheld_ns,
+        workers: s.workers_seen,
+    });
 }
 
-fn delay_warning(
-    r: &TaskRow,
-    holders: &[(u32, u64, u64, u64)],
-    unheld_ns: u64,
-    workers: u32,
-    p99_ns: u64,
-    strings: &[String],
-    threshold_ns: u64,
-) -> Warning {
-    let mut held_by: Vec<Holder> = holders
+fn delay_warning(d: &DelayedRow, strings: &[String], threshold_ns: u64) -> Warning {
+    let r = &d.row;
+    let mut held_by: Vec<Holder> = d
+        .holders
         .iter()
         .map(|&(label, held_ns, blocked_ns, delays)| Holder {
             task: strings
                 .get(label as usize)
                 .cloned()
-                .unwrap_or_else(|| "an unnamed task".to_owned()),
+                .unwrap_or_else(|| "tasks not named yet".to_owned()),
             held_ns,
             blocked_ns,
             delays,
@@ -569,7 +566,7 @@ fn delay_warning(
         other_workers: 0,
         frames: Vec::new(),
         delay: Some(Delay {
-            p99_ns,
+            p99_ns: r.scheduled_p99_ns.unwrap_or(0),
             threshold_ns,
             delayed: r.delayed_wakes,
             wakes: r.woken_by.io
@@ -578,9 +575,9 @@ fn delay_warning(
                 + r.woken_by.thread
                 + r.woken_by.unknown,
             delayed_ns: r.delayed_ns,
-            workers,
+            workers: d.workers,
             held_by,
-            unheld_ns,
+            unheld_ns: d.unheld_ns,
         }),
     }
 }

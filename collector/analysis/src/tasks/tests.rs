@@ -350,3 +350,184 @@ fn garbage_records_do_not_panic() {
     let r = a.finish(&mut NoSink);
     assert!(serde_json::to_string(&r.tasks).is_ok());
 }
+
+fn waker_op(time: u64, span: u64, op: &str, ctx: Option<u64>) -> SpanEvent {
+    SpanEvent::Event {
+        time,
+        span: ctx,
+        callsite: WAKER_CS,
+        fields: vec![fv(0, Value::Str(op.into())), fv(1, Value::Span(span))],
+    }
+}
+
+fn at(time: u64, stack: u64) -> SpanEvent {
+    SpanEvent::At { time, stack }
+}
+
+fn enter(time: u64, span: u64) -> SpanEvent {
+    SpanEvent::Enter { time, span }
+}
+
+fn exit(time: u64, span: u64) -> SpanEvent {
+    SpanEvent::Exit { time, span }
+}
+
+/// Task 100 polls on WORKER inside its span `request` (200), stores its waker at stack 7
+/// and yields; a thread outside the runtime (50) wakes it; its second poll stores nothing (the
+/// registration stands) and yields again; task 101, polling on worker 12, wakes it.
+#[test]
+fn yield_sites_come_from_the_waker_stored_in_the_poll_and_wakers_are_named() {
+    let recs = vec![
+        header(),
+        callsites(),
+        batch(
+            1,
+            vec![
+                new_task(MS, 100, "task", "conn"),
+                new_task(MS, 101, "task", "other"),
+            ],
+        ),
+        batch(
+            WORKER,
+            vec![
+                enter(2 * MS, 100),
+                SpanEvent::NewSpan {
+                    time: 2 * MS + 10,
+                    span: 200,
+                    parent: Some(100),
+                    callsite: PLAIN_CS,
+                    fields: vec![],
+                },
+                enter(2 * MS + 20, 200),
+                waker_op(2 * MS + 30, 100, "waker.clone", Some(200)),
+                at(2 * MS + 30, 7),
+                exit(2 * MS + 40, 200),
+                exit(2 * MS + 50, 100),
+                enter(12 * MS, 100),
+                exit(12 * MS + 50, 100),
+            ],
+        ),
+        batch(50, vec![wake(11 * MS, 100)]),
+        batch(
+            12,
+            vec![
+                enter(30 * MS, 101),
+                wake(30 * MS + 10, 100),
+                exit(30 * MS + 20, 101),
+            ],
+        ),
+        batch(WORKER, vec![enter(31 * MS, 100), exit(31 * MS + 50, 100)]),
+        marker(40 * MS),
+        end(40 * MS),
+    ];
+    let r = analyze(&recs);
+    let t = task(&r, 100);
+    let known: Vec<_> = t
+        .yield_sites
+        .iter()
+        .filter(|s| s.site != "unknown")
+        .collect();
+    assert_eq!(known.len(), 1, "{:#?}", t.yield_sites);
+    let site = known[0];
+    assert_eq!(site.stack_id, Some(7));
+    assert_eq!(site.spans.as_deref(), Some("request"));
+    assert_eq!(
+        site.site, "in span request",
+        "named by its span until its stack is"
+    );
+    // Idle 2.05..11 ms, 12.05..30.01 ms and 31.05..40 ms (the end), all at the stored waker.
+    assert_eq!(site.count, 3);
+    assert_eq!(
+        site.idle_ns,
+        (11 * MS - (2 * MS + 50)) + (30 * MS + 10 - (12 * MS + 50)) + (40 * MS - (31 * MS + 50))
+    );
+    assert_eq!(t.yield_unknown_ns, 0);
+    assert_eq!(
+        t.woken_by,
+        WokenBy {
+            thread: 1,
+            task: 1,
+            ..WokenBy::default()
+        }
+    );
+    let kinds: Vec<(&str, u64)> = t.wakers.iter().map(|w| (w.kind.as_str(), w.id)).collect();
+    assert!(
+        kinds.contains(&("thread", 50)) && kinds.contains(&("task", 101)),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        t.wakers
+            .iter()
+            .find(|w| w.kind == "task")
+            .map(|w| w.name.as_str()),
+        Some("other")
+    );
+}
+
+/// Task 100 blocks WORKER (the only worker) for 5 ms in each of two polls; task 101, woken
+/// as each begins, waits for it: scheduling delays held by blocked polls of task 100's spawn
+/// place.
+#[test]
+fn a_wait_behind_a_blocked_poll_is_a_scheduling_delay() {
+    let us = MS / 1000;
+    let recs = vec![
+        header(),
+        callsites(),
+        batch(
+            1,
+            vec![
+                new_task(MS, 100, "task", "blocker"),
+                new_task(MS, 101, "task", "victim"),
+            ],
+        ),
+        switches(&[
+            (2 * MS, false, false, 0),
+            (2100 * us, true, false, 230),
+            (7100 * us, false, false, 0),
+            (7600 * us, true, false, 230),
+            (12600 * us, false, false, 0),
+            (14 * MS, true, false, 232),
+        ]),
+        batch(
+            WORKER,
+            vec![
+                enter(1500 * us, 101),
+                exit(1600 * us, 101),
+                enter(2050 * us, 100),
+                exit(7200 * us, 100),
+                enter(7300 * us, 101),
+                exit(7400 * us, 101),
+                enter(7450 * us, 100),
+                exit(12700 * us, 100),
+                enter(12800 * us, 101),
+                exit(12900 * us, 101),
+            ],
+        ),
+        batch(50, vec![wake(2060 * us, 101), wake(7500 * us, 101)]),
+        marker(14 * MS),
+        end(15 * MS),
+    ];
+    let r = analyze(&recs);
+    let v = task(&r, 101);
+    assert_eq!(v.delayed_wakes, 2);
+    assert_eq!(v.delayed_ns, (7300 - 2060) * us + (12800 - 7500) * us);
+    let w = r
+        .warnings
+        .iter()
+        .find(|w| w.kind == "scheduling_delay")
+        .unwrap_or_else(|| panic!("no scheduling_delay in {:#?}", r.warnings));
+    assert_eq!(w.task, "victim");
+    let d = w.delay.as_ref().expect("delay");
+    assert_eq!(d.held_by[0].task, "tasks spawned at src/main.rs:42:5");
+    assert_eq!(
+        d.held_by[0].held_ns,
+        (7200 - 2060) * us + (12700 - 7500) * us
+    );
+    assert_eq!(d.held_by[0].blocked_ns, 10 * MS);
+    assert_eq!(d.workers, 1);
+    // The blocker itself waited behind nobody.
+    assert!(!r
+        .warnings
+        .iter()
+        .any(|w| w.kind == "scheduling_delay" && w.task == "blocker"));
+}

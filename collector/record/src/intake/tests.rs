@@ -304,11 +304,21 @@ fn frame_length_outside_bounds_is_rejected() {
 
 #[test]
 fn unknown_tag_value_type_and_bad_utf8_are_rejected() {
-    let f = frame(1, 1, 0, &[9]);
+    let f = frame(1, 1, 0, &[11]);
     assert_eq!(
         decode_frame(&f[4..]),
-        Err(WireError::Tag { tag: 9, at: 16 })
+        Err(WireError::Tag { tag: 11, at: 16 })
     );
+    // A STACK longer than the layer ever sends.
+    let f = frame(1, 1, 0, &W::default().u8(9).u64(1).u8(65).0);
+    assert!(matches!(
+        decode_frame(&f[4..]),
+        Err(WireError::Code {
+            what: "stack length",
+            code: 65,
+            ..
+        })
+    ));
     let rec = W::default().u8(8).u64(1).u64(0).u64(1).u8(1).u8(0).u8(7).0;
     let f = frame(1, 1, 0, &rec);
     assert!(matches!(
@@ -343,8 +353,8 @@ fn every_truncation_of_a_frame_is_an_error_not_a_panic() {
         }
     }
     assert_eq!(
-        ok, 8,
-        "the empty frame and the 7 record boundaries before the last"
+        ok, 10,
+        "the empty frame and the 9 record boundaries before the last"
     );
 }
 

@@ -121,6 +121,12 @@ impl Pb {
         self.put_uint(field, v as u64);
     }
 
+    /// A fixed64 field (wire type 1), written even when zero.
+    pub(super) fn fixed64(&mut self, field: u32, v: u64) {
+        self.varint((u64::from(field) << 3) | 1);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
     /// A length-delimited field: bytes, a string, an embedded message or a packed list.
     pub(super) fn bytes(&mut self, field: u32, b: &[u8]) {
         self.varint((u64::from(field) << 3) | 2);

@@ -4,13 +4,19 @@
 //!
 //! - a track per process, per thread (thread states as slices: `running`, `runnable`,
 //!   `blocked: SYSCALL` with its `syscall`, `stack_id` and `stack`), per task (its stretches as
-//!   slices named by state, with the worker and the time it spent on and off the CPU), and a
-//!   `memory` and a `threads` counter per process;
+//!   slices named by state, with the worker and the time it spent on and off the CPU, idle ones
+//!   with their `yield_site`, scheduled ones with who woke them, `woken_by`), and a `memory` and
+//!   a `threads` counter per process;
+//! - each wake as a flow: an instant `wake` (its `woken` task named) on the waker's track (the
+//!   waking task's, else the thread the wake ran on) at the moment it woke the task, carrying
+//!   the flow's id in `flow_ids`, and the poll that followed carrying it in
+//!   `terminating_flow_ids`;
 //! - event names, argument names and repeated argument values (syscalls, stacks) interned
 //!   once on the one packet sequence, so a slice is two packets of about 20 bytes.
 //!
 //! Packets are written track by track, not in time order: trace_processor sorts them, and the
-//! interned strings are defined, in file order, before their first use.
+//! interned strings are defined, in file order, before their first use. Within a track they
+//! are in time order (a wake's instant between the begin and the end of the slice it falls in).
 //!
 //! Field numbers are those of perfetto's `protos/perfetto/trace/` (`trace.proto`,
 //! `trace_packet.proto`, `track_event/*.proto`, `interned_data/interned_data.proto`); the test
@@ -22,8 +28,9 @@ use std::io::{self, Write};
 use rustc_hash::FxHashMap;
 
 use super::common::Pb;
+use super::flows::{End, Flows, Source, Starts};
 use crate::out::TrackError;
-use iotrace_analysis::intervals::{Collected, BLOCKED, STATES};
+use iotrace_analysis::intervals::{Collected, BLOCKED, IDLE, STATES};
 use iotrace_analysis::summary::Summary;
 use iotrace_trace::Switch;
 
@@ -45,8 +52,11 @@ const EVENT_TYPE: u32 = 9;
 const EVENT_NAME_IID: u32 = 10;
 const EVENT_TRACK_UUID: u32 = 11;
 const EVENT_COUNTER_VALUE: u32 = 30;
+const EVENT_FLOW_IDS: u32 = 47;
+const EVENT_TERMINATING_FLOW_IDS: u32 = 48;
 const TYPE_SLICE_BEGIN: u64 = 1;
 const TYPE_SLICE_END: u64 = 2;
+const TYPE_INSTANT: u64 = 3;
 const TYPE_COUNTER: u64 = 4;
 // TrackDescriptor
 const TRACK_UUID: u32 = 1;
@@ -176,8 +186,8 @@ impl<W: Write> Writer<W> {
         self.flush_packet(false)
     }
 
-    /// A TrackEvent on `track` at `ts`: a slice begin (with `name` and `args`), a slice end, or
-    /// a counter value.
+    /// A TrackEvent on `track` at `ts`: a slice begin or an instant (with `name` and `args`), a
+    /// slice end, or a counter value.
     fn event(
         &mut self,
         track: u64,
@@ -186,6 +196,22 @@ impl<W: Write> Writer<W> {
         name: Option<&str>,
         args: &[Arg<'_>],
         counter: Option<i64>,
+    ) -> io::Result<()> {
+        self.flow_event(track, ts, kind, name, args, counter, (&[], &[]))
+    }
+
+    /// [`Writer::event`] with the flows it continues and those it ends (`flow_ids`,
+    /// `terminating_flow_ids`).
+    #[allow(clippy::too_many_arguments)]
+    fn flow_event(
+        &mut self,
+        track: u64,
+        ts: u64,
+        kind: u64,
+        name: Option<&str>,
+        args: &[Arg<'_>],
+        counter: Option<i64>,
+        (flows, ending): (&[u64], &[u64]),
     ) -> io::Result<()> {
         self.event.0.clear();
         self.event.put_uint(EVENT_TYPE, kind);
@@ -213,6 +239,12 @@ impl<W: Write> Writer<W> {
         if let Some(v) = counter {
             self.event.put_int(EVENT_COUNTER_VALUE, v);
         }
+        for &id in flows {
+            self.event.fixed64(EVENT_FLOW_IDS, id);
+        }
+        for &id in ending {
+            self.event.fixed64(EVENT_TERMINATING_FLOW_IDS, id);
+        }
         self.packet.0.clear();
         self.packet.put_uint(PACKET_TIMESTAMP, ts);
         let event = std::mem::take(&mut self.event);
@@ -235,13 +267,40 @@ fn counter_uuid(pid: u32, which: u64) -> u64 {
     ((4 + which) << 40) | u64::from(pid)
 }
 
-/// Writes the collected trace as Perfetto protobuf to `w`; returns the packets written.
+/// Writes the wakes that woke before `t` on `track` as instants that start their flows.
+fn write_starts<W: Write>(
+    o: &mut Writer<W>,
+    flows: &Flows<'_>,
+    starts: &mut Starts<'_>,
+    names: &FxHashMap<iotrace_analysis::tasks::TaskKey, String>,
+    track: u64,
+    base: u64,
+    t: u64,
+) -> io::Result<()> {
+    while let Some(i) = starts.before(t) {
+        let wake = &flows.wakes[i];
+        let woken = names.get(&wake.task).map_or("?", String::as_str);
+        o.flow_event(
+            track,
+            wake.woken.saturating_sub(base),
+            TYPE_INSTANT,
+            Some("wake"),
+            &[Arg::Str("woken", woken)],
+            None,
+            (&[i as u64 + 1], &[]),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the collected trace as Perfetto protobuf to `w`; returns the packets written, and the
+/// wakes written as flows (those whose poll was found).
 pub(crate) fn write<W: Write>(
     summary: &Summary,
     col: &Collected,
     stacks: &super::StackNames,
     w: W,
-) -> Result<u64, TrackError> {
+) -> Result<(u64, u64), TrackError> {
     let we = TrackError::Write;
     let base = col.start_ns;
     let rel = |t: u64| t.saturating_sub(base);
@@ -288,6 +347,10 @@ pub(crate) fn write<W: Write>(
     tids.sort();
     let mut blocked = super::SyscallNames::new(str::to_owned);
     let mut stack_lines = super::StackLines::new(stacks, str::to_owned);
+    let flows = Flows::new(summary, col, str::to_owned);
+    let task_names: FxHashMap<_, String> = super::drawn_tasks(summary, col)
+        .map(|(_, key, _, name)| (key, name))
+        .collect();
     for (tid, pid) in tids {
         if !summary.threads.iter().any(|t| t.tid == tid) {
             // A thread the summary does not name still gets its track.
@@ -301,8 +364,19 @@ pub(crate) fn write<W: Write>(
             o.track(&d).map_err(we)?;
         }
         let track = thread_uuid(tid);
+        let mut starts = Starts::new(&flows, Source::Thread(tid));
         for iv in col.thread_ivs(tid).map_err(TrackError::Read)? {
             let (start, end) = (rel(iv.start), rel(iv.end));
+            write_starts(
+                &mut o,
+                &flows,
+                &mut starts,
+                &task_names,
+                track,
+                base,
+                iv.start,
+            )
+            .map_err(we)?;
             if iv.state == BLOCKED {
                 let (name, sc) = blocked.get(iv.syscall);
                 let mut args = vec![Arg::Str("syscall", sc)];
@@ -320,12 +394,34 @@ pub(crate) fn write<W: Write>(
                 o.event(track, start, TYPE_SLICE_BEGIN, Some(state), &[], None)
                     .map_err(we)?;
             }
+            write_starts(
+                &mut o,
+                &flows,
+                &mut starts,
+                &task_names,
+                track,
+                base,
+                iv.end,
+            )
+            .map_err(we)?;
             o.event(track, end, TYPE_SLICE_END, None, &[], None)
                 .map_err(we)?;
         }
+        write_starts(
+            &mut o,
+            &flows,
+            &mut starts,
+            &task_names,
+            track,
+            base,
+            u64::MAX,
+        )
+        .map_err(we)?;
     }
 
     // Tasks: a track each, under its process.
+    let mut yields = super::YieldLines::new(stacks, &summary.span_chains, str::to_owned);
+    let mut ended = 0u64;
     for (index, key, row, name) in super::drawn_tasks(summary, col) {
         let track = task_uuid(index);
         let mut d = Pb::default();
@@ -333,9 +429,37 @@ pub(crate) fn write<W: Write>(
         d.bytes(TRACK_NAME, name.as_bytes());
         d.put_uint(TRACK_PARENT_UUID, process_uuid(row.pid));
         o.track(&d).map_err(we)?;
+        let mut starts = Starts::new(&flows, Source::Task(key));
+        let mut ends = flows.ends(&key);
         for iv in col.task_ivs(&key).map_err(TrackError::Read)? {
+            write_starts(
+                &mut o,
+                &flows,
+                &mut starts,
+                &task_names,
+                track,
+                base,
+                iv.start,
+            )
+            .map_err(we)?;
             let state = STATES[usize::from(iv.state).min(STATES.len() - 1)];
             let mut args = Vec::new();
+            let mut ending: &[u64] = &[];
+            let id;
+            match ends.at(&iv) {
+                Some(End::Scheduled(i)) => args.push(Arg::Str("woken_by", flows.label(i))),
+                Some(End::Poll(i)) => {
+                    id = [i as u64 + 1];
+                    ending = &id;
+                    ended += 1;
+                }
+                None => {}
+            }
+            if iv.state == IDLE {
+                if let Some(site) = yields.get(iv.yield_stack, iv.yield_spans) {
+                    args.push(Arg::Str("yield_site", site));
+                }
+            }
             if iv.tid != 0 {
                 args.push(Arg::Uint("worker_tid", u64::from(iv.tid)));
                 args.push(Arg::Uint("on_cpu_ns", iv.on_cpu));
@@ -346,18 +470,39 @@ pub(crate) fn write<W: Write>(
             if iv.tid != 0 && iv.syscall != Switch::NO_SYSCALL {
                 args.push(Arg::Str("syscall", &blocked.get(iv.syscall).1));
             }
-            o.event(
+            o.flow_event(
                 track,
                 rel(iv.start),
                 TYPE_SLICE_BEGIN,
                 Some(state),
                 &args,
                 None,
+                (&[], ending),
+            )
+            .map_err(we)?;
+            write_starts(
+                &mut o,
+                &flows,
+                &mut starts,
+                &task_names,
+                track,
+                base,
+                iv.end,
             )
             .map_err(we)?;
             o.event(track, rel(iv.end), TYPE_SLICE_END, None, &[], None)
                 .map_err(we)?;
         }
+        write_starts(
+            &mut o,
+            &flows,
+            &mut starts,
+            &task_names,
+            track,
+            base,
+            u64::MAX,
+        )
+        .map_err(we)?;
     }
 
     // Counters from /proc, per process.
@@ -378,7 +523,7 @@ pub(crate) fn write<W: Write>(
                 .map_err(we)?;
         }
     }
-    Ok(o.packets)
+    Ok((o.packets, ended))
 }
 
 #[cfg(test)]

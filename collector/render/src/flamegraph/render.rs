@@ -42,7 +42,8 @@ fn root_frames(fold: &mut StackFold, opts: &Options, origin: Origin) -> Option<V
     }
     let thread = origin.thread;
     Some(match opts.kind {
-        Kind::OnCpu | Kind::OffCpu => vec![thread],
+        // The idle graph is folded from tasks' idle stretches (`idle.rs`), never here.
+        Kind::OnCpu | Kind::OffCpu | Kind::Idle => vec![thread],
         Kind::Wall => {
             let root = if origin.off_cpu { "off-CPU" } else { "on-CPU" };
             vec![fold.strings.intern(root), thread]

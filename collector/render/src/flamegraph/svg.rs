@@ -39,6 +39,7 @@ fn inferno_options(kind: Kind, title: String, unit: &str) -> inferno::flamegraph
     o.colors = match kind {
         Kind::OnCpu | Kind::Async => Palette::Basic(BasicPalette::Hot),
         Kind::OffCpu => Palette::Basic(BasicPalette::Io),
+        Kind::Idle => Palette::Basic(BasicPalette::Aqua),
         // `_[k]` (kernel, orange) and `_[i]` (here: off-CPU, blue-green) annotations.
         Kind::Wall => Palette::Multi(MultiPalette::Java),
     };
@@ -51,6 +52,7 @@ fn default_title(kind: Kind, command: &str) -> String {
         Kind::OffCpu => "Off-CPU (time blocked)",
         Kind::Wall => "Wall clock: on-CPU and off-CPU",
         Kind::Async => "Async: by task and span",
+        Kind::Idle => "Idle time by yield site",
     };
     if command.is_empty() {
         what.to_owned()

@@ -1,14 +1,17 @@
 //! Writing the timeline page: the HTML asset with the trace's data streamed into it as JSON
 //! (never the whole page in memory), after merging runs of short stretches when a trace has
-//! more intervals than a browser should be handed.
+//! more intervals than a browser should be handed. Idle stretches point at their yield site,
+//! named in the page's tail with the stacks, and the wakes kept by the analysis go there too,
+//! as arrows from the waker's track to the woken task's.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::{Collected, TaskIv, ThreadIv, BLOCKED, POLL, POLL_BLOCKED, STATES};
+use super::{Collected, TaskIv, ThreadIv, BLOCKED, IDLE, POLL, POLL_BLOCKED, STATES};
 use crate::out::TrackError;
+use iotrace_analysis::intervals::yield_site_line;
 use iotrace_analysis::summary::{syscall_name, Summary};
-use iotrace_analysis::tasks::{StackId, TaskKey};
+use iotrace_analysis::tasks::{StackId, TaskKey, WakeSource};
 use iotrace_trace::Switch;
 
 /// Frame names of off-CPU stacks, innermost first, each with whether it is a kernel frame.
@@ -275,16 +278,31 @@ pub(crate) fn js_string(s: &str) -> String {
         .replace('\u{2029}', "\\u2029")
 }
 
-/// Syscall names, and (syscall, stack) pairs of blocked stretches, interned for the page.
+/// Syscall names, (syscall, stack) pairs of blocked stretches and (stack, spans) yield sites of
+/// idle ones, interned for the page.
 #[derive(Default)]
 pub(crate) struct Strings {
     list: Vec<String>,
     index: HashMap<u16, usize>,
     reasons: Vec<(i64, Option<StackId>)>,
     reason_index: HashMap<(u16, Option<StackId>), usize>,
+    yields: Vec<(Option<StackId>, Option<u32>)>,
+    yield_index: HashMap<(Option<StackId>, Option<u32>), usize>,
 }
 
 impl Strings {
+    /// Index into `yields` of an idle stretch's site; -1 when it is not known.
+    fn yield_site(&mut self, stack: Option<StackId>, spans: Option<u32>) -> i64 {
+        if stack.is_none() && spans.is_none() {
+            return -1;
+        }
+        let yields = &mut self.yields;
+        *self.yield_index.entry((stack, spans)).or_insert_with(|| {
+            yields.push((stack, spans));
+            yields.len() - 1
+        }) as i64
+    }
+
     /// Index into `reasons` of a blocked stretch's syscall and stack.
     fn reason(&mut self, nr: u16, stack: Option<StackId>) -> i64 {
         if let Some(&i) = self.reason_index.get(&(nr, stack)) {
@@ -322,6 +340,16 @@ impl Line {
     fn num(&mut self, v: impl itoa::Integer) {
         let digits = self.1.format(v);
         self.0.extend_from_slice(digits.as_bytes());
+    }
+    /// `,a,b,…` (no leading comma for a list's first).
+    fn nums(&mut self, comma: bool, values: &[u64]) {
+        self.0.clear();
+        for (i, &v) in values.iter().enumerate() {
+            if comma || i > 0 {
+                self.0.push(b',');
+            }
+            self.num(v);
+        }
     }
     /// `,dstart,dur,state,x` (no leading comma for a track's first).
     fn stretch(&mut self, comma: bool, dstart: u64, dur: u64, state: u8, x: i64) {
@@ -451,6 +479,8 @@ pub(crate) fn write_tracks(
         for (i, iv) in ivs.enumerate() {
             let x = if iv.merged > 1 {
                 merged_x(iv.merged)
+            } else if iv.state == IDLE {
+                out.strings.yield_site(iv.yield_stack, iv.yield_spans)
             } else if is_poll(&iv) {
                 let sc = out.strings.syscall(iv.syscall);
                 write!(
@@ -488,14 +518,82 @@ pub(crate) fn write_tracks(
     Ok(out)
 }
 
+/// A wake's kind in the page: a task's poll, a runtime thread outside any poll (the I/O or
+/// timer driver), or a thread outside the runtime.
+fn wake_kind(by: &WakeSource) -> u8 {
+    match by {
+        WakeSource::Task(_) => 0,
+        WakeSource::Driver { .. } => 1,
+        WakeSource::Thread { .. } => 2,
+    }
+}
+
+/// Writes the wakes as `,"wakes":[dwoken, delay, from, to, kind, ...]` by when they woke:
+/// `dwoken` is the wake's time minus the previous one's (the first's: since the recording
+/// started), `delay` the time to the poll, `from` the waker's track (the waking task's, else
+/// the thread it ran on), `to` the woken task's. Returns the wakes written and those left out
+/// for want of a track.
+fn write_wakes(summary: &Summary, col: &Collected, w: &mut impl Write) -> io::Result<(u64, u64)> {
+    let threads: HashMap<u32, usize> = summary
+        .threads
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.tid, i))
+        .collect();
+    let tasks: HashMap<TaskKey, usize> = summary
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let key = TaskKey {
+                pid: row.pid,
+                span: row.id,
+            };
+            (key, summary.threads.len() + i)
+        })
+        .collect();
+    w.write_all(b",\"wakes\":[")?;
+    let mut line = Line::default();
+    let (mut written, mut trackless) = (0u64, 0u64);
+    let mut prev = col.start_ns;
+    for wake in col.wakes() {
+        let from = match wake.by {
+            WakeSource::Task(k) => tasks.get(&k).or(threads.get(&wake.waker_tid)),
+            _ => threads.get(&wake.waker_tid),
+        };
+        let (Some(&from), Some(&to)) = (from, tasks.get(&wake.task)) else {
+            trackless += 1;
+            continue;
+        };
+        line.nums(
+            written > 0,
+            &[
+                wake.woken.saturating_sub(prev),
+                wake.polled - wake.woken,
+                from as u64,
+                to as u64,
+                u64::from(wake_kind(&wake.by)),
+            ],
+        );
+        w.write_all(&line.0)?;
+        prev = wake.woken;
+        written += 1;
+    }
+    w.write_all(b"]")?;
+    Ok((written, trackless))
+}
+
 /// Writes the rest of the page: warnings, syscall names, the reasons of blocked stretches and
-/// the frames of the stacks that were named (a reason whose stack was not named has none).
+/// the frames of the stacks that were named (a reason whose stack was not named has none), the
+/// idle stretches' yield sites, and the wakes. Returns the wakes written, and those left out
+/// (by the analysis' limit, or for want of a track).
 pub(crate) fn write_tail(
     summary: &Summary,
+    col: &Collected,
     strings: Strings,
     names: &StackNames,
     w: &mut impl Write,
-) -> io::Result<()> {
+) -> io::Result<(u64, u64)> {
     w.write_all(b",\"warnings\":[")?;
     for (i, warning) in summary.warnings.iter().enumerate() {
         let sep = if i > 0 { "," } else { "" };
@@ -527,10 +625,33 @@ pub(crate) fn write_tail(
         let comma = if i > 0 { "," } else { "" };
         write!(w, "{comma}[{}]", frames.join(","))?;
     }
-    w.write_all(b"]}")?;
+    // Yield sites: each (stack, spans) pair its line, the same line once.
+    let mut sites: Vec<String> = Vec::new();
+    let mut site_index: HashMap<String, usize> = HashMap::new();
+    w.write_all(b"],\"yields\":[")?;
+    for (i, &(stack, spans)) in strings.yields.iter().enumerate() {
+        let at = match yield_site_line(names, &summary.span_chains, stack, spans) {
+            Some(line) => {
+                let next = sites.len();
+                let at = *site_index.entry(line.clone()).or_insert(next);
+                if at == next {
+                    sites.push(line);
+                }
+                at as i64
+            }
+            None => -1,
+        };
+        let comma = if i > 0 { "," } else { "" };
+        write!(w, "{comma}{at}")?;
+    }
+    let sites: Vec<String> = sites.iter().map(|s| js_string(s)).collect();
+    write!(w, "],\"sites\":[{}]", sites.join(","))?;
+    let (written, trackless) = write_wakes(summary, col, w)?;
+    let left_out = col.wakes_left_out() + trackless;
+    write!(w, ",\"wakes_left_out\":{left_out}}}")?;
     let (_, tail) = TEMPLATE.split_once(DATA_MARK).unwrap_or((TEMPLATE, ""));
     w.write_all(tail.as_bytes())?;
-    Ok(())
+    Ok((written, left_out))
 }
 
 #[cfg(test)]
@@ -578,6 +699,61 @@ mod tests {
             .collect();
         assert_eq!(all, [5]);
         assert_eq!(counts.rs[1].1, 1);
+    }
+
+    #[test]
+    fn wakes_go_from_the_wakers_track_to_the_woken_tasks() {
+        use iotrace_analysis::summary::ThreadSummary;
+        use iotrace_analysis::tasks::{Sink, TaskRow, WakeEdge};
+        let mut summary = Summary::default();
+        for tid in [10, 11] {
+            summary.threads.push(ThreadSummary {
+                tid,
+                pid: 10,
+                ..ThreadSummary::default()
+            });
+        }
+        for id in [1, 2] {
+            let mut row = TaskRow::default();
+            (row.id, row.pid) = (id, 10);
+            summary.tasks.push(row);
+        }
+        let (a, b) = (TaskKey { pid: 10, span: 1 }, TaskKey { pid: 10, span: 2 });
+        let mut col = Collected::default();
+        let edge = |task, woken, by| WakeEdge {
+            task,
+            woken,
+            polled: woken + 5,
+            waker_tid: 11,
+            by,
+        };
+        col.start_ns = 100;
+        // A thread outside the runtime, a task (drawn on its own track), a runtime thread, and
+        // a wake of a task that has no track.
+        col.wake(&edge(
+            b,
+            110,
+            WakeSource::Thread {
+                tid: 11,
+                stack: None,
+            },
+        ));
+        col.wake(&edge(a, 120, WakeSource::Task(b)));
+        let driver = WakeSource::Driver {
+            tid: 11,
+            stack: None,
+            after: None,
+        };
+        col.wake(&edge(b, 130, driver));
+        col.wake(&edge(TaskKey { pid: 10, span: 3 }, 140, driver));
+        let mut out = Vec::new();
+        let (written, trackless) = write_wakes(&summary, &col, &mut out).unwrap();
+        assert_eq!((written, trackless), (3, 1));
+        // Tracks: threads 10, 11 are 0, 1; tasks 1, 2 are 2, 3.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            ",\"wakes\":[10,5,1,3,2,10,5,3,2,0,10,5,1,3,1]"
+        );
     }
 
     #[test]

@@ -1,0 +1,466 @@
+//! The idle flamegraph (`--kind idle`): the time each task spent idle (returned Pending,
+//! waiting for a wake), under the task, by where it yielded.
+//!
+//! One pass over the trace runs the task model ([`TaskAnalyzer`]), whose idle stretches are
+//! summed per (task, yield site) as they come, and folds the trace's stack tree alongside; the
+//! distinct yield-site stacks are then named once. A site's stack was taken where the leaf
+//! future stored the task's waker, so it runs from the worker's loop down into the waker's
+//! clone: it is cut to the frames between the task's own future and the await (see
+//! [`site_frames`]). A stretch whose site has only its span chain gets `span: NAME` frames; one
+//! whose site is not known gets [`UNKNOWN_SITE`], so unknown idle time stays in the picture.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use super::{FlamegraphError, Folded, IdleStats, LeftOut, Options};
+use iotrace_analysis::stacks::{Need, StackFold};
+use iotrace_analysis::summary::shell_join;
+use iotrace_analysis::symbolize::{self, FrameKey, SymbolStats};
+use iotrace_analysis::tasks::{
+    Sink, StackId, TaskAnalyzer, TaskInterval, TaskKey, TaskPhase, TaskRow, YieldSite,
+};
+use iotrace_trace::{Record, TraceReader};
+
+/// The leaf of idle time whose yield site is not known.
+pub const UNKNOWN_SITE: &str = "[unknown yield site]";
+/// The root of idle time of tasks the report does not list (past its row limit).
+const UNLISTED: &str = "[tasks not listed]";
+
+/// Frames that poll a task's future: the yield site's frames start inside the innermost.
+const POLLERS: &[&str] = &[
+    "tokio::runtime::task::core::Core<",
+    "tokio::runtime::task::harness::",
+    "tokio::runtime::park::CachedParkThread::block_on",
+    "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
+];
+
+/// The layer's, tracing's and the waker's own frames at the inner end of a yield-site stack.
+const WAKER_MACHINERY: &[&str] = &[
+    "iotrace_layer",
+    "tracing",
+    "tokio::runtime::task::waker",
+    "core::task::wake::Waker",
+];
+
+/// The span that tokio wraps a task's future in: the frame just inside the poller.
+const TASK_SPAN_WRAPPER: &str = "tracing::instrument::Instrumented<";
+
+/// A function name without the `<`, `&` and `mut ` of a trait impl's self type.
+fn bare(name: &str) -> &str {
+    name.trim_start_matches(['<', '&', ' '])
+        .trim_start_matches("mut ")
+}
+
+/// The frames of a yield site, outermost first, from its stack's frames innermost first:
+/// those inside the innermost frame that polls the task (tokio's `Core::poll`, the harness,
+/// `block_on`) and the span wrapper tokio puts around the task's future, down to the future
+/// that stored the waker, without the waker's clone, tracing's dispatch and the layer under
+/// it. A stack without a poller frame (cut short, or another runtime) keeps its outer frames.
+pub fn site_frames(innermost_first: &[String]) -> Vec<&str> {
+    let names: Vec<&str> = innermost_first.iter().map(String::as_str).collect();
+    let inner = names
+        .iter()
+        .position(|n| {
+            let b = bare(n);
+            !WAKER_MACHINERY.iter().any(|m| b.starts_with(m))
+        })
+        .unwrap_or(names.len());
+    let mut outer = names[inner..]
+        .iter()
+        .position(|n| {
+            let b = bare(n);
+            POLLERS.iter().any(|p| b.starts_with(p))
+        })
+        .map_or(names.len(), |p| inner + p);
+    if outer < names.len() && outer > inner && bare(names[outer - 1]).starts_with(TASK_SPAN_WRAPPER)
+    {
+        outer -= 1;
+    }
+    let mut frames: Vec<&str> = names[inner..outer].to_vec();
+    if frames.is_empty() {
+        // Nothing between the poller and the waker: the runtime's own frames say more than none.
+        frames = names[inner..].to_vec();
+    }
+    frames.reverse();
+    frames
+}
+
+/// The root frame of a task, as the async flamegraph labels it: `task NAME` (`blocking …`,
+/// `block_on …` for those kinds), or `task DIR/FILE:LINE` of its spawn location when it has
+/// no name of its own (tokio's `task ID`, or the function name of a blocking task).
+pub fn task_frame(row: &TaskRow) -> String {
+    let prefix = match row.kind.as_str() {
+        "blocking" => "blocking",
+        "block_on" => "block_on",
+        _ => "task",
+    };
+    let mut name = row.name.as_str();
+    if let Some(id) = row.task_id {
+        if let Some(rest) = name.strip_suffix(&format!(" {id}")) {
+            name = rest;
+        }
+    }
+    let own_name = !name.is_empty() && name != row.kind && prefix == "task";
+    match &row.location {
+        Some(loc) if !own_name => format!("{prefix} {}", short_location(loc)),
+        _ if own_name => format!("{prefix} {name}"),
+        _ if row.name.starts_with(prefix) => row.name.clone(),
+        _ => format!("{prefix} {}", row.name),
+    }
+}
+
+/// `dir/file.rs:LINE` of `path/to/dir/file.rs:LINE[:COL]`.
+fn short_location(loc: &str) -> String {
+    let mut parts = loc.rsplitn(3, ':');
+    let (mut file, mut line) = (loc, None);
+    let last = parts.next().unwrap_or("");
+    if let Some(before) = parts.next() {
+        if last.bytes().all(|b| b.is_ascii_digit()) && !last.is_empty() {
+            if before.bytes().all(|b| b.is_ascii_digit()) && !before.is_empty() {
+                file = parts.next().unwrap_or("");
+                line = Some(before);
+            } else {
+                file = &loc[..loc.len() - last.len() - 1];
+                line = Some(last);
+            }
+        }
+    }
+    let mut short: Vec<&str> = file.rsplit('/').take(2).collect();
+    short.reverse();
+    let mut out = short.join("/");
+    if let Some(l) = line {
+        out.push(':');
+        out.push_str(l);
+    }
+    out
+}
+
+/// Idle time per (task, yield site), within the window: what the pass keeps.
+#[derive(Default)]
+struct IdleSums {
+    /// `[from, to)` in absolute ns, once the trace's start is known.
+    from: u64,
+    to: u64,
+    /// ns and stretches.
+    sums: HashMap<(TaskKey, YieldSite), (u64, u64)>,
+}
+
+impl Sink for IdleSums {
+    fn task_interval(&mut self, iv: &TaskInterval) {
+        let TaskPhase::Idle(site) = iv.phase else {
+            return;
+        };
+        let ns = iv.end.min(self.to).saturating_sub(iv.start.max(self.from));
+        if ns == 0 {
+            return;
+        }
+        let e = self.sums.entry((iv.task, site)).or_default();
+        e.0 += ns;
+        e.1 += 1;
+    }
+}
+
+/// Frame names of a stack, innermost first (` at file:line` when DWARF has it), as
+/// `iotrace_analysis::tasks::naming::names_in` names them, and the symbol statistics.
+fn name_stacks(
+    fold: &mut StackFold,
+    ids: &[StackId],
+) -> (HashMap<StackId, Vec<String>>, SymbolStats) {
+    let keys: HashMap<StackId, Vec<FrameKey>> = ids
+        .iter()
+        .map(|&id| (id, fold.stacks.frame_keys(id).map(|(k, _)| k).collect()))
+        .collect();
+    let need: HashSet<FrameKey> = keys.values().flatten().copied().collect();
+    // The layer takes user-space frame-pointer stacks only: no kernel symbols needed.
+    let (symbols, stats) = symbolize::symbolize(fold, need, None);
+    let strings = &fold.strings;
+    let named = keys
+        .into_iter()
+        .map(|(id, frames)| {
+            let mut names = Vec::new();
+            for key in frames {
+                // Innermost first: the functions inlined at the frame, then its own.
+                for (name, at, _) in symbols.frames(key).into_iter().rev() {
+                    let mut text = name.map_or("[unknown]", |s| strings.get(s)).to_owned();
+                    if let Some(at) = at {
+                        text.push_str(" at ");
+                        text.push_str(strings.get(at));
+                    }
+                    names.push(text);
+                }
+            }
+            (id, names)
+        })
+        .collect();
+    (named, stats)
+}
+
+/// Folded lines of the idle flamegraph, in µs.
+pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
+    let mut reader = TraceReader::open(path)?;
+    let mut fold = StackFold::with(Need {
+        on_cpu: false,
+        off_cpu: false,
+        contexts: false,
+    });
+    let mut analyzer = TaskAnalyzer::default();
+    let mut sums = IdleSums {
+        to: u64::MAX,
+        ..IdleSums::default()
+    };
+    let mut command = String::new();
+    for record in reader.by_ref() {
+        if let Record::Header(h) = &record {
+            command = shell_join(&h.command);
+            sums.from = opts.from_ns.map_or(0, |f| h.start_ns.saturating_add(f));
+            sums.to = opts
+                .to_ns
+                .map_or(u64::MAX, |t| h.start_ns.saturating_add(t));
+        }
+        analyzer.add(&record, &mut sums);
+        fold.add(&record, &mut |_, _| {});
+    }
+    fold.finish(&mut |_, _| {});
+    let report = analyzer.finish(&mut sums);
+    let truncated = reader.stop().map(|s| s.to_string());
+
+    let rows: HashMap<TaskKey, &TaskRow> = report
+        .tasks
+        .iter()
+        .map(|r| {
+            let key = TaskKey {
+                pid: r.pid,
+                span: r.id,
+            };
+            (key, r)
+        })
+        .collect();
+    let unlisted = report.totals.omitted > 0;
+    let mut labels: HashMap<TaskKey, String> = HashMap::new();
+    let mut drawn: HashSet<TaskKey> = HashSet::new();
+    let mut kept: Vec<(String, YieldSite, u64, u64)> = Vec::new();
+    for (&(task, site), &(ns, n)) in &sums.sums {
+        let label = match rows.get(&task) {
+            Some(row) => labels
+                .entry(task)
+                .or_insert_with(|| task_frame(row))
+                .clone(),
+            // Spans that turned out not to be tasks, or tasks past the report's rows.
+            None if unlisted => UNLISTED.to_owned(),
+            None => continue,
+        };
+        if let Some(want) = &opts.task {
+            let row = rows.get(&task);
+            let matches = label.contains(want.as_str())
+                || row.is_some_and(|r| {
+                    r.name.contains(want.as_str())
+                        || r.location
+                            .as_ref()
+                            .is_some_and(|l| l.contains(want.as_str()))
+                });
+            if !matches {
+                continue;
+            }
+        }
+        drawn.insert(task);
+        kept.push((label, site, ns, n));
+    }
+
+    let mut ids: Vec<StackId> = kept.iter().filter_map(|k| k.1.stack).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (names, symbols) = name_stacks(&mut fold, &ids);
+    let mut stats = IdleStats {
+        tasks: drawn.len() as u64,
+        ..IdleStats::default()
+    };
+    let mut merged: HashMap<String, u64> = HashMap::new();
+    for (label, site, ns, n) in kept {
+        stats.stretches += n;
+        stats.idle_ns += ns;
+        let mut line = label;
+        let frames = site.stack.and_then(|id| names.get(&id));
+        let frames = frames.map(|f| site_frames(f)).unwrap_or_default();
+        let known = match (frames.is_empty(), site.spans) {
+            (false, _) => {
+                for f in frames {
+                    line.push(';');
+                    line.push_str(f);
+                }
+                true
+            }
+            (_, Some(chain)) => match report.span_chains.get(chain as usize) {
+                Some(chain) => {
+                    for span in chain.split(" > ") {
+                        line.push_str(";span: ");
+                        line.push_str(span);
+                    }
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if !known {
+            stats.unknown_ns += ns;
+            line.push(';');
+            line.push_str(UNKNOWN_SITE);
+        }
+        *merged.entry(line).or_insert(0) += ns;
+    }
+    let mut lines: Vec<(String, u64)> = merged
+        .into_iter()
+        .map(|(s, ns)| (s, ns / 1000))
+        .filter(|l| l.1 > 0)
+        .collect();
+    lines.sort_unstable();
+    if lines.is_empty() {
+        return Err(FlamegraphError::Empty(empty_reason(
+            path,
+            opts,
+            &report,
+            sums.sums.is_empty(),
+        )));
+    }
+    Ok(Folded {
+        lines,
+        unit: "µs",
+        command,
+        stack_bytes: 0,
+        fold: fold.stats.clone(),
+        symbols,
+        truncated,
+        left_out: LeftOut::default(),
+        idle: Some(stats),
+    })
+}
+
+fn empty_reason(
+    path: &Path,
+    opts: &Options,
+    report: &iotrace_analysis::tasks::TaskReport,
+    never_idle: bool,
+) -> String {
+    let why = if !report.saw_spans {
+        "no tasks: the trace has no span events (the program does not install iotrace's \
+         tracing layer, or was recorded by an older iotrace)"
+    } else if report.tasks.is_empty() {
+        "no tasks among the program's spans (tokio's task spans need `--cfg tokio_unstable` and \
+         tokio's `tracing` feature; any span with an `iotrace.task` field is a task too)"
+    } else if never_idle && opts.from_ns.is_none() && opts.to_ns.is_none() {
+        "no task was ever idle (returned Pending to wait for a wake)"
+    } else {
+        "no idle time of tasks matches the filters (--task, --from/--to)"
+    };
+    format!("{}: {why}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sleeper's yield-site stack of `yields` (tokio 1.54), innermost first.
+    const SLEEPER: &[&str] = &[
+        "<iotrace_layer::layer::IotraceLayer as tracing_subscriber::layer::Layer<S>>::on_event at layer/src/layer.rs:304",
+        "<tracing_subscriber::layer::layered::Layered<L,S> as tracing_core::subscriber::Subscriber>::event",
+        "tracing_core::dispatcher::Dispatch::event",
+        "tracing_core::event::Event::dispatch",
+        "tokio::runtime::task::waker::clone_waker::{{closure}} at tracing-0.1.44/src/macros.rs:905",
+        "tokio::runtime::task::waker::clone_waker at tokio-1.54.1/src/runtime/task/waker.rs:51",
+        "<core::task::wake::Waker as core::clone::Clone>::clone at library/core/src/task/wake.rs:619",
+        "<&core::task::wake::Waker as tokio::sync::task::atomic_waker::WakerRef>::into_waker",
+        "tokio::sync::task::atomic_waker::AtomicWaker::register_by_ref",
+        "tokio::runtime::time::entry::StateCell::poll",
+        "<tokio::time::sleep::Sleep as core::future::future::Future>::poll at tokio-1.54.1/src/time/sleep.rs:457",
+        "yields::sleeper::{{closure}} at instrumented-demos/src/bin/yields.rs:22",
+        "<tracing::instrument::Instrumented<T> as core::future::future::Future>::poll",
+        "tokio::runtime::task::core::Core<T,S>::poll::{{closure}} at tokio-1.54.1/src/runtime/task/core.rs:380",
+        "tokio::loom::std::unsafe_cell::UnsafeCell<T>::with_mut (inlined)",
+        "tokio::runtime::task::core::Core<T,S>::poll",
+        "tokio::runtime::task::harness::poll_future",
+        "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
+        "tokio::runtime::scheduler::multi_thread::worker::Launch::launch::{{closure}}",
+        "<tokio::runtime::blocking::task::BlockingTask<T> as core::future::future::Future>::poll",
+        "<tracing::instrument::Instrumented<T> as core::future::future::Future>::poll",
+        "tokio::runtime::task::core::Core<T,S>::poll::{{closure}}",
+        "tokio::runtime::task::core::Core<T,S>::poll",
+        "std::thread::lifecycle::spawn_unchecked::{{closure}}::{{closure}}",
+    ];
+
+    fn owned(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_yield_site_runs_from_the_tasks_future_to_the_future_that_stored_the_waker() {
+        let stack = owned(SLEEPER);
+        let frames = site_frames(&stack);
+        assert_eq!(
+            frames,
+            [
+                "yields::sleeper::{{closure}} at instrumented-demos/src/bin/yields.rs:22",
+                "<tokio::time::sleep::Sleep as core::future::future::Future>::poll at tokio-1.54.1/src/time/sleep.rs:457",
+                "tokio::runtime::time::entry::StateCell::poll",
+                "tokio::sync::task::atomic_waker::AtomicWaker::register_by_ref",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stack_without_a_poller_keeps_its_outer_frames_and_a_bare_one_its_runtime_frames() {
+        let cut_short = owned(&SLEEPER[..12]);
+        let frames = site_frames(&cut_short);
+        assert_eq!(frames.len(), 4);
+        assert!(frames[0].starts_with("yields::sleeper"));
+        // Only machinery and the poller: the poller's frames rather than nothing.
+        let bare = owned(&[SLEEPER[5], SLEEPER[13], SLEEPER[15]]);
+        assert_eq!(site_frames(&bare).len(), 2);
+        assert!(site_frames(&owned(&SLEEPER[..3])).is_empty());
+    }
+
+    fn row(name: &str, kind: &str, location: Option<&str>, task_id: Option<u64>) -> TaskRow {
+        // Built field by field: the row has fields private to the analysis.
+        let mut row = TaskRow::default();
+        row.name = name.to_owned();
+        row.kind = kind.to_owned();
+        row.location = location.map(str::to_owned);
+        row.task_id = task_id;
+        row
+    }
+
+    #[test]
+    fn tasks_are_labelled_as_the_async_graph_labels_them() {
+        let at = Some("instrumented-demos/src/bin/yields.rs:99:14");
+        assert_eq!(
+            task_frame(&row("sleeper", "task", at, Some(3))),
+            "task sleeper"
+        );
+        assert_eq!(
+            task_frame(&row("task 7", "task", at, Some(7))),
+            "task bin/yields.rs:99"
+        );
+        assert_eq!(
+            task_frame(&row("conn 3", "task", None, Some(3))),
+            "task conn"
+        );
+        assert_eq!(
+            task_frame(&row(
+                "Launch::launch",
+                "blocking",
+                Some("/r/tokio-1.54.1/src/runtime/scheduler/multi_thread/worker.rs:515:13"),
+                None
+            )),
+            "blocking multi_thread/worker.rs:515"
+        );
+        assert_eq!(
+            task_frame(&row(
+                "block_on 1",
+                "block_on",
+                Some("src/main.rs:70"),
+                Some(1)
+            )),
+            "block_on src/main.rs:70"
+        );
+        assert_eq!(task_frame(&row("task 7", "task", None, Some(7))), "task 7");
+    }
+}
