@@ -110,22 +110,23 @@ b = load(sys.argv[2])
 recs = [(os.path.basename(p).removeprefix("rec."), load(p)) for p in sys.argv[3:]]
 names = [m.replace("nosamples", "recorded") for m, _ in recs]
 cpu_target = "<= 1.15 (fp-cfi)" if samples else "<= 1.5"
-head = f"{'':22}{'bare':>10}" + "".join(f"{n:>10}{'ratio':>8}" for n in names)
+w = max([10] + [len(n) + 1 for n in names])
+head = f"{'':22}{'bare':>10}" + "".join(f"{n:>{w}}{'ratio':>8}" for n in names)
 print(head + "   target")
 def row(label, key, scale=1.0, fmt="10.0f", target="", ratio=True):
     line = f"{label:22}{b[key]*scale:{fmt}}"
     for _, r in recs:
-        line += f"{r[key]*scale:{fmt}}" + (f"{r[key]/b[key]:8.3f}" if ratio else " " * 8)
+        line += f"{format(r[key]*scale, fmt):>{w}}" + (f"{r[key]/b[key]:8.3f}" if ratio else " " * 8)
     print(line + ("   " + target if target else ""))
 row("req/s", "rps", target=">= 0.97")
 row("p99 latency (us)", "p99")
 row("demo CPU us/request", "cpu", 1e-3, "10.2f", cpu_target)
 line = f"{'demo peak RSS (MiB)':22}{b['hwm']/2**20:10.1f}"
 for _, r in recs:
-    line += f"{r['hwm']/2**20:10.1f}{(r['hwm']-b['hwm'])/2**20:+8.1f}"
+    line += f"{r['hwm']/2**20:{w}.1f}{(r['hwm']-b['hwm'])/2**20:+8.1f}"
 print(line + "   <= +20 MiB")
 def only_rec(label, f, target=""):
-    print(f"{label:22}{'':10}" + "".join(f"{f(r):>10}{'':8}" for _, r in recs) + ("   " + target if target else ""))
+    print(f"{label:22}{'':10}" + "".join(f"{f(r):>{w}}{'':8}" for _, r in recs) + ("   " + target if target else ""))
 only_rec("trace bytes/request", lambda r: f"{r['bytes']:.1f}", "<= 100")
 if samples:
     only_rec("stack samples/run", lambda r: f"{r['stacks']:.0f}")
