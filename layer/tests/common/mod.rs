@@ -47,6 +47,8 @@ pub struct Walk {
     pub callsite_names: Vec<String>,
     /// (tid, tag, span) of NEW_SPAN, ENTER, EXIT and CLOSE records, in arrival order.
     pub span_records: Vec<(u32, u8, u64)>,
+    /// Every decoded frame.
+    pub batches: Vec<iotrace_wire::SpanBatch>,
 }
 
 /// Walks a whole stream with the recorder's own decoder (`iotrace-wire`), panicking at the
@@ -89,6 +91,7 @@ pub fn walk(stream: &[u8]) -> Walk {
                 _ => {}
             }
         }
+        w.batches.push(batch);
     }
     w
 }

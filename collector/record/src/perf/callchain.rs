@@ -146,6 +146,14 @@ impl SampleBatch {
         });
     }
 
+    /// Forgets the held callchain, if any (a switch-out whose stack is not kept came next).
+    pub(crate) fn drop_held(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.spare = p.chain;
+            self.spare_tail = p.tail;
+        }
+    }
+
     /// The switch record of `tid` arrived: a voluntary switch-out turns the held callchain
     /// into an off-CPU sample; a preemption drops it.
     pub(crate) fn switched_out(

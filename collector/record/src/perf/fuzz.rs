@@ -39,6 +39,14 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             break;
         };
         rest = &rest[8 + len..];
+        // The record after it, as the drain peeks at it.
+        let next = (rest.len() >= 8)
+            .then(|| {
+                let n = usize::from(u16::from_le_bytes([rest[6], rest[7]]));
+                let d = rest.get(8..8 + n)?;
+                Some((u32_at(rest, 0), u16::from_le_bytes([rest[4], rest[5]]), d))
+            })
+            .flatten();
         let mut st = RecordState {
             syscall_ids: &[1],
             fault_ids: &[2],
@@ -56,7 +64,7 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             off_cpu_stacks: true,
         };
         match ty {
-            RECORD_SAMPLE => st.sample(&mut cpu, data),
+            RECORD_SAMPLE => st.sample(&mut cpu, data, next),
             RECORD_SWITCH => st.switch(&mut cpu, misc, data),
             _ => {
                 let _ = cpu.flush(st.stacks, &mut out);

@@ -21,6 +21,10 @@ struct Entry {
     len: usize,
 }
 
+/// A record taken out of a [`Pending`] whose bytes are still there.
+#[derive(Clone, Copy)]
+pub(crate) struct Taken(Entry);
+
 /// One ring's records not yet processed, in ring order.
 #[derive(Default)]
 pub(crate) struct Pending {
@@ -50,18 +54,41 @@ impl Pending {
     /// Take the earliest record: `(type, misc, bytes)`. Its bytes stay until [`compact`].
     ///
     /// [`compact`]: Pending::compact
+    #[cfg(test)]
     pub(crate) fn pop(&mut self) -> Option<(u32, u16, &[u8])> {
-        let e = self.entries.pop_front()?;
-        Some((e.ty, e.misc, &self.bytes[e.start..e.start + e.len]))
+        let e = self.pop_entry()?;
+        Some(self.get(e))
     }
 
-    /// Drop the bytes of records already taken (once per drain round).
+    /// Take the earliest record, to read with [`Pending::get`] (its bytes stay until
+    /// [`compact`]) while [`Pending::peek`] looks at the next.
+    ///
+    /// [`compact`]: Pending::compact
+    pub(crate) fn pop_entry(&mut self) -> Option<Taken> {
+        self.entries.pop_front().map(Taken)
+    }
+
+    /// A taken record: `(type, misc, bytes)`.
+    pub(crate) fn get(&self, t: Taken) -> (u32, u16, &[u8]) {
+        let e = t.0;
+        (e.ty, e.misc, &self.bytes[e.start..e.start + e.len])
+    }
+
+    /// The next record, not taken: `(type, misc, bytes)`.
+    pub(crate) fn peek(&self) -> Option<(u32, u16, &[u8])> {
+        self.entries.front().map(|&e| self.get(Taken(e)))
+    }
+
+    /// Drop the bytes of records already taken (once per drain round). The bytes still to be
+    /// taken move to the front only once the taken ones are at least half of the buffer, so each
+    /// byte is moved about once however many rounds it waits behind the watermark, not once per
+    /// round.
     pub(crate) fn compact(&mut self) {
         let Some(first) = self.entries.front().map(|e| e.start) else {
             self.bytes.clear();
             return;
         };
-        if first == 0 {
+        if first == 0 || first < self.bytes.len() / 2 {
             return;
         }
         self.bytes.drain(..first);
