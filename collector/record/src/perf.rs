@@ -742,6 +742,12 @@ impl PerfSession {
     /// while with many threads, and the rings' backlog — describes one window. (A launched
     /// command has exited by then: nothing moves.)
     pub fn stop(&mut self) {
+        // First, no new thread is counted: a thread born from here on is neither counted nor
+        // (once the events below are off) seen, where it used to be counted and never seen
+        // (attach.rs failed on that once). Threads already counting go on to the end.
+        if let Some(c) = self.counted.as_ref() {
+            c.counter.end_window();
+        }
         for ring in self.rings.iter_mut() {
             let _ = ring.sampler.disable();
             for c in ring._followers.iter_mut() {
@@ -763,8 +769,7 @@ impl PerfSession {
         // The counter last. Stopped first, it left the perf events on for long enough that 50
         // of 1786 churn threads were cut by the window's end (attach.rs, once in CI; the
         // detach of a raw tracepoint waits for the tracepoint's users to finish, which we take
-        // to be the time). This order leaves a window of a few ioctls, in which a thread born
-        // is counted but never seen (attach.rs failed on that once too).
+        // to be the time).
         if let Some(c) = self.counted.as_mut() {
             c.counter.stop();
         }

@@ -539,6 +539,24 @@ pub fn bpf_map_delete(map: &OwnedFd, key: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Every key of a map with u32 keys.
+pub fn bpf_map_u32_keys(map: &OwnedFd) -> io::Result<Vec<u32>> {
+    let mut keys = Vec::new();
+    let mut key: Option<u32> = None;
+    loop {
+        let mut next = 0u32;
+        let prev = key.as_ref().map_or(0, |k| k as *const u32 as u64);
+        let mut attr = map_attr(map, prev, &mut next as *mut u32 as u64, 0);
+        match bpf(bpf_cmd::MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
+        keys.push(next);
+        key = Some(next);
+    }
+}
+
 /// Every `(key, value)` of a map with u64 keys and u64 values.
 pub fn bpf_map_u64_entries(map: &OwnedFd) -> io::Result<Vec<(u64, u64)>> {
     let mut entries = Vec::new();

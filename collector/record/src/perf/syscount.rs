@@ -111,6 +111,21 @@ impl SyscallCounter {
         self.sys_enter.1 = None;
     }
 
+    /// The recording's window ends: every traced process stops taking on new threads (their
+    /// children inherit the state), while threads already counting go on until [`stop`]. A
+    /// thread born from here on is not counted, so none can be counted and not seen by perf
+    /// events that are disabled next. Immediate: one map update per entry, no wait.
+    ///
+    /// [`stop`]: SyscallCounter::stop
+    pub(crate) fn end_window(&self) {
+        let Ok(keys) = sys::bpf_map_u32_keys(&self.procs) else {
+            return;
+        };
+        for k in keys {
+            let _ = sys::bpf_map_update(&self.procs, &k.to_ne_bytes(), &ENDED.to_ne_bytes());
+        }
+    }
+
     /// A filter for sampling events that observe whole CPUs (see [`sample_filter_prog`]):
     /// it keeps the samples of the processes this counter traces, in the state in which it
     /// counts their syscalls (so nothing of the held child before its exec).
@@ -157,6 +172,8 @@ impl SyscallCounter {
 /// `procs` values: counting, or waiting for the exec.
 const COUNTING: u32 = 1;
 const ARMED: u32 = 2;
+/// The window ended: no new thread of the process is counted ([`SyscallCounter::end_window`]).
+const ENDED: u32 = 3;
 
 fn fork_child_pid_offset() -> Option<i16> {
     let format = std::fs::read_to_string(format!(
@@ -464,6 +481,59 @@ mod tests {
         let mut p = vec![jeq_imm(R0, 0, 0), mov_imm(R0, 0), mov_imm(R0, 1), exit()];
         patch(&mut p, &[(0, 2)]);
         assert_eq!(p[0] >> 16 & 0xffff, 1);
+    }
+
+    /// End of an attached window (root only): threads already counting go on being counted
+    /// until the counter stops, and a thread born after it is not counted at all (so none
+    /// can be counted and never seen by the perf events, which are disabled next).
+    #[test]
+    fn after_the_window_ends_no_new_thread_is_counted() {
+        if crate::sys::euid() != 0 {
+            eprintln!("*** SKIPPED after_the_window_ends_no_new_thread_is_counted: needs root ***");
+            return;
+        }
+        let mut c = match super::SyscallCounter::counting(&[std::process::id()]) {
+            Ok(c) => c,
+            Err(e) if std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1") => {
+                panic!("BPF programs rejected: {e}")
+            }
+            Err(e) => return eprintln!("*** SKIPPED: BPF not available here: {e} ***"),
+        };
+        c.sys_enter.1 = Some(
+            crate::sys::bpf_raw_tracepoint_open("sys_enter", &c.sys_enter.0)
+                .expect("attach sys_enter"),
+        );
+        let getppid = |n: u32| {
+            for _ in 0..n {
+                std::hint::black_box(std::os::unix::process::parent_id());
+            }
+            crate::sys::gettid() as u32
+        };
+        let nr = libc::SYS_getppid as u16;
+        let before = std::thread::spawn(move || {
+            let tid = getppid(10);
+            // Until the window ends.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            getppid(10);
+            tid
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        c.end_window();
+        let after = std::thread::spawn(move || getppid(10))
+            .join()
+            .expect("thread");
+        let before = before.join().expect("thread");
+        c.stop();
+        let counts = c.counts().expect("counts");
+        let of = |tid: u32| {
+            counts
+                .iter()
+                .filter(|&&(t, n, _)| t == tid && n == nr)
+                .map(|e| e.2)
+                .sum::<u64>()
+        };
+        assert_eq!(of(before), 20, "a thread counting before the end goes on");
+        assert_eq!(of(after), 0, "a thread born after the end is not counted");
     }
 
     /// Loads the real programs into this kernel (root only): the verifier accepts them.
