@@ -119,8 +119,9 @@ fn stack_bounds() -> (usize, usize) {
 
 /// Return addresses of the calling thread's frames, innermost first, from its frame-pointer
 /// chain, into `out`; returns how many. Only frames between the current stack pointer and the
-/// top of the thread's stack are read, and each must be above the last, so a program built
-/// without frame pointers gives a short or meaningless stack, never a fault. x86-64 and aarch64
+/// top of the thread's stack are read, each above the last, and nothing when the stack pointer
+/// is not on the thread's own stack, so a program built without frame pointers gives a short
+/// or meaningless stack, never a fault. x86-64 and aarch64
 /// (where a frame record is `[previous frame pointer, return address]`); elsewhere nothing.
 #[inline(never)]
 pub(crate) fn frame_pointer_stack(out: &mut [u64]) -> usize {
@@ -144,7 +145,13 @@ pub(crate) fn frame_pointer_stack(out: &mut [u64]) -> usize {
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let (_, top) = stack_bounds();
+        let (low, top) = stack_bounds();
+        // Only on the thread's own stack, which is one mapping from the stack pointer up: on
+        // another stack (a coroutine's, a signal stack) a frame pointer between the stack
+        // pointer and the thread stack's top could point into a gap between mappings.
+        if sp < low || sp >= top {
+            return 0;
+        }
         let mut fp = fp;
         let mut n = 0;
         while n < out.len() && fp >= sp && fp % 8 == 0 && fp.saturating_add(16) <= top {
