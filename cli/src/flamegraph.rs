@@ -18,6 +18,8 @@ EXAMPLES:
         iotrace flamegraph t.data --kind async -o async.svg
     Where tasks wait: idle time (µs) under each task, by the await it yielded at:
         iotrace flamegraph t.data --kind idle -o idle.svg
+    Who wakes tasks and how long they then wait for a poll (µs), under the waker:
+        iotrace flamegraph t.data --kind wake -o wake.svg
     Folded stacks for flamegraph.pl, inferno or speedscope:
         iotrace flamegraph t.data --folded > cpu.folded
     Only one thread, one task, or a time window (since the start of the recording):
@@ -48,6 +50,10 @@ pub enum KindArg {
     /// site: the stack from the task's future down to the await that stored its waker
     /// (`[unknown yield site]` when not known).
     Idle,
+    /// The delay from each wake of a task to its next poll in µs, under the waker: `woken by
+    /// the I/O driver`, `the timer`, `a task` or `a thread`, then the waker's stack (or the
+    /// waking task), with the woken task (`→ task NAME`) as the leaf.
+    Wake,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -118,6 +124,7 @@ impl FlamegraphArgs {
             KindArg::Wall => Kind::Wall,
             KindArg::Async => Kind::Async,
             KindArg::Idle => Kind::Idle,
+            KindArg::Wake => Kind::Wake,
         });
         o.group_by = match self.group_by {
             GroupByArg::Thread => GroupBy::Thread,
@@ -163,6 +170,14 @@ pub fn run(args: FlamegraphArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--no-idle leaves out idle threads and does not apply to --kind idle, which draws tasks' idle time");
         }
     }
+    if opts.kind == Kind::Wake {
+        if !args.tid.is_empty() {
+            anyhow::bail!("--tid does not apply to --kind wake (wakes are drawn by the woken task, not by thread); --task narrows it");
+        }
+        if args.no_idle {
+            anyhow::bail!("--no-idle leaves out idle threads and does not apply to --kind wake, which draws tasks' wakes");
+        }
+    }
     if let Some(pair) = &args.diff {
         return run_diff(&args, &opts, &pair[0], &pair[1]);
     }
@@ -200,6 +215,22 @@ fn report(trace: &Path, output: &Path, opts: &fg::Options, folded: &fg::Folded) 
             idle.tasks,
             idle.stretches,
             idle.unknown_ns / 1000,
+            folded.symbols.summary()
+        );
+        if let Some(t) = &folded.truncated {
+            eprintln!("iotrace: warning: {}: {t}", trace.display());
+        }
+        return;
+    }
+    if let Some(wake) = &folded.wake {
+        eprintln!(
+            "iotrace: {}: wake flamegraph, {} {} of wake→poll delay in {} stacks ({} tasks woken {} times); {}",
+            target,
+            folded.total(),
+            folded.unit,
+            folded.lines.len(),
+            wake.tasks,
+            wake.wakes,
             folded.symbols.summary()
         );
         if let Some(t) = &folded.truncated {

@@ -99,8 +99,9 @@ enum Command {
     #[command(after_help = compare::EXAMPLES)]
     Compare(compare::CompareArgs),
     /// Draw a flamegraph of a trace: on-CPU, off-CPU (weighted by time blocked), wall (both),
-    /// async (samples under the task and spans active on their thread), or idle (each task's
-    /// idle time under the await it yielded at); or the difference between two traces.
+    /// async (samples under the task and spans active on their thread), idle (each task's
+    /// idle time under the await it yielded at), or wake (each task's wake→poll delay under its
+    /// waker); or the difference between two traces.
     ///
     /// Symbols are resolved offline from the mappings recorded in the trace, so the program
     /// may have exited; its files must still be there. Frames without a name say why (e.g.

@@ -644,6 +644,53 @@ fn idle_svg_opens_in_headless_chromium_with_the_task_and_its_sleep() {
     }
 }
 
+/// `yields 30`: the sleeper is woken by the timer, the reader by the I/O driver and the
+/// receiver by the channel-feeder thread's send. The wake graph has each wake→poll delay under
+/// its kind of waker and the waker's stack, with the woken task as the leaf, and none of the
+/// layer's frames (the innermost of each waker stack).
+#[test]
+fn wake_graph_puts_each_wake_to_poll_delay_under_its_waker() {
+    if !perf_available("wake_graph_puts_each_wake_to_poll_delay_under_its_waker") {
+        return;
+    }
+    let _serial = serial();
+    let dir = temp_dir("fg-wake-kind");
+    let trace = record_yields(&dir, "30");
+    let (lines, err) = folded_stacks(&trace, &["--kind", "wake"]);
+    assert!(err.contains("wake flamegraph"), "{err}");
+    for (stack, _) in &lines {
+        assert!(!stack.contains("iotrace_layer"), "iotrace_layer in {stack}");
+    }
+    for (root, task) in [
+        ("woken by the timer", "sleeper"),
+        ("woken by the I/O driver", "reader"),
+        ("woken by a thread", "receiver"),
+    ] {
+        let leaf = format!("→ task {task}");
+        let mine: Vec<&(String, u64)> = lines
+            .iter()
+            .filter(|(s, _)| {
+                s.split(';').next() == Some(root) && s.rsplit(';').next() == Some(leaf.as_str())
+            })
+            .collect();
+        let us: u64 = mine.iter().map(|l| l.1).sum();
+        assert!(us > 0, "no `{root}` … `{leaf}` stack\n{lines:#?}");
+        if task == "receiver" {
+            // The feeder thread's own code, down to the channel's send that woke the task.
+            assert!(
+                mine.iter().any(|(s, _)| {
+                    let frames: Vec<&str> = s.split(';').collect();
+                    frames.iter().any(|f| f.starts_with("yields::"))
+                        && frames
+                            .iter()
+                            .any(|f| f.contains("mpsc") && f.contains("send"))
+                }),
+                "no channel-feeder frames under `{root}`: {mine:#?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn idle_graph_of_a_trace_without_tasks_says_why() {
     let _serial = serial();
@@ -652,16 +699,18 @@ fn idle_graph_of_a_trace_without_tasks_says_why() {
     assert!(record(&trace, &["--no-perf"], &[&fx, "spin", "50"])
         .status
         .success());
-    let out = run_iotrace(&[
-        "flamegraph",
-        trace.to_str().unwrap(),
-        "--kind",
-        "idle",
-        "-o",
-        "/dev/null",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no tasks"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for kind in ["idle", "wake"] {
+        let out = run_iotrace(&[
+            "flamegraph",
+            trace.to_str().unwrap(),
+            "--kind",
+            kind,
+            "-o",
+            "/dev/null",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "--kind {kind}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no tasks"), "--kind {kind}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "--kind {kind}: {err}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Flamegraphs of a trace: on-CPU, off-CPU (weighted by blocked time), wall (both), async
-//! (each sample under the task and spans active on its thread at that instant) and idle (each
-//! task's idle time under the task, by yield site: [`idle`]).
+//! (each sample under the task and spans active on its thread at that instant), idle (each
+//! task's idle time under the task, by yield site: [`idle`]) and wake (the delay from each wake
+//! to the poll it led to, under the waker: [`wake`]).
 //!
 //! One streaming pass ([`fold_file`]) counts weights per distinct (root frames, stack) in
 //! memory bounded by the number of distinct stacks; frames are then named once each
@@ -13,7 +14,8 @@
 //! left out is counted in [`Folded::left_out`], never dropped silently.
 //!
 //! The idle graph is not made of stack samples: its pass runs the task model and weighs the
-//! yield-site stacks of idle stretches ([`idle`]); it comes out as the same [`Folded`].
+//! yield-site stacks of idle stretches ([`idle`]); it comes out as the same [`Folded`]. So is
+//! the wake graph, from the task model's wake edges and the wakers' stacks ([`wake`]).
 //!
 //! ```no_run
 //! use iotrace_render::flamegraph::{self, Kind, Options};
@@ -25,6 +27,7 @@
 
 pub mod idle;
 mod render;
+pub mod wake;
 
 pub(crate) use render::{native_frames, need_frames, thread_name, NamedFrame};
 mod svg;
@@ -54,6 +57,9 @@ pub enum Kind {
     /// Tasks' idle time (returned Pending, waiting for a wake), in µs, under the task, by the
     /// stack of the yield site.
     Idle,
+    /// The delay from each wake of a task to the poll it led to, in µs, under the kind of
+    /// waker and its stack (or the waking task), with the woken task as the leaf.
+    Wake,
 }
 
 impl Kind {
@@ -64,6 +70,7 @@ impl Kind {
             Kind::Wall => "wall",
             Kind::Async => "async",
             Kind::Idle => "idle",
+            Kind::Wake => "wake",
         }
     }
 }
@@ -79,8 +86,9 @@ pub enum GroupBy {
     Span,
 }
 
-/// What to draw and which samples to keep. The idle graph ([`Kind::Idle`]) weighs tasks, not
-/// threads' samples: of these it uses `task`, `from_ns`/`to_ns` and `title`.
+/// What to draw and which samples to keep. The idle and wake graphs ([`Kind::Idle`],
+/// [`Kind::Wake`]) weigh tasks, not threads' samples: of these they use `task`,
+/// `from_ns`/`to_ns` and `title`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub kind: Kind,
@@ -166,6 +174,15 @@ pub struct IdleStats {
     pub unknown_ns: u64,
 }
 
+/// What went into a wake graph ([`Kind::Wake`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WakeStats {
+    /// Woken tasks drawn, their wakes and the wake→poll delay (within `--from/--to`).
+    pub tasks: u64,
+    pub wakes: u64,
+    pub delay_ns: u64,
+}
+
 /// Folded stacks and what went into them.
 #[derive(Debug, Clone, Default)]
 pub struct Folded {
@@ -186,6 +203,8 @@ pub struct Folded {
     pub left_out: LeftOut,
     /// For the idle graph: its tasks and stretches.
     pub idle: Option<IdleStats>,
+    /// For the wake graph: its tasks and wakes.
+    pub wake: Option<WakeStats>,
 }
 
 impl Folded {
@@ -280,6 +299,9 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
     if opts.kind == Kind::Idle {
         return idle::fold_idle(path, opts);
     }
+    if opts.kind == Kind::Wake {
+        return wake::fold_wake(path, opts);
+    }
     // Deciding which threads are idle takes both their on- and off-CPU time.
     let need = Need {
         on_cpu: opts.kind != Kind::OffCpu || opts.no_idle,
@@ -320,6 +342,7 @@ pub fn fold_file(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError>
         truncated,
         left_out,
         idle: None,
+        wake: None,
     })
 }
 

@@ -138,7 +138,9 @@ pub fn apply_task_names(names: &StackNames, tasks: &mut [TaskRow]) {
         let mut by_kind: Vec<(&'static str, u64, u64)> = Vec::new();
         for &(stack, after, n) in &t.driver_wakes {
             let frames = stack.and_then(|id| names.get(&id));
-            let kind = frames.map_or("unknown", |f| driver_kind(f));
+            let kind = frames.map_or("unknown", |f| {
+                driver_kind(f.iter().map(|(n, _)| n.as_str()))
+            });
 
             let w = &mut t.woken_by;
             if kind != "unknown" {
@@ -180,8 +182,10 @@ pub fn apply_task_names(names: &StackNames, tasks: &mut [TaskRow]) {
 
 /// Which driver a wake outside any poll came from, by its stack's frames: the innermost
 /// frame that is the I/O driver's, the timer's or a task harness's decides (tokio's timer
-/// driver parks in the I/O driver, so an I/O wake has timer frames further out).
-fn driver_kind(frames: &[(String, bool)]) -> &'static str {
+/// driver parks in the I/O driver, so an I/O wake has timer frames further out). `frames`
+/// are the stack's function names, innermost first; the kind is `io`, `timer`, `task` or
+/// `unknown`.
+pub fn driver_kind<'a>(frames: impl IntoIterator<Item = &'a str>) -> &'static str {
     const KINDS: [(&str, &[&str]); 3] = [
         (
             "timer",
@@ -201,7 +205,7 @@ fn driver_kind(frames: &[(String, bool)]) -> &'static str {
             &["runtime::task::harness", "task::core::", "Harness<"],
         ),
     ];
-    for (name, _) in frames {
+    for name in frames {
         for (kind, pats) in KINDS {
             if pats.iter().any(|p| name.contains(p)) {
                 return kind;

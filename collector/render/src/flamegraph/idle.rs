@@ -24,7 +24,7 @@ use iotrace_trace::{Record, TraceReader};
 /// The leaf of idle time whose yield site is not known.
 pub const UNKNOWN_SITE: &str = "[unknown yield site]";
 /// The root of idle time of tasks the report does not list (past its row limit).
-const UNLISTED: &str = "[tasks not listed]";
+pub(super) const UNLISTED: &str = "[tasks not listed]";
 
 /// Frames that poll a task's future: the yield site's frames start inside the innermost.
 const POLLERS: &[&str] = &[
@@ -35,7 +35,7 @@ const POLLERS: &[&str] = &[
 ];
 
 /// The layer's, tracing's and the waker's own frames at the inner end of a yield-site stack.
-const WAKER_MACHINERY: &[&str] = &[
+pub(super) const WAKER_MACHINERY: &[&str] = &[
     "iotrace_layer",
     "tracing",
     "tokio::runtime::task::waker",
@@ -46,7 +46,7 @@ const WAKER_MACHINERY: &[&str] = &[
 const TASK_SPAN_WRAPPER: &str = "tracing::instrument::Instrumented<";
 
 /// A function name without the `<`, `&` and `mut ` of a trait impl's self type.
-fn bare(name: &str) -> &str {
+pub(super) fn bare(name: &str) -> &str {
     name.trim_start_matches(['<', '&', ' '])
         .trim_start_matches("mut ")
 }
@@ -162,7 +162,7 @@ impl Sink for IdleSums {
 
 /// Frame names of a stack, innermost first (` at file:line` when DWARF has it), as
 /// `iotrace_analysis::tasks::naming::names_in` names them, and the symbol statistics.
-fn name_stacks(
+pub(super) fn name_stacks(
     fold: &mut StackFold,
     ids: &[StackId],
 ) -> (HashMap<StackId, Vec<String>>, SymbolStats) {
@@ -332,6 +332,7 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         truncated,
         left_out: LeftOut::default(),
         idle: Some(stats),
+        wake: None,
     })
 }
 

@@ -42,8 +42,9 @@ fn root_frames(fold: &mut StackFold, opts: &Options, origin: Origin) -> Option<V
     }
     let thread = origin.thread;
     Some(match opts.kind {
-        // The idle graph is folded from tasks' idle stretches (`idle.rs`), never here.
-        Kind::OnCpu | Kind::OffCpu | Kind::Idle => vec![thread],
+        // The idle and wake graphs are folded from the task model (`idle.rs`, `wake.rs`),
+        // never here.
+        Kind::OnCpu | Kind::OffCpu | Kind::Idle | Kind::Wake => vec![thread],
         Kind::Wall => {
             let root = if origin.off_cpu { "off-CPU" } else { "on-CPU" };
             vec![fold.strings.intern(root), thread]

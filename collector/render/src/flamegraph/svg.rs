@@ -40,6 +40,7 @@ fn inferno_options(kind: Kind, title: String, unit: &str) -> inferno::flamegraph
         Kind::OnCpu | Kind::Async => Palette::Basic(BasicPalette::Hot),
         Kind::OffCpu => Palette::Basic(BasicPalette::Io),
         Kind::Idle => Palette::Basic(BasicPalette::Aqua),
+        Kind::Wake => Palette::Basic(BasicPalette::Purple),
         // `_[k]` (kernel, orange) and `_[i]` (here: off-CPU, blue-green) annotations.
         Kind::Wall => Palette::Multi(MultiPalette::Java),
     };
@@ -53,6 +54,7 @@ fn default_title(kind: Kind, command: &str) -> String {
         Kind::Wall => "Wall clock: on-CPU and off-CPU",
         Kind::Async => "Async: by task and span",
         Kind::Idle => "Idle time by yield site",
+        Kind::Wake => "Wake→poll delay by waker",
     };
     if command.is_empty() {
         what.to_owned()
