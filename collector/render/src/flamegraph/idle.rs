@@ -17,7 +17,7 @@ use iotrace_analysis::stacks::{Need, StackFold};
 use iotrace_analysis::summary::shell_join;
 use iotrace_analysis::symbolize::{self, FrameKey, SymbolStats};
 use iotrace_analysis::tasks::{
-    Sink, StackId, TaskAnalyzer, TaskInterval, TaskKey, TaskPhase, TaskRow, YieldSite,
+    Sink, StackId, TaskAnalyzer, TaskInterval, TaskKey, TaskPhase, TaskReport, TaskRow, YieldSite,
 };
 use iotrace_trace::{Record, TraceReader};
 
@@ -195,8 +195,23 @@ pub(super) fn name_stacks(
     (named, stats)
 }
 
-/// Folded lines of the idle flamegraph, in µs.
-pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
+/// What one pass of the task model over a trace gives the idle and wake graphs.
+pub(super) struct TaskPass {
+    /// The trace's stack tree and mappings, for naming the sites' and wakers' stacks.
+    pub fold: StackFold,
+    pub report: TaskReport,
+    pub command: String,
+    pub truncated: Option<String>,
+}
+
+/// Runs the task model over `path` into `sink`, folding the stack tree alongside. `window`
+/// is told the `--from/--to` window in absolute ns once the header gives the start.
+pub(super) fn task_pass<S: Sink>(
+    path: &Path,
+    opts: &Options,
+    sink: &mut S,
+    window: impl Fn(&mut S, u64, u64),
+) -> Result<TaskPass, FlamegraphError> {
     let mut reader = TraceReader::open(path)?;
     let mut fold = StackFold::with(Need {
         on_cpu: false,
@@ -204,63 +219,117 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         contexts: false,
     });
     let mut analyzer = TaskAnalyzer::default();
-    let mut sums = IdleSums {
-        to: u64::MAX,
-        ..IdleSums::default()
-    };
+    window(sink, 0, u64::MAX);
     let mut command = String::new();
     for record in reader.by_ref() {
         if let Record::Header(h) = &record {
             command = shell_join(&h.command);
-            sums.from = opts.from_ns.map_or(0, |f| h.start_ns.saturating_add(f));
-            sums.to = opts
+            let from = opts.from_ns.map_or(0, |f| h.start_ns.saturating_add(f));
+            let to = opts
                 .to_ns
                 .map_or(u64::MAX, |t| h.start_ns.saturating_add(t));
+            window(sink, from, to);
         }
-        analyzer.add(&record, &mut sums);
+        analyzer.add(&record, sink);
         fold.add(&record, &mut |_, _| {});
     }
     fold.finish(&mut |_, _| {});
-    let report = analyzer.finish(&mut sums);
+    let report = analyzer.finish(sink);
     let truncated = reader.stop().map(|s| s.to_string());
+    Ok(TaskPass {
+        fold,
+        report,
+        command,
+        truncated,
+    })
+}
 
-    let rows: HashMap<TaskKey, &TaskRow> = report
-        .tasks
-        .iter()
-        .map(|r| {
-            let key = TaskKey {
-                pid: r.pid,
-                span: r.id,
-            };
-            (key, r)
-        })
+/// Folded lines from ns per line: in µs, the lines under 1 µs left out, sorted.
+pub(super) fn us_lines(merged: HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut lines: Vec<(String, u64)> = merged
+        .into_iter()
+        .map(|(s, ns)| (s, ns / 1000))
+        .filter(|l| l.1 > 0)
         .collect();
-    let unlisted = report.totals.omitted > 0;
-    let mut labels: HashMap<TaskKey, String> = HashMap::new();
+    lines.sort_unstable();
+    lines
+}
+
+/// The root frames of the report's tasks, made once each.
+pub(super) struct TaskLabels<'r> {
+    rows: HashMap<TaskKey, &'r TaskRow>,
+    /// The report left tasks out (past its row limit).
+    unlisted: bool,
+    made: HashMap<TaskKey, String>,
+}
+
+impl<'r> TaskLabels<'r> {
+    pub(super) fn new(report: &'r TaskReport) -> Self {
+        let rows = report
+            .tasks
+            .iter()
+            .map(|r| {
+                let key = TaskKey {
+                    pid: r.pid,
+                    span: r.id,
+                };
+                (key, r)
+            })
+            .collect();
+        TaskLabels {
+            rows,
+            unlisted: report.totals.omitted > 0,
+            made: HashMap::new(),
+        }
+    }
+
+    /// A listed task's frame, [`UNLISTED`] for a task past the report's rows, and `None` for
+    /// a span that turned out not to be a task.
+    pub(super) fn get(&mut self, task: TaskKey) -> Option<String> {
+        match self.rows.get(&task) {
+            Some(row) => Some(
+                self.made
+                    .entry(task)
+                    .or_insert_with(|| task_frame(row))
+                    .clone(),
+            ),
+            None if self.unlisted => Some(UNLISTED.to_owned()),
+            None => None,
+        }
+    }
+
+    /// Whether `task` (whose frame is `label`) is one `--task WANT` asks for: by its frame,
+    /// its name or its spawn place.
+    pub(super) fn matches(&self, task: TaskKey, label: &str, want: Option<&str>) -> bool {
+        let Some(want) = want else { return true };
+        label.contains(want)
+            || self.rows.get(&task).is_some_and(|r| {
+                r.name.contains(want) || r.location.as_ref().is_some_and(|l| l.contains(want))
+            })
+    }
+}
+
+/// Folded lines of the idle flamegraph, in µs.
+pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
+    let mut sums = IdleSums::default();
+    let TaskPass {
+        mut fold,
+        report,
+        command,
+        truncated,
+    } = task_pass(path, opts, &mut sums, |s, from, to| {
+        s.from = from;
+        s.to = to;
+    })?;
+    let mut labels = TaskLabels::new(&report);
     let mut drawn: HashSet<TaskKey> = HashSet::new();
     let mut kept: Vec<(String, YieldSite, u64, u64)> = Vec::new();
     for (&(task, site), &(ns, n)) in &sums.sums {
-        let label = match rows.get(&task) {
-            Some(row) => labels
-                .entry(task)
-                .or_insert_with(|| task_frame(row))
-                .clone(),
-            // Spans that turned out not to be tasks, or tasks past the report's rows.
-            None if unlisted => UNLISTED.to_owned(),
-            None => continue,
+        let Some(label) = labels.get(task) else {
+            continue;
         };
-        if let Some(want) = &opts.task {
-            let row = rows.get(&task);
-            let matches = label.contains(want.as_str())
-                || row.is_some_and(|r| {
-                    r.name.contains(want.as_str())
-                        || r.location
-                            .as_ref()
-                            .is_some_and(|l| l.contains(want.as_str()))
-                });
-            if !matches {
-                continue;
-            }
+        if !labels.matches(task, &label, opts.task.as_deref()) {
+            continue;
         }
         drawn.insert(task);
         kept.push((label, site, ns, n));
@@ -308,12 +377,7 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         }
         *merged.entry(line).or_insert(0) += ns;
     }
-    let mut lines: Vec<(String, u64)> = merged
-        .into_iter()
-        .map(|(s, ns)| (s, ns / 1000))
-        .filter(|l| l.1 > 0)
-        .collect();
-    lines.sort_unstable();
+    let lines = us_lines(merged);
     if lines.is_empty() {
         return Err(FlamegraphError::Empty(empty_reason(
             path,
@@ -336,18 +400,31 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
     })
 }
 
+/// Why a trace has no tasks to draw, if it has none.
+pub(super) fn no_tasks(report: &TaskReport) -> Option<&'static str> {
+    if !report.saw_spans {
+        Some(
+            "no tasks: the trace has no span events (the program does not install iotrace's \
+             tracing layer, or was recorded by an older iotrace)",
+        )
+    } else if report.tasks.is_empty() {
+        Some(
+            "no tasks among the program's spans (tokio's task spans need `--cfg tokio_unstable` \
+             and tokio's `tracing` feature; any span with an `iotrace.task` field is a task too)",
+        )
+    } else {
+        None
+    }
+}
+
 fn empty_reason(
     path: &Path,
     opts: &Options,
     report: &iotrace_analysis::tasks::TaskReport,
     never_idle: bool,
 ) -> String {
-    let why = if !report.saw_spans {
-        "no tasks: the trace has no span events (the program does not install iotrace's \
-         tracing layer, or was recorded by an older iotrace)"
-    } else if report.tasks.is_empty() {
-        "no tasks among the program's spans (tokio's task spans need `--cfg tokio_unstable` and \
-         tokio's `tracing` feature; any span with an `iotrace.task` field is a task too)"
+    let why = if let Some(why) = no_tasks(report) {
+        why
     } else if never_idle && opts.from_ns.is_none() && opts.to_ns.is_none() {
         "no task was ever idle (returned Pending to wait for a wake)"
     } else {

@@ -11,15 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::idle::{bare, name_stacks, task_frame, UNLISTED, WAKER_MACHINERY};
-use super::{FlamegraphError, Folded, LeftOut, Options, WakeStats};
-use iotrace_analysis::stacks::{Need, StackFold};
-use iotrace_analysis::summary::shell_join;
-use iotrace_analysis::tasks::naming::driver_kind;
-use iotrace_analysis::tasks::{
-    Sink, StackId, TaskAnalyzer, TaskKey, TaskRow, WakeEdge, WakeSource,
+use super::idle::{
+    bare, name_stacks, no_tasks, task_pass, us_lines, TaskLabels, TaskPass, WAKER_MACHINERY,
 };
-use iotrace_trace::{Record, TraceReader};
+use super::{FlamegraphError, Folded, LeftOut, Options, WakeStats};
+use iotrace_analysis::tasks::naming::driver_kind;
+use iotrace_analysis::tasks::{Sink, StackId, TaskKey, WakeEdge, WakeSource};
 
 /// The root frames, by kind of waker: `io`, `timer` and `task` (a finished task's harness)
 /// for the driver wakes `driver_kind` recognises, then another task's poll, a thread outside
@@ -110,81 +107,30 @@ pub fn waker_frames(innermost_first: &[String]) -> Vec<&str> {
 
 /// Folded lines of the wake flamegraph, in µs.
 pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
-    let mut reader = TraceReader::open(path)?;
-    let mut fold = StackFold::with(Need {
-        on_cpu: false,
-        off_cpu: false,
-        contexts: false,
-    });
-    let mut analyzer = TaskAnalyzer::default();
-    let mut sums = WakeSums {
-        to: u64::MAX,
-        ..WakeSums::default()
-    };
-    let mut command = String::new();
-    for record in reader.by_ref() {
-        if let Record::Header(h) = &record {
-            command = shell_join(&h.command);
-            sums.from = opts.from_ns.map_or(0, |f| h.start_ns.saturating_add(f));
-            sums.to = opts
-                .to_ns
-                .map_or(u64::MAX, |t| h.start_ns.saturating_add(t));
-        }
-        analyzer.add(&record, &mut sums);
-        fold.add(&record, &mut |_, _| {});
-    }
-    fold.finish(&mut |_, _| {});
-    let report = analyzer.finish(&mut sums);
-    let truncated = reader.stop().map(|s| s.to_string());
-
-    let rows: HashMap<TaskKey, &TaskRow> = report
-        .tasks
-        .iter()
-        .map(|r| {
-            let key = TaskKey {
-                pid: r.pid,
-                span: r.id,
-            };
-            (key, r)
-        })
-        .collect();
-    let unlisted = report.totals.omitted > 0;
-    let mut labels: HashMap<TaskKey, String> = HashMap::new();
-    let mut label = |task: TaskKey| -> Option<String> {
-        match rows.get(&task) {
-            Some(row) => Some(
-                labels
-                    .entry(task)
-                    .or_insert_with(|| task_frame(row))
-                    .clone(),
-            ),
-            None if unlisted => Some(UNLISTED.to_owned()),
-            None => None,
-        }
-    };
+    let mut sums = WakeSums::default();
+    let TaskPass {
+        mut fold,
+        report,
+        command,
+        truncated,
+    } = task_pass(path, opts, &mut sums, |s, from, to| {
+        s.from = from;
+        s.to = to;
+    })?;
+    let mut labels = TaskLabels::new(&report);
     let mut drawn: HashSet<TaskKey> = HashSet::new();
     // (waker, its task's label for a task's wake, the woken task's label, ns, wakes)
     let mut kept: Vec<(Waker, Option<String>, String, u64, u64)> = Vec::new();
     for (&(by, task), &(ns, n)) in &sums.sums {
         // Spans that turned out not to be tasks, or tasks past the report's rows.
-        let Some(woken) = label(task) else {
+        let Some(woken) = labels.get(task) else {
             continue;
         };
-        if let Some(want) = &opts.task {
-            let row = rows.get(&task);
-            let matches = woken.contains(want.as_str())
-                || row.is_some_and(|r| {
-                    r.name.contains(want.as_str())
-                        || r.location
-                            .as_ref()
-                            .is_some_and(|l| l.contains(want.as_str()))
-                });
-            if !matches {
-                continue;
-            }
+        if !labels.matches(task, &woken, opts.task.as_deref()) {
+            continue;
         }
         let waking = match by {
-            Waker::Task(k) => Some(label(k).unwrap_or_else(|| UNKNOWN_TASK.to_owned())),
+            Waker::Task(k) => Some(labels.get(k).unwrap_or_else(|| UNKNOWN_TASK.to_owned())),
             _ => None,
         };
         drawn.insert(task);
@@ -225,12 +171,7 @@ pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         line.push_str(&woken);
         *merged.entry(line).or_insert(0) += ns;
     }
-    let mut lines: Vec<(String, u64)> = merged
-        .into_iter()
-        .map(|(s, ns)| (s, ns / 1000))
-        .filter(|l| l.1 > 0)
-        .collect();
-    lines.sort_unstable();
+    let lines = us_lines(merged);
     if lines.is_empty() {
         return Err(FlamegraphError::Empty(empty_reason(
             path,
@@ -259,12 +200,8 @@ fn empty_reason(
     report: &iotrace_analysis::tasks::TaskReport,
     never_woken: bool,
 ) -> String {
-    let why = if !report.saw_spans {
-        "no tasks: the trace has no span events (the program does not install iotrace's \
-         tracing layer, or was recorded by an older iotrace)"
-    } else if report.tasks.is_empty() {
-        "no tasks among the program's spans (tokio's task spans need `--cfg tokio_unstable` and \
-         tokio's `tracing` feature; any span with an `iotrace.task` field is a task too)"
+    let why = if let Some(why) = no_tasks(report) {
+        why
     } else if never_woken && opts.from_ns.is_none() && opts.to_ns.is_none() {
         "no task was woken and then polled (the trace has no waker events of its tasks)"
     } else {
