@@ -299,12 +299,13 @@ where
         if !wanted {
             return;
         }
-        let mut frames = [0u64; iotrace_wire::MAX_STACK];
-        let depth = if self.yield_sites && matches!(op, WakerOp::Clone | WakerOp::Wake) {
-            crate::sys::frame_pointer_stack(&mut frames)
-        } else {
-            0
-        };
+        // Only waker events take a stack (and only they pay for the buffer).
+        let walked =
+            (self.yield_sites && matches!(op, WakerOp::Clone | WakerOp::Wake)).then(|| {
+                let mut frames = [0u64; iotrace_wire::MAX_STACK];
+                let depth = crate::sys::frame_pointer_stack(&mut frames);
+                (frames, depth)
+            });
         let parent = ctx.event_span(event).and_then(|s| our_id(&s)).unwrap_or(0);
         let resolve = |raw: u64| {
             let raw = NonZeroU64::new(raw)?;
@@ -315,7 +316,10 @@ where
         let key = callsite_key(meta);
         let time = now_ns();
         write(|l| {
-            let stack = (depth > 0).then(|| l.stack_id(time, &frames[..depth]));
+            let stack = walked
+                .as_ref()
+                .filter(|w| w.1 > 0)
+                .map(|(frames, depth)| l.stack_id(time, &frames[..*depth]));
             l.record(time, |e| {
                 e.u8(if stack.is_some() {
                     tag::EVENT_AT

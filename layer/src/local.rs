@@ -235,7 +235,6 @@ impl Local {
     fn same_connection(&mut self) {
         if self.events > 0 && self.gen != sink::generation() {
             self.events = 0;
-            self.sent = [0; SENT];
             if let Some(b) = self.buf.as_mut() {
                 b.truncate(FRAME_HEADER);
             }

@@ -108,6 +108,9 @@ pub struct YieldSiteRow {
     pub count: u64,
     #[serde(skip)]
     pub(crate) stack_id: Option<super::StackId>,
+    /// `spans` as the model's chain index, until the rows are finished.
+    #[serde(skip)]
+    pub(crate) chain: Option<u32>,
 }
 
 /// Who began a task's scheduled stretches (`tasks[].woken_by`).
@@ -299,18 +302,12 @@ impl Results {
             .iter()
             .take(MAX_YIELD_SITES)
             .map(|e| YieldSiteRow {
-                site: String::new(),
-                stack: None,
-                spans: None,
                 idle_ns: e.1,
                 count: e.2,
                 stack_id: e.0.stack,
-            })
-            .zip(sites.iter().map(|e| e.0.spans))
-            .map(|(mut row, spans)| {
-                // Resolved in `finish` (the chains' names are the model's).
-                row.spans = spans.map(|i| i.to_string());
-                row
+                // Named in `finish`: the chains' names are the model's.
+                chain: e.0.spans,
+                ..YieldSiteRow::default()
             })
             .collect();
         if let Some(u) = unknown {
@@ -409,16 +406,10 @@ impl Results {
         opts: &super::TaskOptions,
         strings: &[String],
     ) -> (Vec<TaskRow>, Vec<Warning>, TaskTotals) {
-        let chain = |s: &Option<String>| {
-            s.as_ref()
-                .and_then(|i| i.parse::<usize>().ok())
-                .and_then(|i| strings.get(i))
-                .cloned()
-        };
         for r in &mut self.rows {
             for site in &mut r.yield_sites {
                 if site.site != "unknown" {
-                    site.spans = chain(&site.spans);
+                    site.spans = site.chain.and_then(|i| strings.get(i as usize)).cloned();
                     site.site = default_site(site);
                 }
             }
