@@ -299,13 +299,14 @@ where
         if !wanted {
             return;
         }
-        // Only waker events take a stack (and only they pay for the buffer).
-        let walked =
-            (self.yield_sites && matches!(op, WakerOp::Clone | WakerOp::Wake)).then(|| {
-                let mut frames = [0u64; iotrace_wire::MAX_STACK];
-                let depth = crate::sys::frame_pointer_stack(&mut frames);
-                (frames, depth)
-            });
+        // Only waker events take a stack (and only they pay for the buffer). Walked here, not
+        // in a closure: the stack's innermost frames must be this function and its callers.
+        let mut walked = None;
+        if self.yield_sites && matches!(op, WakerOp::Clone | WakerOp::Wake) {
+            let mut frames = [0u64; iotrace_wire::MAX_STACK];
+            let depth = crate::sys::frame_pointer_stack(&mut frames);
+            walked = Some((frames, depth));
+        }
         let parent = ctx.event_span(event).and_then(|s| our_id(&s)).unwrap_or(0);
         let resolve = |raw: u64| {
             let raw = NonZeroU64::new(raw)?;
