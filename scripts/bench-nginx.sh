@@ -8,7 +8,15 @@
 # <= 5% of samples in iotrace's tracing frames.
 # RECORD_FLAGS adds flags to `iotrace record` (e.g. RECORD_FLAGS="--call-graph fp": nginx keeps
 # no frame pointers, so the default, auto, unwinds its stacks from CFI with 8 KiB copies).
-#   usage: [RECORD_FLAGS=...] scripts/bench-nginx.sh [PAIRS] [SECONDS] [CONNECTIONS]   (default 5 pairs of 3 s, 64)
+#   usage: [RECORD_FLAGS=...] [PARTS=1] scripts/bench-nginx.sh [PAIRS] [SECONDS] [CONNECTIONS]   (default 5 pairs of 3 s, 64)
+# PARTS=1 then says where the cost goes: PAIRS more rounds, each part below run beside a bare run,
+# and the ratio of medians for each (see docs/DESIGN.md, "What recording costs nginx"):
+#   iotrace -F 0           off-CPU stacks but no on-CPU samples
+#   iotrace --no-samples   no stacks (a switch-out still takes its kernel stack, to name its syscall)
+#   iotrace fp             --call-graph fp: no user stack copies
+#   tracepoint             perf stat -a -e raw_syscalls:sys_enter: what any exact syscall count pays
+#   counters               perf stat of iotrace's four counting events on the server's threads
+#   switch records         perf record -e dummy --switch-events
 # Needs root (perf and BPF); installs nginx with apt-get if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +56,12 @@ run() {
     bare) "${nginx_cmd[@]}" 2>/dev/null & ;;
     iotrace) "$bin/iotrace" record -q ${RECORD_FLAGS:-} -o "$out/nginx.iotrace" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
     perf) perf record -q -g -F 999 -o "$out/perf.data" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    iotrace-F0) "$bin/iotrace" record -q -F 0 -o "$out/part.iotrace" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    iotrace-nosamples) "$bin/iotrace" record -q --no-samples -o "$out/part.iotrace" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    iotrace-fp) "$bin/iotrace" record -q --call-graph fp -o "$out/part.iotrace" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    tracepoint) perf stat -a -e raw_syscalls:sys_enter -o /dev/null -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    counters) perf stat -e task-clock,context-switches,cpu-migrations,page-faults -o /dev/null -- "${nginx_cmd[@]}" 2>/dev/null & ;;
+    switches) perf record -q -e dummy --switch-events -o "$out/part.data" -- "${nginx_cmd[@]}" 2>/dev/null & ;;
   esac
   local top=$!
   for _ in $(seq 100); do
@@ -102,4 +116,30 @@ stat = (r.get("perf_stat") or {}).get("syscalls")
 # tests/tests/syscalls.rs and record.rs.
 versus = f"perf's counter {stat}" if stat is not None else "no perf counter beside the in-kernel count (exactness: tests/tests/syscalls.rs)"
 print(f"  syscalls: counted {r['syscalls_total']}, {versus}, lost {r['lost_events']}")
+PY
+
+[ -n "${PARTS:-}" ] || exit 0
+parts=(iotrace-F0 iotrace-nosamples iotrace-fp tracepoint counters switches)
+: >"$out/part-bare"
+for mode in "${parts[@]}"; do : >"$out/$mode"; done
+for ((i = 1; i <= pairs; i++)); do
+  for mode in "${parts[@]}"; do
+    run bare >>"$out/part-bare"
+    run "$mode" >>"$out/$mode"
+  done
+  echo "parts round $i of $pairs done" >&2
+done
+python3 - "$out" "${parts[@]}" <<'PY'
+import statistics, sys
+out, parts = sys.argv[1], sys.argv[2:]
+col = lambda name: [float(x) for x in open(f"{out}/{name}").read().split()]
+bare = col("part-bare")
+b = statistics.median(bare)
+labels = {"iotrace-F0": "iotrace -F 0", "iotrace-nosamples": "iotrace --no-samples",
+          "iotrace-fp": "iotrace --call-graph fp", "tracepoint": "syscall tracepoint (perf stat -a)",
+          "counters": "4 counters (perf stat)", "switches": "switch records (perf record)"}
+print(f"where it goes: {len(bare)} bare runs, median {b:.0f} req/s (range {min(bare):.0f}-{max(bare):.0f}); each part's median req/s over that")
+for p in parts:
+    v = col(p)
+    print(f"  {labels[p]:36s} {statistics.median(v) / b:.3f}   ({', '.join(f'{x / b:.2f}' for x in v)})")
 PY
