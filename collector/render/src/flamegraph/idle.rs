@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::{FlamegraphError, Folded, IdleStats, LeftOut, Options};
+use super::{FlamegraphError, Folded, IdleStats, LeftOut, Options, WakeStats};
 use iotrace_analysis::stacks::{Need, StackFold};
 use iotrace_analysis::summary::shell_join;
 use iotrace_analysis::symbolize::{self, FrameKey, SymbolStats};
@@ -244,6 +244,47 @@ pub(super) fn task_pass<S: Sink>(
     })
 }
 
+impl TaskPass {
+    /// The graph's folded lines from ns per line (see [`us_lines`]), or the error that says
+    /// why there are none (`empty`, given the task report).
+    pub(super) fn folded(
+        self,
+        merged: HashMap<String, u64>,
+        symbols: SymbolStats,
+        empty: impl FnOnce(&TaskReport) -> String,
+        idle: Option<IdleStats>,
+        wake: Option<WakeStats>,
+    ) -> Result<Folded, FlamegraphError> {
+        let lines = us_lines(merged);
+        if lines.is_empty() {
+            return Err(FlamegraphError::Empty(empty(&self.report)));
+        }
+        Ok(Folded {
+            lines,
+            unit: "µs",
+            command: self.command,
+            stack_bytes: 0,
+            fold: self.fold.stats.clone(),
+            symbols,
+            truncated: self.truncated,
+            left_out: LeftOut::default(),
+            idle,
+            wake,
+        })
+    }
+}
+
+/// The sorted, distinct stack ids among `ids`, named (see [`name_stacks`]).
+pub(super) fn name_distinct(
+    fold: &mut StackFold,
+    ids: impl Iterator<Item = StackId>,
+) -> (HashMap<StackId, Vec<String>>, SymbolStats) {
+    let mut ids: Vec<StackId> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    name_stacks(fold, &ids)
+}
+
 /// Folded lines from ns per line: in µs, the lines under 1 µs left out, sorted.
 pub(super) fn us_lines(merged: HashMap<String, u64>) -> Vec<(String, u64)> {
     let mut lines: Vec<(String, u64)> = merged
@@ -312,16 +353,11 @@ impl<'r> TaskLabels<'r> {
 /// Folded lines of the idle flamegraph, in µs.
 pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
     let mut sums = IdleSums::default();
-    let TaskPass {
-        mut fold,
-        report,
-        command,
-        truncated,
-    } = task_pass(path, opts, &mut sums, |s, from, to| {
+    let mut pass = task_pass(path, opts, &mut sums, |s, from, to| {
         s.from = from;
         s.to = to;
     })?;
-    let mut labels = TaskLabels::new(&report);
+    let mut labels = TaskLabels::new(&pass.report);
     let mut drawn: HashSet<TaskKey> = HashSet::new();
     let mut kept: Vec<(String, YieldSite, u64, u64)> = Vec::new();
     for (&(task, site), &(ns, n)) in &sums.sums {
@@ -335,10 +371,7 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         kept.push((label, site, ns, n));
     }
 
-    let mut ids: Vec<StackId> = kept.iter().filter_map(|k| k.1.stack).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let (names, symbols) = name_stacks(&mut fold, &ids);
+    let (names, symbols) = name_distinct(&mut pass.fold, kept.iter().filter_map(|k| k.1.stack));
     let mut stats = IdleStats {
         tasks: drawn.len() as u64,
         ..IdleStats::default()
@@ -358,7 +391,7 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
                 }
                 true
             }
-            (_, Some(chain)) => match report.span_chains.get(chain as usize) {
+            (_, Some(chain)) => match pass.report.span_chains.get(chain as usize) {
                 Some(chain) => {
                     for span in chain.split(" > ") {
                         line.push_str(";span: ");
@@ -377,27 +410,14 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         }
         *merged.entry(line).or_insert(0) += ns;
     }
-    let lines = us_lines(merged);
-    if lines.is_empty() {
-        return Err(FlamegraphError::Empty(empty_reason(
-            path,
-            opts,
-            &report,
-            sums.sums.is_empty(),
-        )));
-    }
-    Ok(Folded {
-        lines,
-        unit: "µs",
-        command,
-        stack_bytes: 0,
-        fold: fold.stats.clone(),
+    let never_idle = sums.sums.is_empty();
+    pass.folded(
+        merged,
         symbols,
-        truncated,
-        left_out: LeftOut::default(),
-        idle: Some(stats),
-        wake: None,
-    })
+        |report| empty_reason(path, opts, report, never_idle),
+        Some(stats),
+        None,
+    )
 }
 
 /// Why a trace has no tasks to draw, if it has none.

@@ -11,10 +11,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::idle::{
-    bare, name_stacks, no_tasks, task_pass, us_lines, TaskLabels, TaskPass, WAKER_MACHINERY,
-};
-use super::{FlamegraphError, Folded, LeftOut, Options, WakeStats};
+use super::idle::{bare, name_distinct, no_tasks, task_pass, TaskLabels, WAKER_MACHINERY};
+use super::{FlamegraphError, Folded, Options, WakeStats};
 use iotrace_analysis::tasks::naming::driver_kind;
 use iotrace_analysis::tasks::{Sink, StackId, TaskKey, WakeEdge, WakeSource};
 
@@ -108,16 +106,11 @@ pub fn waker_frames(innermost_first: &[String]) -> Vec<&str> {
 /// Folded lines of the wake flamegraph, in µs.
 pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
     let mut sums = WakeSums::default();
-    let TaskPass {
-        mut fold,
-        report,
-        command,
-        truncated,
-    } = task_pass(path, opts, &mut sums, |s, from, to| {
+    let mut pass = task_pass(path, opts, &mut sums, |s, from, to| {
         s.from = from;
         s.to = to;
     })?;
-    let mut labels = TaskLabels::new(&report);
+    let mut labels = TaskLabels::new(&pass.report);
     let mut drawn: HashSet<TaskKey> = HashSet::new();
     // (waker, its task's label for a task's wake, the woken task's label, ns, wakes)
     let mut kept: Vec<(Waker, Option<String>, String, u64, u64)> = Vec::new();
@@ -137,10 +130,7 @@ pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         kept.push((by, waking, woken, ns, n));
     }
 
-    let mut ids: Vec<StackId> = kept.iter().filter_map(|k| k.0.stack()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let (names, symbols) = name_stacks(&mut fold, &ids);
+    let (names, symbols) = name_distinct(&mut pass.fold, kept.iter().filter_map(|k| k.0.stack()));
     let mut stats = WakeStats {
         tasks: drawn.len() as u64,
         ..WakeStats::default()
@@ -171,27 +161,14 @@ pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
         line.push_str(&woken);
         *merged.entry(line).or_insert(0) += ns;
     }
-    let lines = us_lines(merged);
-    if lines.is_empty() {
-        return Err(FlamegraphError::Empty(empty_reason(
-            path,
-            opts,
-            &report,
-            sums.sums.is_empty(),
-        )));
-    }
-    Ok(Folded {
-        lines,
-        unit: "µs",
-        command,
-        stack_bytes: 0,
-        fold: fold.stats.clone(),
+    let never_woken = sums.sums.is_empty();
+    pass.folded(
+        merged,
         symbols,
-        truncated,
-        left_out: LeftOut::default(),
-        idle: None,
-        wake: Some(stats),
-    })
+        |report| empty_reason(path, opts, report, never_woken),
+        None,
+        Some(stats),
+    )
 }
 
 fn empty_reason(
