@@ -278,6 +278,14 @@ pub(crate) struct Out<'a> {
     pub results: &'a mut Results,
 }
 
+/// An open span that is not a task.
+struct OpenSpan {
+    callsite: u64,
+    parent: Option<u64>,
+    /// Its span chain once made, and the task it was made for.
+    chain: Option<(u64, Option<u32>)>,
+}
+
 /// A thread that polls tasks: its process and its last polls.
 #[derive(Default)]
 struct Worker {
@@ -307,8 +315,8 @@ pub(crate) struct Model {
     /// Tasks inside whose polls other tasks were polled (the runtime's worker loops).
     hosts: FxSet<TaskKey>,
     workers: FxMap<u32, Worker>,
-    /// Open spans that are not tasks: (callsite, parent), for span chains.
-    spans: FxMap<TaskKey, (u64, Option<u64>)>,
+    /// Open spans that are not tasks, for span chains.
+    spans: FxMap<TaskKey, OpenSpan>,
     /// Span callsite names by (pid, callsite).
     pub(crate) callsite_names: FxMap<(u32, u64), String>,
     /// Span chains and holder labels.
@@ -379,7 +387,14 @@ impl Model {
                 if self.orphans.remove(&key).is_none() && self.tasks.remove(&key).is_none() {
                     self.non_tasks.insert(key);
                     if self.spans.len() < MAX_OPEN_SPANS {
-                        self.spans.insert(key, (callsite, parent));
+                        self.spans.insert(
+                            key,
+                            OpenSpan {
+                                callsite,
+                                parent,
+                                chain: None,
+                            },
+                        );
                     }
                 }
             }
@@ -669,14 +684,33 @@ impl Model {
 
     /// The spans entered below task `task`'s own at a moment whose innermost span is `ctx`,
     /// outermost first, as an interned chain (`None`: no span of the user's).
+    /// The span chain from inside task `task` out to it, from span `ctx` (made once per
+    /// open span: a task storing its waker many times in one span joins the names once).
     fn chain(&mut self, pid: u32, task: u64, ctx: Option<u64>) -> Option<u32> {
+        let ctx_key = TaskKey { pid, span: ctx? };
+        if let Some((t, chain)) = self.spans.get(&ctx_key).and_then(|s| s.chain) {
+            if t == task {
+                return chain;
+            }
+        }
+        let chain = self.make_chain(pid, task, ctx);
+        if let Some(s) = self.spans.get_mut(&ctx_key) {
+            s.chain = Some((task, chain));
+        }
+        chain
+    }
+
+    fn make_chain(&mut self, pid: u32, task: u64, ctx: Option<u64>) -> Option<u32> {
         let mut names: Vec<&str> = Vec::new();
         let mut cur = ctx;
         while let Some(span) = cur {
             if span == task || names.len() >= MAX_CHAIN {
                 break;
             }
-            let Some(&(callsite, parent)) = self.spans.get(&TaskKey { pid, span }) else {
+            let Some(&OpenSpan {
+                callsite, parent, ..
+            }) = self.spans.get(&TaskKey { pid, span })
+            else {
                 break;
             };
             names.push(

@@ -401,6 +401,9 @@ fn yield_sites_come_from_the_waker_stored_in_the_poll_and_wakers_are_named() {
                 enter(2 * MS + 20, 200),
                 waker_op(2 * MS + 30, 100, "waker.clone", Some(200)),
                 at(2 * MS + 30, 7),
+                // Stored again in the same span: the same site (its span chain made once).
+                waker_op(2 * MS + 35, 100, "waker.clone", Some(200)),
+                at(2 * MS + 35, 7),
                 exit(2 * MS + 40, 200),
                 exit(2 * MS + 50, 100),
                 enter(12 * MS, 100),
