@@ -414,7 +414,18 @@ pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
     pass.folded(
         merged,
         symbols,
-        |report| empty_reason(path, opts, report, never_idle),
+        |report| {
+            empty_reason(
+                path,
+                opts,
+                report,
+                never_idle,
+                (
+                    "no task was ever idle (returned Pending to wait for a wake)",
+                    "no idle time of tasks matches the filters (--task, --from/--to)",
+                ),
+            )
+        },
         Some(stats),
         None,
     )
@@ -437,18 +448,21 @@ pub(super) fn no_tasks(report: &TaskReport) -> Option<&'static str> {
     }
 }
 
-fn empty_reason(
+/// Why a task graph of `path` is empty: no tasks; none in the graph's sense (`never`, said
+/// by `never_why`) with no time window; else the filters (`filtered_why`).
+pub(super) fn empty_reason(
     path: &Path,
     opts: &Options,
-    report: &iotrace_analysis::tasks::TaskReport,
-    never_idle: bool,
+    report: &TaskReport,
+    never: bool,
+    (never_why, filtered_why): (&str, &str),
 ) -> String {
     let why = if let Some(why) = no_tasks(report) {
         why
-    } else if never_idle && opts.from_ns.is_none() && opts.to_ns.is_none() {
-        "no task was ever idle (returned Pending to wait for a wake)"
+    } else if never && opts.from_ns.is_none() && opts.to_ns.is_none() {
+        never_why
     } else {
-        "no idle time of tasks matches the filters (--task, --from/--to)"
+        filtered_why
     };
     format!("{}: {why}", path.display())
 }

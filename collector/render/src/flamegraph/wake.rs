@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::idle::{bare, name_distinct, no_tasks, task_pass, TaskLabels, WAKER_MACHINERY};
+use super::idle::{bare, empty_reason, name_distinct, task_pass, TaskLabels, WAKER_MACHINERY};
 use super::{FlamegraphError, Folded, Options, WakeStats};
 use iotrace_analysis::tasks::naming::driver_kind;
 use iotrace_analysis::tasks::{Sink, StackId, TaskKey, WakeEdge, WakeSource};
@@ -165,26 +165,21 @@ pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, Flamegrap
     pass.folded(
         merged,
         symbols,
-        |report| empty_reason(path, opts, report, never_woken),
+        |report| {
+            empty_reason(
+                path,
+                opts,
+                report,
+                never_woken,
+                (
+                    "no task was woken and then polled (the trace has no waker events of its tasks)",
+                    "no wake of tasks matches the filters (--task, --from/--to)",
+                ),
+            )
+        },
         None,
         Some(stats),
     )
-}
-
-fn empty_reason(
-    path: &Path,
-    opts: &Options,
-    report: &iotrace_analysis::tasks::TaskReport,
-    never_woken: bool,
-) -> String {
-    let why = if let Some(why) = no_tasks(report) {
-        why
-    } else if never_woken && opts.from_ns.is_none() && opts.to_ns.is_none() {
-        "no task was woken and then polled (the trace has no waker events of its tasks)"
-    } else {
-        "no wake of tasks matches the filters (--task, --from/--to)"
-    };
-    format!("{}: {why}", path.display())
 }
 
 #[cfg(test)]
