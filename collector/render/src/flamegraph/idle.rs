@@ -135,28 +135,43 @@ fn short_location(loc: &str) -> String {
     out
 }
 
-/// Idle time per (task, yield site), within the window: what the pass keeps.
-#[derive(Default)]
-struct IdleSums {
+/// ns and stretches (or wakes) per key, clipped to the `--from/--to` window: what a task
+/// pass keeps for the idle graph (by task and yield site) or the wake graph (by waker and
+/// woken task).
+pub(super) struct WindowSums<K> {
     /// `[from, to)` in absolute ns, once the trace's start is known.
-    from: u64,
-    to: u64,
-    /// ns and stretches.
-    sums: HashMap<(TaskKey, YieldSite), (u64, u64)>,
+    pub from: u64,
+    pub to: u64,
+    pub sums: HashMap<K, (u64, u64)>,
 }
 
-impl Sink for IdleSums {
-    fn task_interval(&mut self, iv: &TaskInterval) {
-        let TaskPhase::Idle(site) = iv.phase else {
-            return;
-        };
-        let ns = iv.end.min(self.to).saturating_sub(iv.start.max(self.from));
-        if ns == 0 {
-            return;
+impl<K> Default for WindowSums<K> {
+    fn default() -> Self {
+        WindowSums {
+            from: 0,
+            to: u64::MAX,
+            sums: HashMap::new(),
         }
-        let e = self.sums.entry((iv.task, site)).or_default();
-        e.0 += ns;
-        e.1 += 1;
+    }
+}
+
+impl<K: std::hash::Hash + Eq> WindowSums<K> {
+    /// Adds what of `[start, end)` lies in the window, if anything.
+    pub fn add(&mut self, key: K, start: u64, end: u64) {
+        let ns = end.min(self.to).saturating_sub(start.max(self.from));
+        if ns > 0 {
+            let e = self.sums.entry(key).or_default();
+            e.0 += ns;
+            e.1 += 1;
+        }
+    }
+}
+
+impl Sink for WindowSums<(TaskKey, YieldSite)> {
+    fn task_interval(&mut self, iv: &TaskInterval) {
+        if let TaskPhase::Idle(site) = iv.phase {
+            self.add((iv.task, site), iv.start, iv.end);
+        }
     }
 }
 
@@ -352,7 +367,7 @@ impl<'r> TaskLabels<'r> {
 
 /// Folded lines of the idle flamegraph, in µs.
 pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
-    let mut sums = IdleSums::default();
+    let mut sums = WindowSums::<(TaskKey, YieldSite)>::default();
     let mut pass = task_pass(path, opts, &mut sums, |s, from, to| {
         s.from = from;
         s.to = to;

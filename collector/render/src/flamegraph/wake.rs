@@ -11,7 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::idle::{bare, empty_reason, name_distinct, task_pass, TaskLabels, WAKER_MACHINERY};
+use super::idle::{
+    bare, empty_reason, name_distinct, task_pass, TaskLabels, WindowSums, WAKER_MACHINERY,
+};
 use super::{FlamegraphError, Folded, Options, WakeStats};
 use iotrace_analysis::tasks::naming::driver_kind;
 use iotrace_analysis::tasks::{Sink, StackId, TaskKey, WakeEdge, WakeSource};
@@ -59,30 +61,15 @@ impl Waker {
     }
 }
 
-/// Wake→poll delay per (waker, woken task), within the window: what the pass keeps.
-#[derive(Default)]
-struct WakeSums {
-    /// `[from, to)` in absolute ns, once the trace's start is known.
-    from: u64,
-    to: u64,
-    /// ns and wakes.
-    sums: HashMap<(Waker, TaskKey), (u64, u64)>,
-}
-
-impl Sink for WakeSums {
+/// Wake→poll delays per (waker, woken task), within the window.
+impl Sink for WindowSums<(Waker, TaskKey)> {
     fn wake(&mut self, w: &WakeEdge) {
-        let ns = w.polled.min(self.to).saturating_sub(w.woken.max(self.from));
-        if ns == 0 {
-            return;
-        }
         let by = match w.by {
             WakeSource::Task(k) => Waker::Task(k),
             WakeSource::Driver { stack, .. } => Waker::Driver(stack),
             WakeSource::Thread { stack, .. } => Waker::Thread(stack),
         };
-        let e = self.sums.entry((by, w.task)).or_default();
-        e.0 += ns;
-        e.1 += 1;
+        self.add((by, w.task), w.woken, w.polled);
     }
 }
 
@@ -105,7 +92,7 @@ pub fn waker_frames(innermost_first: &[String]) -> Vec<&str> {
 
 /// Folded lines of the wake flamegraph, in µs.
 pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
-    let mut sums = WakeSums::default();
+    let mut sums = WindowSums::<(Waker, TaskKey)>::default();
     let mut pass = task_pass(path, opts, &mut sums, |s, from, to| {
         s.from = from;
         s.to = to;
