@@ -139,9 +139,9 @@ fn short_location(loc: &str) -> String {
 /// pass keeps for the idle graph (by task and yield site) or the wake graph (by waker and
 /// woken task).
 pub(super) struct WindowSums<K> {
-    /// `[from, to)` in absolute ns, once the trace's start is known.
-    pub from: u64,
-    pub to: u64,
+    /// `[from, to)` in absolute ns, once the trace's start is known (set by [`task_pass`]).
+    from: u64,
+    to: u64,
     pub sums: HashMap<K, (u64, u64)>,
 }
 
@@ -219,14 +219,16 @@ pub(super) struct TaskPass {
     pub truncated: Option<String>,
 }
 
-/// Runs the task model over `path` into `sink`, folding the stack tree alongside. `window`
-/// is told the `--from/--to` window in absolute ns once the header gives the start.
-pub(super) fn task_pass<S: Sink>(
+/// Runs the task model over `path` into `sink`, folding the stack tree alongside; the sink
+/// gets the `--from/--to` window in absolute ns once the header gives the start.
+pub(super) fn task_pass<K>(
     path: &Path,
     opts: &Options,
-    sink: &mut S,
-    window: impl Fn(&mut S, u64, u64),
-) -> Result<TaskPass, FlamegraphError> {
+    sink: &mut WindowSums<K>,
+) -> Result<TaskPass, FlamegraphError>
+where
+    WindowSums<K>: Sink,
+{
     let mut reader = TraceReader::open(path)?;
     let mut fold = StackFold::with(Need {
         on_cpu: false,
@@ -234,16 +236,14 @@ pub(super) fn task_pass<S: Sink>(
         contexts: false,
     });
     let mut analyzer = TaskAnalyzer::default();
-    window(sink, 0, u64::MAX);
     let mut command = String::new();
     for record in reader.by_ref() {
         if let Record::Header(h) = &record {
             command = shell_join(&h.command);
-            let from = opts.from_ns.map_or(0, |f| h.start_ns.saturating_add(f));
-            let to = opts
+            sink.from = opts.from_ns.map_or(0, |f| h.start_ns.saturating_add(f));
+            sink.to = opts
                 .to_ns
                 .map_or(u64::MAX, |t| h.start_ns.saturating_add(t));
-            window(sink, from, to);
         }
         analyzer.add(&record, sink);
         fold.add(&record, &mut |_, _| {});
@@ -368,10 +368,7 @@ impl<'r> TaskLabels<'r> {
 /// Folded lines of the idle flamegraph, in µs.
 pub(super) fn fold_idle(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
     let mut sums = WindowSums::<(TaskKey, YieldSite)>::default();
-    let mut pass = task_pass(path, opts, &mut sums, |s, from, to| {
-        s.from = from;
-        s.to = to;
-    })?;
+    let mut pass = task_pass(path, opts, &mut sums)?;
     let mut labels = TaskLabels::new(&pass.report);
     let mut drawn: HashSet<TaskKey> = HashSet::new();
     let mut kept: Vec<(String, YieldSite, u64, u64)> = Vec::new();

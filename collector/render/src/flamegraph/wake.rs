@@ -93,10 +93,7 @@ pub fn waker_frames(innermost_first: &[String]) -> Vec<&str> {
 /// Folded lines of the wake flamegraph, in µs.
 pub(super) fn fold_wake(path: &Path, opts: &Options) -> Result<Folded, FlamegraphError> {
     let mut sums = WindowSums::<(Waker, TaskKey)>::default();
-    let mut pass = task_pass(path, opts, &mut sums, |s, from, to| {
-        s.from = from;
-        s.to = to;
-    })?;
+    let mut pass = task_pass(path, opts, &mut sums)?;
     let mut labels = TaskLabels::new(&pass.report);
     let mut drawn: HashSet<TaskKey> = HashSet::new();
     // (waker, its task's label for a task's wake, the woken task's label, ns, wakes)
