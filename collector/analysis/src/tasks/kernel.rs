@@ -521,6 +521,27 @@ impl Kernel {
         }
     }
 
+    /// Blocked ns of `tid` inside `[t0, t1)`, in complete stretches at least the threshold
+    /// long: a stretch that began before `t0` or ends after `t1` counts only its part inside.
+    /// (A difference of [`Kernel::cum_at`]s would count the whole of a stretch that ends
+    /// inside the window.)
+    pub(crate) fn long_blocked_within(&self, tid: u32, t0: u64, t1: u64) -> u64 {
+        let Some(th) = self.threads.get(&tid) else {
+            return 0;
+        };
+        let from = th.hist.partition_point(|h| h.end <= t0);
+        let mut ns = 0u64;
+        for h in th.hist.range(from..) {
+            if h.start >= t1 {
+                break;
+            }
+            if matches!(h.state, ThreadState::Blocked { .. }) && h.end - h.start >= self.threshold {
+                ns += h.end.min(t1).saturating_sub(h.start.max(t0));
+            }
+        }
+        ns
+    }
+
     /// Per-thread totals, by tid.
     pub(crate) fn totals(&self) -> impl Iterator<Item = (u32, &ThreadTotals)> {
         self.threads.iter().map(|(&tid, th)| (tid, &th.totals))
@@ -601,6 +622,16 @@ mod tests {
         let mut seen = Vec::new();
         k.long_blocked(7, 20, 600, |s, _, ns| seen.push((s, ns)));
         assert_eq!(seen, [(230, 500)]);
+        // A window that sees only the end of the long stretch gets only that end.
+        assert_eq!(k.long_blocked_within(7, 20, 600), 500);
+        assert_eq!(k.long_blocked_within(7, 400, 600), 130);
+        assert_eq!(k.long_blocked_within(7, 100, 200), 100);
+        assert_eq!(k.long_blocked_within(7, 540, 600), 0);
+        let whole_end = k.cum_at(7, 600).unwrap().since(&k.cum_at(7, 400).unwrap());
+        assert_eq!(
+            whole_end.blocked_long, 500,
+            "what cum_at differences say instead"
+        );
     }
 
     #[test]
