@@ -50,6 +50,12 @@ pub struct RecordArgs {
     /// Used anyway where the BPF counter cannot be loaded.
     #[arg(long)]
     syscall_samples: bool,
+    /// Do not record who woke whom. Wakeups come from the kernel's sched:sched_waking
+    /// tracepoint, filtered in the kernel (BPF) to those a recorded thread performs or
+    /// receives; each one kept costs the program a ring write and the trace a few bytes. They
+    /// say who woke each blocked thread: the lock_contention diagnosis needs them.
+    #[arg(long)]
+    no_wakeups: bool,
     /// How user stacks are walked. `fp`: the kernel's frame-pointer walk only (cheapest; a
     /// frameless leaf such as glibc's `clock_nanosleep` hides its caller). `fp-cfi`: frame
     /// pointers, with the frames at the leaf unwound from the binary's CFI (.eh_frame) out of
@@ -108,6 +114,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     opts.perf_options.frequency_hz = if args.no_samples { 0 } else { args.frequency };
     opts.perf_options.off_cpu_stacks = !args.no_samples;
     opts.perf_options.syscall_samples = args.syscall_samples;
+    opts.perf_options.wakeups = !args.no_wakeups;
     // A copy is a whole number of u64s (the kernel rounds down otherwise).
     let copy = |default: u32| args.stack_copy.map_or(default, |b| b & !7);
     opts.auto_call_graph = args.call_graph == CallGraphArg::Auto;

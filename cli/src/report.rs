@@ -7,7 +7,7 @@ use iotrace_collector::{analysis, report};
 
 use crate::print_stdout;
 
-pub const EXAMPLES: &str = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n    iotrace report t.data --blocked-threshold 1ms\n    iotrace report --json t.data | jq '.tasks[] | {name, yield_sites, woken_by}'\n    iotrace report --json t.data | jq '.warnings[].message'\n";
+pub const EXAMPLES: &str = "EXAMPLES:\n    iotrace report\n    iotrace report --json t.data | jq '.syscalls[:3]'\n    iotrace report t.data --blocked-threshold 1ms\n    iotrace report --json t.data | jq '.tasks[] | {name, yield_sites, woken_by}'\n    iotrace report --json t.data | jq '.warnings[].message'\n    iotrace report --json t.data | jq -r '.diagnoses[] | \"\\(.kind)\\t\\(.line)\"'\n";
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -31,6 +31,9 @@ pub struct ReportArgs {
     /// behind polls that blocked in the kernel, gets a scheduling_delay warning.
     #[arg(long, value_parser = crate::time::parse_ns, default_value = "1ms", value_name = "TIME")]
     sched_delay: u64,
+    /// A poll on CPU at least this long without an await is a long_poll diagnosis.
+    #[arg(long, value_parser = crate::time::parse_ns, default_value = "10ms", value_name = "TIME")]
+    long_poll: u64,
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +41,10 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         blocked_threshold_ns: args.blocked_threshold,
         warn_share: args.blocked_share,
         sched_delay_ns: args.sched_delay,
+        diagnosis: iotrace_collector::tasks::DiagnosisOptions {
+            long_poll_ns: args.long_poll,
+            ..Default::default()
+        },
     };
     let summary =
         analysis::summarize_file_with(&args.file, &opts, &mut iotrace_collector::tasks::NoSink)?;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use iotrace_collector::tasks::TaskOptions;
+use iotrace_collector::tasks::{DiagnosisOptions, TaskOptions};
 use iotrace_collector::timeline::{self, TimelineError, TimelineOptions};
 
 pub const EXAMPLES: &str = "\
@@ -35,6 +35,9 @@ pub struct WindowArgs {
     /// its p99 reaches it, mostly behind blocked polls).
     #[arg(long, value_parser = crate::time::parse_ns, default_value = "1ms", value_name = "TIME")]
     sched_delay: u64,
+    /// A poll on CPU at least this long without an await is a long_poll diagnosis.
+    #[arg(long, value_parser = crate::time::parse_ns, default_value = "10ms", value_name = "TIME")]
+    long_poll: u64,
 }
 
 impl WindowArgs {
@@ -44,6 +47,10 @@ impl WindowArgs {
                 blocked_threshold_ns: self.blocked_threshold,
                 warn_share: self.blocked_share,
                 sched_delay_ns: self.sched_delay,
+                diagnosis: DiagnosisOptions {
+                    long_poll_ns: self.long_poll,
+                    ..Default::default()
+                },
             },
             from_ns: self.from,
             to_ns: self.to,

@@ -523,6 +523,17 @@ pub fn perf_seeds() -> Vec<Vec<u8>> {
         records.push((ty::SAMPLE, 0, s));
     }
     records.push((ty::SAMPLE, 0, sample_head(2, pid, tid, 3_500)));
+    // sched:sched_waking: RAW is the trace record, `common_flags` at byte 2 (none, hard
+    // interrupt, softirq) and the wakee at 24.
+    for (i, flags) in [0u8, 0x08, 0x10].into_iter().enumerate() {
+        let mut s = sample_head(5, pid, tid, 3_600 + i as u64);
+        let mut raw = [0u8; 36];
+        raw[2] = flags;
+        raw[24..28].copy_from_slice(&pid.to_le_bytes());
+        s.extend_from_slice(&36u32.to_le_bytes());
+        s.extend_from_slice(&raw);
+        records.push((ty::SAMPLE, 0, s));
+    }
     records.push((ty::SWITCH, ty::MISC_SWITCH_OUT, sample_id(pid, tid, 4_000)));
     records.push((ty::SWITCH, 0, sample_id(pid, tid, 5_000)));
     records.push((

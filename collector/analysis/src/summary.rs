@@ -52,6 +52,10 @@ pub struct Summary {
     pub tasks: Vec<crate::tasks::TaskRow>,
     /// One per task that blocked its worker thread inside its polls, worst first.
     pub warnings: Vec<crate::tasks::Warning>,
+    /// The classic async bugs found (long polls, lock contention, locks held across awaits,
+    /// lost wakers, self-wakes, a flooded blocking pool, blocked polls, scheduling delays),
+    /// each with the task and line at fault; see `collector/REPORT.md`.
+    pub diagnoses: Vec<crate::tasks::Diagnosis>,
     /// Totals over all tasks (null when the program sent no spans).
     pub task_summary: Option<crate::tasks::TaskTotals>,
     /// Set when the trace is damaged: what happened and where.
@@ -344,6 +348,7 @@ impl Summarizer {
             }
             // Stack samples and mappings feed flamegraphs (`crate::stacks`), not the summary.
             Record::Sampling(_)
+            | Record::Wakeups(_)
             | Record::Mmap(_)
             | Record::StackDefs(_)
             | Record::Samples(_)
@@ -556,6 +561,7 @@ impl Summarizer {
         if tasks.saw_spans {
             s.tasks = tasks.tasks;
             s.warnings = tasks.warnings;
+            s.diagnoses = tasks.diagnoses;
             s.task_summary = Some(tasks.totals);
             s.span_chains = tasks.span_chains;
         }
@@ -586,7 +592,7 @@ pub fn summarize_file_with(
     }
     let stop = reader.stop().map(|s| s.to_string());
     let mut summary = summarizer.finish_to(stop, sink);
-    crate::tasks::naming::name_report_stacks(path, &mut summary.tasks, &mut summary.warnings);
+    crate::tasks::naming::name_report_stacks(path, &mut summary);
     Ok(summary)
 }
 

@@ -1,6 +1,8 @@
 //! perf events on the child: one ring buffer per CPU carrying context-switch, comm, fork, exit
 //! and mmap records, one sample per page fault, on-CPU stack samples (cpu-clock) and a stack at
 //! every switch-out, plus inherited counting events whose totals are what `perf stat` reports.
+//! Who woke whom comes from `sched:sched_waking` events that observe whole CPUs, filtered in
+//! the kernel to the recorded processes (`syscount::wakeup_filter_prog`).
 //! Syscalls are counted in the kernel (`syscount`), or with one sample per syscall entry where
 //! that cannot be had or with `--syscall-samples`. The rings' records are put in time order
 //! (`merge`) and parsed here into trace records; callchains are interned into the trace's
@@ -29,7 +31,8 @@ use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
 use crate::sys;
 use callchain::{SampleBatch, StackInterner};
 use iotrace_trace::{
-    Comm, Exit, Fork, Lost, Mmap, Record, Sampling, Switch, Switches, ThreadCounts, Totals,
+    Comm, Exit, Fork, Lost, Mmap, Record, Sampling, Switch, Switches, ThreadCounts, Totals, Wakeup,
+    Wakeups,
 };
 pub use unwind::CallGraph;
 use unwind::Unwinding;
@@ -78,6 +81,9 @@ pub struct PerfOptions {
     /// How user stacks are walked (frame pointers, with or without CFI for the leaf frames,
     /// or CFI for the whole stack).
     pub call_graph: CallGraph,
+    /// Record who woke whom (`sched:sched_waking`, filtered in the kernel to the wakeups that
+    /// recorded threads perform or receive): a ring write per such wakeup.
+    pub wakeups: bool,
 }
 
 /// The default on-CPU sampling frequency: not a multiple of common timer rates, so samples
@@ -94,6 +100,7 @@ impl Default for PerfOptions {
             call_graph: CallGraph::FpCfi {
                 copy: CallGraph::LEAF_COPY,
             },
+            wakeups: true,
         }
     }
 }
@@ -240,6 +247,8 @@ pub struct PerfSession {
     /// kernel): a thread added later needs none of its own.
     clock_per_cpu: bool,
     switch_ids: Vec<u64>,
+    /// The CPU-wide `sched:sched_waking` events and their filter, when wakeups are recorded.
+    wakeups: Option<WakeupEvents>,
     stacks: StackInterner,
     chain_buf: Vec<u64>,
     /// The CFI unwinder of user stacks, unless the call graph is frame pointers only.
@@ -256,8 +265,13 @@ pub struct PerfSession {
     faults: HashMap<u32, u64>,
     last_syscall: HashMap<u32, u16>,
     pub lost_records: u64,
+    /// Wakeup samples parsed so far (to tell the filter's kept count from what arrived).
+    wakeups_seen: u64,
     /// Syscalls the in-kernel counter could not count (its map was full).
     pub syscalls_dropped: u64,
+    /// Wakeups the filter kept that never reached a ring nor perf's lost count: another BPF
+    /// program on `sched:sched_waking` dropped them (see [`WakeupEvents`]).
+    pub wakeups_dropped: u64,
 }
 
 /// Id of a tracepoint, read from tracefs (mounting it if absent and we may).
@@ -392,6 +406,11 @@ impl PerfSession {
             }
         }
         session.follow_new_threads(tgids, &mut opened);
+        // The wakeup filter keeps wakeups of threads it knows: those born from now on are
+        // added by the fork program, those already there are added here.
+        if let (Some(c), Some(_)) = (session.counted.as_ref(), session.wakeups.as_ref()) {
+            c.counter.count_threads(&opened);
+        }
         Ok((session, opened))
     }
 
@@ -519,6 +538,23 @@ impl PerfSession {
         // (With kernel.kptr_restrict hiding addresses, those syscalls are named `unknown`.)
         let kallsyms = counted.as_ref().map(|_| kallsyms::Lazy::start());
 
+        let wakeups = if opts.wakeups {
+            match open_wakeups(
+                &mut rings,
+                pid,
+                kernel,
+                counted.as_ref().map(|c| &c.counter),
+            ) {
+                Ok(w) => Some(w),
+                Err(why) => {
+                    missing.push(format!("who woke whom (wakeups) is missing: {why}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
         // One sample per page fault, for per-thread counts.
         let mut fault_ids = Vec::new();
         for ring in rings.iter_mut() {
@@ -576,6 +612,7 @@ impl PerfSession {
             clock_ids,
             clock_per_cpu,
             switch_ids,
+            wakeups,
             stacks: StackInterner::default(),
             chain_buf: Vec::with_capacity(128),
             unwind: (opts.stacks() && opts.call_graph != CallGraph::Fp)
@@ -588,7 +625,9 @@ impl PerfSession {
             faults: HashMap::default(),
             last_syscall: HashMap::default(),
             lost_records: 0,
+            wakeups_seen: 0,
             syscalls_dropped: 0,
+            wakeups_dropped: 0,
         })
     }
 
@@ -796,6 +835,15 @@ impl PerfSession {
             }
             _ => None,
         };
+        // The wakeups the filter kept, read before the rings (that already hold them): the
+        // window ends first, so that it keeps no more (a process the command left running).
+        let wakeups_kept = match (&self.wakeups, &self.counted) {
+            (Some(w), Some(c)) if watermark == u64::MAX => {
+                c.counter.end_window();
+                Some(w.filter.kept())
+            }
+            _ => None,
+        };
         self.read_rings();
         while let Some(i) = merge::earliest(self.pending.iter(), watermark) {
             let Some(taken) = self.pending[i].pop_entry() else {
@@ -808,6 +856,9 @@ impl PerfSession {
                 fault_ids: &self.fault_ids,
                 clock_ids: &self.clock_ids,
                 switch_ids: &self.switch_ids,
+                wakeup_ids: self.wakeups.as_ref().map_or(&[], |w| &w.ids),
+                wakee_offset: self.wakeups.as_ref().map_or(0, |w| w.filter.wakee_offset),
+                wakeups_seen: &mut self.wakeups_seen,
                 stacks: &mut self.stacks,
                 chain_buf: &mut self.chain_buf,
                 unwind: self.unwind.as_mut(),
@@ -838,6 +889,11 @@ impl PerfSession {
         }
         for pending in self.pending.iter_mut() {
             pending.compact();
+        }
+        // Not a `Lost` record: two recordings at once (as tests run) would then both report
+        // perf losses; this loss is outside perf and the trace, and said on stderr.
+        if let Some(kept) = wakeups_kept {
+            self.wakeups_dropped = kept.saturating_sub(self.wakeups_seen + self.lost_records);
         }
         if let Some((counts, dropped)) = final_counts {
             for (tid, nr, n) in counts {
@@ -884,6 +940,8 @@ struct CpuBatches {
     cpu: u32,
     switches: Switches,
     last_switch: u64,
+    wakeups: Wakeups,
+    last_wakeup: u64,
     samples: SampleBatch,
 }
 
@@ -896,11 +954,32 @@ impl CpuBatches {
                 ..Switches::default()
             },
             last_switch: 0,
+            wakeups: Wakeups {
+                cpu,
+                ..Wakeups::default()
+            },
+            last_wakeup: 0,
             samples: SampleBatch::new(cpu),
         }
     }
 
-    /// Write the pending switches, then the pending stack nodes and samples.
+    fn wakeup(&mut self, time: u64, waker_pid: u32, waker_tid: u32, wakee_tid: u32, flags: u8) {
+        let batch = &mut self.wakeups;
+        if batch.wakeups.is_empty() {
+            batch.base_ns = time;
+            self.last_wakeup = time;
+        }
+        batch.wakeups.push(Wakeup {
+            delta_ns: time.wrapping_sub(self.last_wakeup),
+            waker_pid,
+            waker_tid,
+            wakee_tid,
+            flags,
+        });
+        self.last_wakeup = time;
+    }
+
+    /// Write the pending switches and wakeups, then the pending stack nodes and samples.
     fn flush(
         &mut self,
         stacks: &mut StackInterner,
@@ -916,6 +995,13 @@ impl CpuBatches {
                 next,
             )))?;
         }
+        if !self.wakeups.wakeups.is_empty() {
+            let next = Wakeups {
+                cpu: self.cpu,
+                ..Wakeups::default()
+            };
+            out(Record::Wakeups(std::mem::replace(&mut self.wakeups, next)))?;
+        }
         flush_samples(&mut self.samples, stacks, out)
     }
 }
@@ -926,6 +1012,10 @@ struct RecordState<'a> {
     fault_ids: &'a [u64],
     clock_ids: &'a [u64],
     switch_ids: &'a [u64],
+    /// The `sched:sched_waking` events' ids, and where the wakee is in their RAW payload.
+    wakeup_ids: &'a [u64],
+    wakee_offset: usize,
+    wakeups_seen: &'a mut u64,
     stacks: &'a mut StackInterner,
     chain_buf: &'a mut Vec<u64>,
     unwind: Option<&'a mut Unwinding>,
@@ -950,6 +1040,11 @@ impl RecordState<'_> {
             self.last_syscall.insert(s.tid, nr);
         } else if self.fault_ids.contains(&s.id) {
             *self.faults.entry(s.tid).or_insert(0) += 1;
+        } else if self.wakeup_ids.contains(&s.id) {
+            *self.wakeups_seen += 1;
+            if let Some((wakee, flags)) = parse_wakeup(data, self.wakee_offset) {
+                cpu.wakeup(s.time, s.pid, s.tid, wakee, flags);
+            }
         } else if self.clock_ids.contains(&s.id) {
             let chain = sample_chain(data, s.pid, self.chain_buf, self.unwind.as_deref_mut());
             let stack = self.stacks.intern(s.pid, chain);
@@ -1225,6 +1320,75 @@ fn open_stack_events(
     }
 }
 
+/// The CPU-wide `sched:sched_waking` events (one per CPU, into that CPU's ring) and the BPF
+/// program that filters them.
+///
+/// The program is the tracepoint's, not an event's: the kernel runs it once per wakeup on
+/// the machine, whichever event it was attached through, and writes a wakeup to any event on
+/// the tracepoint only if every program there keeps it. So it is attached once, and a second
+/// program that drops what ours keeps (another recording at the same time) shows as wakeups
+/// kept and never seen: counted at the end in [`PerfSession::wakeups_dropped`].
+struct WakeupEvents {
+    ids: Vec<u64>,
+    filter: syscount::WakeupFilter,
+}
+
+/// Open [`WakeupEvents`] into the rings, or say why not (a sentence ending that starts
+/// "who woke whom (wakeups) is missing: ").
+fn open_wakeups(
+    rings: &mut [Ring],
+    pid: libc::pid_t,
+    kernel: bool,
+    counter: Option<&syscount::SyscallCounter>,
+) -> Result<WakeupEvents, String> {
+    if !kernel {
+        return Err("the sched:sched_waking tracepoint is in the kernel, which this user may not trace; run as root".to_owned());
+    }
+    let Some(counter) = counter else {
+        return Err("the wakeups are filtered in the kernel by the BPF syscall counter's process map, which is not loaded (--syscall-samples, or BPF is not available: see the note on syscall counting)".to_owned());
+    };
+    let tp = tracepoint_id("sched", "sched_waking")
+        .map_err(|e| format!("the sched:sched_waking tracepoint is not available ({e})"))?;
+    let filter = counter
+        .wakeup_filter()
+        .map_err(|e| format!("its in-kernel BPF filter could not be loaded ({e})"))?;
+    let opened = (|| -> io::Result<Vec<Counter>> {
+        let mut events = Vec::new();
+        for ring in rings.iter() {
+            let mut b = Builder::new(Tracepoint::with_id(tp));
+            sampled_base(&mut b, pid, ring.cpu as usize, kernel, Start::Now);
+            // Whole CPUs, held off until the filter is on: unfiltered, they would take every
+            // wakeup on the machine.
+            b.any_pid()
+                .inherit(false)
+                .enable_on_exec(false)
+                .enabled(false)
+                .sample(SampleFlag::RAW)
+                .sample_period(1);
+            let c = b.build()?;
+            sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
+            events.push(c);
+        }
+        let first = events
+            .first()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        sys::perf_set_bpf(first.as_raw_fd(), filter.prog.as_raw_fd())?;
+        for c in events.iter_mut() {
+            c.enable()?;
+        }
+        Ok(events)
+    })();
+    let events = opened.map_err(|e| {
+        format!("the CPU-wide sched:sched_waking events or their filter could not be opened ({e}); run as root")
+    })?;
+    let mut ids = Vec::new();
+    for (ring, c) in rings.iter_mut().zip(events) {
+        ids.push(c.id());
+        ring._followers.push(c);
+    }
+    Ok(WakeupEvents { ids, filter })
+}
+
 /// COMM, FORK, EXIT, LOST and MMAP2 records.
 fn other_record(
     st: &mut RecordState<'_>,
@@ -1408,6 +1572,29 @@ fn parse_raw_syscall(d: &[u8]) -> Option<u16> {
     u16::try_from(u64_at(d, SAMPLE_BODY + 4 + 8)).ok()
 }
 
+/// `common_flags` bits of a trace record (include/linux/trace_events.h).
+const TRACE_FLAG_HARDIRQ: u8 = 0x08;
+const TRACE_FLAG_SOFTIRQ: u8 = 0x10;
+
+/// RAW of a `sched:sched_waking` sample: u32 size, then the trace record, whose byte 2 is
+/// `common_flags` and whose `pid` (the wakee) is at `wakee_offset`. Returns the wakee and the
+/// [`Wakeup`] flags; `None` when the record is too short to hold them.
+fn parse_wakeup(d: &[u8], wakee_offset: usize) -> Option<(u32, u8)> {
+    let size = u32_at(d, SAMPLE_BODY) as usize;
+    let payload = d.get(SAMPLE_BODY + 4..)?;
+    let payload = payload.get(..size.min(payload.len()))?;
+    let common_flags = *payload.get(2)?;
+    let wakee = payload.get(wakee_offset..wakee_offset.checked_add(4)?)?;
+    let mut flags = 0;
+    if common_flags & TRACE_FLAG_HARDIRQ != 0 {
+        flags |= Wakeup::HARDIRQ;
+    }
+    if common_flags & TRACE_FLAG_SOFTIRQ != 0 {
+        flags |= Wakeup::SOFTIRQ;
+    }
+    Some((u32_at(wakee, 0), flags))
+}
+
 /// CALLCHAIN: u64 count, then that many addresses (innermost first, with context markers),
 /// read into `buf`. A count that runs past the record is cut to what is there.
 fn parse_callchain<'b>(d: &[u8], buf: &'b mut Vec<u64>) -> &'b [u64] {
@@ -1477,6 +1664,9 @@ mod tests {
             let d = vec![0xffu8; len];
             let _ = parse_sample(&d);
             let _ = parse_raw_syscall(&d);
+            for off in [0, 2, 24, 60, usize::MAX - 1] {
+                let _ = parse_wakeup(&d, off);
+            }
             let _ = parse_callchain(&d, &mut buf);
             let _ = parse_sample_id(&d);
             let _ = parse_comm(&d, false);
@@ -1494,6 +1684,40 @@ mod tests {
         d[44..52].copy_from_slice(&1u64.to_le_bytes());
         let s = parse_sample(&d).unwrap();
         assert_eq!((s.id, s.tid, parse_raw_syscall(&d)), (7, 42, Some(1)));
+    }
+
+    /// A `sched:sched_waking` sample as the kernel writes it: the fixed part, then RAW.
+    fn waking_sample(common_flags: u8, wakee: u32, raw_size: u32) -> Vec<u8> {
+        let mut d = vec![0u8; SAMPLE_BODY + 4 + 40];
+        d[0..8].copy_from_slice(&9u64.to_le_bytes());
+        d[8..12].copy_from_slice(&100u32.to_le_bytes());
+        d[12..16].copy_from_slice(&101u32.to_le_bytes());
+        d[32..36].copy_from_slice(&raw_size.to_le_bytes());
+        let raw = &mut d[36..];
+        raw[2] = common_flags;
+        raw[4..8].copy_from_slice(&101u32.to_le_bytes());
+        raw[24..28].copy_from_slice(&wakee.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn waking_sample_yields_wakee_and_interrupt_flags() {
+        let d = waking_sample(0x01 | 0x80, 555, 36);
+        assert_eq!(
+            parse_wakeup(&d, 24),
+            Some((555, 0)),
+            "irqs-off and bh-off are not interrupts"
+        );
+        let d = waking_sample(TRACE_FLAG_HARDIRQ, 7, 36);
+        assert_eq!(parse_wakeup(&d, 24), Some((7, Wakeup::HARDIRQ)));
+        let d = waking_sample(TRACE_FLAG_SOFTIRQ, 7, 36);
+        assert_eq!(parse_wakeup(&d, 24), Some((7, Wakeup::SOFTIRQ)));
+        // A RAW size that cuts the record before the wakee's field: nothing.
+        let d = waking_sample(0, 7, 26);
+        assert_eq!(parse_wakeup(&d, 24), None);
+        // One that claims more than the record holds is cut to what is there.
+        let d = waking_sample(0, 8, 4000);
+        assert_eq!(parse_wakeup(&d, 24), Some((8, 0)));
     }
 
     #[test]

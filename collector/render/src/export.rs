@@ -14,10 +14,14 @@
 //! moment the task's poll began. The trace event format binds flow events to the slices of
 //! thread tracks only (not to async ones, where a task's slices are), so the flow ends on the
 //! worker's slice that the task's poll began in; the pftrace export ends it on the poll itself.
+//!
+//! Each moment of a diagnosis is an instant (`i`) named after its kind, in the category
+//! `iotrace.diagnosis`, on the thread the task was polled on at that moment ([`moments`]).
 
 mod common;
 pub mod firefox;
 mod flows;
+mod moments;
 pub mod otlp;
 mod pftrace;
 pub mod pprof;
@@ -34,7 +38,7 @@ use iotrace_analysis::intervals::{
     MAX_NAMED_YIELD_STACKS, STATES,
 };
 use iotrace_analysis::summary::syscall_name;
-use iotrace_analysis::tasks::{StackId, TaskKey};
+use iotrace_analysis::tasks::{naming, StackId, TaskKey};
 use iotrace_trace::Switch;
 
 /// Output formats of `iotrace export`.
@@ -127,16 +131,19 @@ pub fn export(
     format: ExportFormat,
     opts: &TimelineOptions,
 ) -> Result<ExportOutcome, TimelineError> {
-    let (summary, mut col) = collect(trace, opts, true)?;
+    let (mut summary, mut col) = collect(trace, opts, true)?;
     // The blocked slices' stacks and the idle slices' yield sites, named once each (the
-    // heaviest, as the timeline's hovers).
+    // heaviest, as the timeline's hovers), and the diagnoses' (their lines).
     let mut ids = heaviest_stacks(&col.stack_time);
     ids.extend(heaviest(&col.idle_time, MAX_NAMED_YIELD_STACKS));
+    ids.extend(naming::diagnosis_stack_ids(&summary.diagnoses));
     let stacks = if ids.is_empty() {
         HashMap::new()
     } else {
         col.name_stacks(&ids)
     };
+    naming::apply_diagnosis_names(&stacks, &mut summary.diagnoses);
+    iotrace_analysis::tasks::diagnosis::settle(&mut summary.diagnoses);
     let write_err = |error| TimelineError::Write {
         path: out.to_owned(),
         error,
@@ -399,12 +406,16 @@ fn write_perfetto<W: Write>(
     let flows = flows::Flows::new(summary, col, js);
     let mut yields = YieldLines::new(stacks, &summary.span_chains, js);
     let mut flows_written = 0u64;
+    let mut moments = moments::Moments::new(summary, col);
+    let moments_by_task = moments.by_task();
     for (_, key, row, name) in drawn_tasks(summary, col) {
         let name = js(&name);
         let id = format!("{{\"local\":\"0x{:x}\"}}", row.id);
         let pid = row.pid;
         let mut ends = flows.ends(&key);
+        let (mine, mut next) = (moments_by_task.get(&key).map_or(&[][..], Vec::as_slice), 0);
         for iv in col.task_ivs(&key).map_err(TrackError::Read)? {
+            moments.stretch(mine, &mut next, &iv);
             let state = &state_names[usize::from(iv.state).min(STATES.len() - 1)];
             let tid = if iv.tid != 0 { iv.tid } else { row.pid };
             let mut woke = None;
@@ -495,6 +506,9 @@ fn write_perfetto<W: Write>(
         }
     }
 
+    // The diagnoses' moments, by thread.
+    moments.write_json(col, o).map_err(we)?;
+
     // Counters from /proc, per process, in time order.
     for &(t, pid, rss, threads) in &col.counters {
         o.sep().map_err(we)?;
@@ -519,6 +533,40 @@ fn write_perfetto<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diagnosis_is_an_instant_on_the_thread_that_polled_its_task_then() {
+        use crate::fixtures::{diagnosed, OTHER, PID};
+        let (summary, col) = diagnosed();
+        let mut o = Out {
+            w: Vec::new(),
+            events: 0,
+            line: Line::default(),
+        };
+        write_perfetto(&summary, &col, &StackNames::new(), &mut o)
+            .unwrap_or_else(|_| panic!("write"));
+        let doc: serde_json::Value = serde_json::from_slice(&o.w).expect("JSON");
+        let instants: Vec<&serde_json::Value> = doc["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "i")
+            .collect();
+        assert_eq!(instants.len(), 1, "{instants:?}");
+        let e = instants[0];
+        assert_eq!(e["s"], "t");
+        assert_eq!(e["cat"], "iotrace.diagnosis");
+        assert_eq!(e["name"], "long_poll");
+        assert_eq!(
+            (e["pid"].as_u64(), e["tid"].as_u64()),
+            (Some(PID.into()), Some(OTHER.into()))
+        );
+        assert_eq!(e["ts"].as_f64(), Some(1000.0));
+        let d = &summary.diagnoses[0];
+        assert_eq!(e["args"]["message"], crate::diagnosis::message(d));
+        assert_eq!(e["args"]["line"], "demo::handle at src/main.rs:42");
+        assert_eq!(e["args"]["task"], "handler");
+    }
 
     #[test]
     fn microseconds_keep_nanoseconds() {

@@ -2,7 +2,8 @@
 //! script reads.
 //!
 //! - [`report`] renders a summary as text for people or JSON for scripts (`collector/REPORT.md`); the task
-//!   and thread-state sections are [`tasks_text`], a warning's line is [`warning`].
+//!   and thread-state sections are [`tasks_text`], a warning's line is [`warning`], a
+//!   diagnosis' line is [`diagnosis`].
 //! - [`compare`] tables the costs of several recordings side by side.
 //! - [`flamegraph`] counts stack samples into folded stacks and SVGs.
 //! - [`timeline`] draws every thread and task through time as one HTML page; [`export`] writes
@@ -18,7 +19,10 @@
 #![deny(unsafe_code)]
 
 pub mod compare;
+pub mod diagnosis;
 pub mod export;
+#[cfg(test)]
+mod fixtures;
 pub mod flamegraph;
 mod out;
 pub mod report;

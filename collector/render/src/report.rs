@@ -16,6 +16,13 @@ pub fn json(summary: &Summary) -> String {
                 }
             }
         }
+        if let Some(list) = v.get_mut("diagnoses").and_then(|w| w.as_array_mut()) {
+            for (json, d) in list.iter_mut().zip(&summary.diagnoses) {
+                if let Some(obj) = json.as_object_mut() {
+                    obj.insert("message".into(), crate::diagnosis::message(d).into());
+                }
+            }
+        }
         v
     });
     value
@@ -162,6 +169,7 @@ pub fn text(s: &Summary) -> String {
         );
     }
     let _ = writeln!(out);
+    out.push_str(&crate::diagnosis::section(s));
     let row = |out: &mut String, value: String, what: &str| {
         let _ = writeln!(out, "{value:>18}      {what}");
     };

@@ -67,6 +67,9 @@ pub fn write_timeline(
     ids.extend(iotrace_analysis::tasks::naming::task_stack_ids(
         &summary.tasks,
     ));
+    ids.extend(iotrace_analysis::tasks::naming::diagnosis_stack_ids(
+        &summary.diagnoses,
+    ));
     let names = if ids.is_empty() {
         iotrace_analysis::tasks::naming::StackNames::new()
     } else {
@@ -74,6 +77,8 @@ pub fn write_timeline(
     };
     iotrace_analysis::tasks::naming::apply_warning_names(&names, &mut summary.warnings);
     iotrace_analysis::tasks::naming::apply_task_names(&names, &mut summary.tasks);
+    iotrace_analysis::tasks::naming::apply_diagnosis_names(&names, &mut summary.diagnoses);
+    iotrace_analysis::tasks::diagnosis::settle(&mut summary.diagnoses);
     let (wakes, wakes_left_out) =
         page::write_tail(&summary, &col, tracks.strings, &names, &mut w).map_err(write_err)?;
     let bytes = w.finish().map_err(write_err)?;

@@ -13,7 +13,7 @@ const MESSAGE_FRAMES: usize = 3;
 /// `scheduling_delay`, how long the task waited for a worker and what held the workers.
 pub fn message(w: &Warning) -> String {
     if let Some(d) = &w.delay {
-        return delay_message(w, d);
+        return delay_message(&w.task, w.location.as_deref(), d);
     }
     let mut message = format!("task `{}`", w.task);
     if let Some(loc) = &w.location {
@@ -51,9 +51,13 @@ pub fn message(w: &Warning) -> String {
 /// "task `a` (loc) waited 5.100 ms for a worker (p99; 31 of 400 wakes ≥ 1.000 ms, 120 ms in
 /// all); the 2 workers were in polls of `conn (src/main.rs:71)` for 87% of that time, blocked
 /// in the kernel for 80%".
-fn delay_message(w: &Warning, d: &iotrace_analysis::tasks::Delay) -> String {
-    let mut m = format!("task `{}`", w.task);
-    if let Some(loc) = &w.location {
+pub(crate) fn delay_message(
+    task: &str,
+    location: Option<&str>,
+    d: &iotrace_analysis::tasks::Delay,
+) -> String {
+    let mut m = format!("task `{task}`");
+    if let Some(loc) = location {
         m.push_str(&format!(" ({loc})"));
     }
     m.push_str(&format!(
@@ -79,6 +83,12 @@ fn delay_message(w: &Warning, d: &iotrace_analysis::tasks::Delay) -> String {
                 pct(h.held_ns),
                 pct(h.blocked_ns)
             ));
+            if h.long_poll_ns > 0 {
+                m.push_str(&format!(
+                    ", in long polls on CPU for {:.0}%",
+                    pct(h.long_poll_ns)
+                ));
+            }
             let rest: u64 = d.held_by[1..].iter().map(|h| h.held_ns).sum();
             if pct(rest + d.unheld_ns) >= 1.0 {
                 m.push_str(&format!(
@@ -91,27 +101,6 @@ fn delay_message(w: &Warning, d: &iotrace_analysis::tasks::Delay) -> String {
         None => m.push_str(&format!("; {workers} in no poll")),
     }
     m
-}
-
-/// Whether a frame name (`name at file:line`) is in the program's own sources: not Rust's
-/// `library/`, not a crate from cargo's registry (`tokio-1.54.1/src/…`), not a distribution's
-/// build tree (`./time/…`, `/build/…`) or a system path.
-fn is_own_code(name: &str) -> bool {
-    let Some((_, at)) = name.rsplit_once(" at ") else {
-        return false;
-    };
-    let first = at.split('/').next().unwrap_or("");
-    let versioned = first.rsplit_once('-').is_some_and(|(_, v)| {
-        v.split('.').count() >= 3
-            && v.split('.')
-                .all(|p| !p.is_empty() && p.chars().next().is_some_and(|c| c.is_ascii_digit()))
-    });
-    let system = ["/usr/", "/build/", "/rustc/", "/lib/"]
-        .iter()
-        .any(|p| at.starts_with(p))
-        || at.contains("/.rustup/")
-        || at.contains("/.cargo/");
-    at.contains('/') && !system && !at.starts_with('.') && first != "library" && !versioned
 }
 
 /// A blocked stack in a line, innermost first: the first user frames past the libc wrapper
@@ -133,7 +122,7 @@ pub fn short_stack(frames: &[(String, bool)], syscall: &str) -> String {
         .iter()
         .filter(|(_, kernel)| !kernel)
         .map(|(name, _)| name.as_str())
-        .find(|name| is_own_code(name));
+        .find(|name| iotrace_analysis::tasks::naming::is_own_code(name));
     if let Some(own) = own.filter(|own| !user.contains(own)) {
         if !out.is_empty() {
             out.push_str(" ← ");
@@ -186,12 +175,14 @@ mod tests {
                     held_ns: 174_000_000,
                     blocked_ns: 160_000_000,
                     delays: 31,
+                    ..Default::default()
                 },
                 iotrace_analysis::tasks::Holder {
                     task: "other".into(),
                     held_ns: 4_000_000,
                     blocked_ns: 0,
                     delays: 3,
+                    ..Default::default()
                 },
             ],
             unheld_ns: 22_000_000,

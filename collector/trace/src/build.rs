@@ -19,7 +19,7 @@ use iotrace_wire::{SpanBatch, SpanEvent};
 
 use crate::{
     End, ExitStatus, FormatError, Header, Record, Rusage, Stop, Switch, Switches, TraceReader,
-    TraceWriter,
+    TraceWriter, Wakeup, Wakeups,
 };
 
 /// A millisecond in trace time (nanoseconds).
@@ -73,6 +73,11 @@ impl TraceBuilder {
         list: &[(u64, bool, bool, u16)],
     ) -> &mut Self {
         self.push(switches(cpu, pid, tid, list))
+    }
+
+    /// Wakeups seen on `cpu`: `(time, waker_pid, waker_tid, wakee_tid, flags)`, times ascending.
+    pub fn wakeups(&mut self, cpu: u32, list: &[(u64, u32, u32, u32, u8)]) -> &mut Self {
+        self.push(wakeups(cpu, list))
     }
 
     /// One span batch of thread `tid`.
@@ -137,6 +142,30 @@ pub fn switches(cpu: u32, pid: u32, tid: u32, list: &[(u64, bool, bool, u16)]) -
                     flags: if out { Switch::OUT } else { 0 }
                         | if preempt { Switch::PREEMPT } else { 0 },
                     syscall,
+                }
+            })
+            .collect(),
+    })
+}
+
+/// Wakeups seen on `cpu`: `(time, waker_pid, waker_tid, wakee_tid, flags)`, times ascending.
+pub fn wakeups(cpu: u32, list: &[(u64, u32, u32, u32, u8)]) -> Record {
+    let base_ns = list.first().map_or(0, |w| w.0);
+    let mut prev = base_ns;
+    Record::Wakeups(Wakeups {
+        cpu,
+        base_ns,
+        wakeups: list
+            .iter()
+            .map(|&(t, waker_pid, waker_tid, wakee_tid, flags)| {
+                let delta_ns = t - prev;
+                prev = t;
+                Wakeup {
+                    delta_ns,
+                    waker_pid,
+                    waker_tid,
+                    wakee_tid,
+                    flags,
                 }
             })
             .collect(),

@@ -136,6 +136,7 @@ impl TraceWriter {
             Record::StackDefs(r) => self.frame(kind::STACK_DEFS, r),
             Record::Samples(r) => self.frame(kind::SAMPLES, r),
             Record::Attach(r) => self.frame(kind::ATTACH, r),
+            Record::Wakeups(r) => self.frame(kind::WAKEUPS, r),
             Record::Unknown(k) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot write a record of unknown kind {k}"),
@@ -485,6 +486,7 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, postcard::Error> {
         kind::STACK_DEFS => Record::StackDefs(de(payload)?),
         kind::SAMPLES => Record::Samples(de(payload)?),
         kind::ATTACH => Record::Attach(de(payload)?),
+        kind::WAKEUPS => Record::Wakeups(de(payload)?),
         other => Record::Unknown(other),
     })
 }

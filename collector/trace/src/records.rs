@@ -25,6 +25,7 @@ pub mod kind {
     pub const STACK_DEFS: u8 = 16;
     pub const SAMPLES: u8 = 17;
     pub const ATTACH: u8 = 18;
+    pub const WAKEUPS: u8 = 19;
 }
 
 /// First record of every trace: what was run, when and by which iotrace.
@@ -115,6 +116,42 @@ impl Switch {
     }
     pub fn is_preempt(&self) -> bool {
         self.flags & Self::PREEMPT != 0
+    }
+}
+
+/// Wakeups seen on one CPU (`sched:sched_waking`), in that CPU's order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wakeups {
+    pub cpu: u32,
+    /// Time of the first wakeup; each [`Wakeup::delta_ns`] is relative to the one before.
+    pub base_ns: u64,
+    pub wakeups: Vec<Wakeup>,
+}
+
+/// One thread woke another: the kernel's `try_to_wake_up` found `wakee_tid` sleeping and made
+/// it runnable. Recorded when the waker's process or the wakee is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wakeup {
+    pub delta_ns: u64,
+    /// The thread that ran the wakeup (current on the CPU): its process and thread id; 0/0
+    /// for the idle task.
+    pub waker_pid: u32,
+    pub waker_tid: u32,
+    /// The thread woken (the tracepoint's `pid` field).
+    pub wakee_tid: u32,
+    /// Bit 0 ([`Wakeup::HARDIRQ`]): the wakeup ran in a hard interrupt; bit 1
+    /// ([`Wakeup::SOFTIRQ`]): in a softirq (the network stack, a timer's softirq). Then the
+    /// waker is the interrupt, and `waker_tid` is only the thread it interrupted.
+    pub flags: u8,
+}
+
+impl Wakeup {
+    pub const HARDIRQ: u8 = 1;
+    pub const SOFTIRQ: u8 = 2;
+
+    /// Whether an interrupt (hard or soft) ran the wakeup, rather than the waker thread.
+    pub fn by_interrupt(&self) -> bool {
+        self.flags & (Self::HARDIRQ | Self::SOFTIRQ) != 0
     }
 }
 
@@ -384,6 +421,7 @@ pub enum Record {
     StackDefs(StackDefs),
     Samples(Samples),
     Attach(Attach),
+    Wakeups(Wakeups),
     /// A kind this reader does not know (written by a newer iotrace); skipped.
     Unknown(u8),
 }

@@ -29,6 +29,10 @@
 //! - `daemon FILE`         start a detached grandchild (new session, stdio on /dev/null) that
 //!   sleeps 30 s; write its pid to FILE and exit at once
 //! - `segv`                die of SIGSEGV
+//! - `pingpong N`          threads `ping` and `pong` hand a turn back and forth N times over a
+//!   `Mutex` and a `Condvar`: each waits in futex for the other to wake it
+//! - `reader`              print `reader PID`, then a thread `reader` reads stdin to its end
+//!   (each read waits for the writer to wake it)
 //!
 //! Every mode prints the recorder's peak RSS (`recorder VmHWM N kB`, its parent's) on stdout
 //! when FIXTURE_PARENT_HWM=1, and exits with `$FIXTURE_EXIT` (default 0) when it ends normally.
@@ -329,6 +333,21 @@ fn main() {
             // Not waited for: it outlives us.
             std::mem::forget(grandchild);
         }
+        "pingpong" => pingpong(arg(&args, 1, 1000)),
+        "reader" => {
+            println!("reader {}", std::process::id());
+            let _ = std::io::stdout().flush();
+            std::thread::Builder::new()
+                .name("reader".into())
+                .spawn(|| {
+                    let mut buf = [0u8; 256];
+                    let mut stdin = std::io::stdin().lock();
+                    while matches!(std::io::Read::read(&mut stdin, &mut buf), Ok(n) if n > 0) {}
+                })
+                .expect("spawn thread")
+                .join()
+                .expect("join");
+        }
         "segv" => {
             // Rust's runtime handles SIGSEGV (to report stack overflows) and a raised one
             // would return: restore the default action first.
@@ -341,7 +360,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: fixture sleep|nap|writes|spin|spinners|threads|fork|span-garbage|span-clients|span-abuse|span-as-nobody|span-connect|announce|daemon|segv ARGS"
+                "usage: fixture sleep|nap|writes|spin|spinners|threads|fork|span-garbage|span-clients|span-abuse|span-as-nobody|span-connect|announce|daemon|segv|pingpong|reader ARGS"
             );
             std::process::exit(2);
         }
@@ -358,6 +377,35 @@ fn main() {
 }
 
 /// Prints the parent's (the recorder's) VmHWM line: `recorder VmHWM N kB`.
+/// Threads `ping` and `pong` take turns `n` times each: a turn is handed over under the
+/// mutex and the other thread is woken from its condvar wait.
+fn pingpong(n: u64) {
+    use std::sync::{Arc, Condvar, Mutex};
+    // Whose turn it is: false for ping, true for pong.
+    let turn = Arc::new((Mutex::new(false), Condvar::new()));
+    let player = |name: &str, me: bool| {
+        let turn = Arc::clone(&turn);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let (lock, cv) = &*turn;
+                for _ in 0..n {
+                    let mut t = lock.lock().expect("lock");
+                    while *t != me {
+                        t = cv.wait(t).expect("wait");
+                    }
+                    *t = !me;
+                    cv.notify_one();
+                }
+            })
+            .expect("spawn thread")
+    };
+    let ping = player("ping", false);
+    let pong = player("pong", true);
+    ping.join().expect("join");
+    pong.join().expect("join");
+}
+
 fn print_parent_hwm() {
     // SAFETY: getppid has no side effects.
     let parent = unsafe { libc::getppid() };

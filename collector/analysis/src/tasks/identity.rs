@@ -161,8 +161,11 @@ fn short_fn(f: &str) -> String {
 /// What a tokio waker event does to its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakerOp {
-    /// `waker.wake`, `waker.wake_by_ref`: the task is scheduled.
-    Wake,
+    /// `waker.wake` (`by_val`: the waker is used up), `waker.wake_by_ref`: the task is
+    /// scheduled.
+    Wake { by_val: bool },
+    /// `waker.drop`: a stored waker is dropped.
+    Drop,
     /// `waker.clone`: a future stores the task's waker (where it will yield, when the poll
     /// returns Pending).
     Clone,
@@ -170,8 +173,10 @@ pub enum WakerOp {
 
 fn waker_op(v: &Value) -> Option<WakerOp> {
     match v {
-        Value::Str(s) if s == "waker.wake" || s == "waker.wake_by_ref" => Some(WakerOp::Wake),
+        Value::Str(s) if s == "waker.wake" => Some(WakerOp::Wake { by_val: true }),
+        Value::Str(s) if s == "waker.wake_by_ref" => Some(WakerOp::Wake { by_val: false }),
         Value::Str(s) if s == "waker.clone" => Some(WakerOp::Clone),
+        Value::Str(s) if s == "waker.drop" => Some(WakerOp::Drop),
         _ => None,
     }
 }
@@ -179,7 +184,7 @@ fn waker_op(v: &Value) -> Option<WakerOp> {
 /// If `values` of an event at `class` wake a task, the task's span id.
 pub fn woken_span(class: Option<&Class>, values: &[FieldValue]) -> Option<u64> {
     match waker_event(class, values) {
-        Some((WakerOp::Wake, span)) => Some(span),
+        Some((WakerOp::Wake { .. }, span)) => Some(span),
         _ => None,
     }
 }
@@ -311,6 +316,6 @@ mod tests {
             fv(0, Value::Str("waker.drop".into())),
             fv(1, Value::Span(5)),
         ];
-        assert_eq!(waker_event(Some(&class), &drop), None);
+        assert_eq!(waker_event(Some(&class), &drop), Some((WakerOp::Drop, 5)));
     }
 }

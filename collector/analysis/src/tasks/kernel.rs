@@ -89,7 +89,23 @@ struct Hist {
     end: u64,
     state: ThreadState,
     before: Cum,
+    /// For a blocked stretch: the wakeup that ended it, when the trace has wakeups.
+    waker: Option<Waker>,
 }
+
+/// Who woke a blocked thread (`sched:sched_waking`): the thread current on the waking CPU
+/// and whether it ran the wakeup from an interrupt (then the interrupt woke it, not that
+/// thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waker {
+    pub tid: u32,
+    pub pid: u32,
+    pub time: u64,
+    pub irq: bool,
+}
+
+/// On-CPU stack samples kept per thread (the long polls' stacks are looked up in them).
+const MAX_ON_CPU: usize = 4096;
 
 struct KThread {
     /// Entries dropped from the front of `hist` so far, and the absolute index of the entry
@@ -106,6 +122,10 @@ struct KThread {
     totals: ThreadTotals,
     /// An off-CPU stack that came before its switch-out: (time, stack).
     pending_stack: Option<(u64, StackId)>,
+    /// The wakeup of its current blocked stretch.
+    waker: Option<Waker>,
+    /// Its recent on-CPU samples: (time, stack).
+    on_cpu: VecDeque<(u64, StackId)>,
 }
 
 impl KThread {
@@ -120,6 +140,8 @@ impl KThread {
             cum: Cum::default(),
             hist: VecDeque::new(),
             pending_stack: None,
+            waker: None,
+            on_cpu: VecDeque::new(),
             totals: ThreadTotals {
                 pid,
                 ..ThreadTotals::default()
@@ -152,6 +174,16 @@ enum KEvent {
         tid: u32,
         stack: StackId,
     },
+    /// An on-CPU stack sample.
+    OnStack {
+        tid: u32,
+        stack: StackId,
+    },
+    /// `waker` woke thread `wakee`.
+    Wake {
+        waker: Waker,
+        wakee: u32,
+    },
 }
 
 /// All threads' kernel states, fed in file order, released in time order.
@@ -169,6 +201,10 @@ pub(crate) struct Kernel {
     /// Switch sequences that made no sense (a lost record): in while running, out while off.
     pub(crate) anomalies: u64,
     pub(crate) saw_switches: bool,
+    /// Whether the trace has the kernel's wakeups.
+    pub(crate) saw_wakeups: bool,
+    /// The futex syscall's number on this machine.
+    futex: u16,
 }
 
 impl Kernel {
@@ -183,6 +219,8 @@ impl Kernel {
             span_seen: FxMap::default(),
             anomalies: 0,
             saw_switches: false,
+            saw_wakeups: false,
+            futex: syscalls::Sysno::futex as u16,
         }
     }
 
@@ -217,17 +255,45 @@ impl Kernel {
             .iter()
             .filter_map(|s| {
                 time = time.wrapping_add(s.delta_ns);
-                s.off_cpu.map(|_| {
-                    (
-                        time,
-                        KEvent::OffStack {
-                            tid: s.tid,
-                            stack: s.stack,
-                        },
-                    )
+                let (tid, stack) = (s.tid, s.stack);
+                Some(match s.off_cpu {
+                    Some(_) => (time, KEvent::OffStack { tid, stack }),
+                    None => (time, KEvent::OnStack { tid, stack }),
                 })
             })
             .collect();
+        if !run.is_empty() {
+            self.queue.push_run(run);
+        }
+    }
+
+    /// One CPU's wakeups, in that CPU's order.
+    pub(crate) fn wakeups(&mut self, batch: &iotrace_trace::Wakeups) {
+        let mut time = batch.base_ns;
+        let run: Vec<(u64, KEvent)> = batch
+            .wakeups
+            .iter()
+            .map(|w| {
+                time = time.wrapping_add(w.delta_ns);
+                let irq = w.flags
+                    & (iotrace_trace::Wakeup::HARDIRQ | iotrace_trace::Wakeup::SOFTIRQ)
+                    != 0;
+                let waker = Waker {
+                    tid: w.waker_tid,
+                    pid: w.waker_pid,
+                    time,
+                    irq,
+                };
+                (
+                    time,
+                    KEvent::Wake {
+                        waker,
+                        wakee: w.wakee_tid,
+                    },
+                )
+            })
+            .collect();
+        self.saw_wakeups = true;
         if !run.is_empty() {
             self.queue.push_run(run);
         }
@@ -343,6 +409,23 @@ impl Kernel {
                     _ => th.pending_stack = Some((t, stack)),
                 }
             }
+            KEvent::OnStack { tid, stack } => {
+                let Some(th) = self.threads.get_mut(&tid) else {
+                    return;
+                };
+                if th.on_cpu.len() >= MAX_ON_CPU {
+                    th.on_cpu.pop_front();
+                }
+                th.on_cpu.push_back((t, stack));
+            }
+            KEvent::Wake { waker, wakee } => {
+                let Some(th) = self.threads.get_mut(&wakee) else {
+                    return;
+                };
+                if matches!(th.state, KState::In(ThreadState::Blocked { .. })) && t >= th.since {
+                    th.waker = Some(waker);
+                }
+            }
             KEvent::Exit { tid } => {
                 let Some(th) = self.threads.get_mut(&tid) else {
                     return;
@@ -432,6 +515,12 @@ impl Kernel {
         };
         let d = end - start;
         let before = th.cum;
+        let waker = match state {
+            ThreadState::Blocked { .. } => {
+                th.waker.take().filter(|w| w.time >= start && w.time <= end)
+            }
+            _ => None,
+        };
         th.cum.add(state, d, threshold, true);
         let tot = &mut th.totals;
         match state {
@@ -449,10 +538,14 @@ impl Kernel {
             end,
             state,
             before,
+            waker,
         });
         while th.hist.len() > MAX_HISTORY || th.hist.front().is_some_and(|h| h.end < horizon) {
             th.hist.pop_front();
             th.popped += 1;
+        }
+        while th.on_cpu.front().is_some_and(|&(t, _)| t < horizon) {
+            th.on_cpu.pop_front();
         }
         sink.thread_interval(&ThreadInterval {
             pid: th.pid,
@@ -540,6 +633,50 @@ impl Kernel {
             }
         }
         ns
+    }
+
+    /// Calls `f(start, ns, stack, waker)` for each futex wait of `tid` (a blocked stretch of
+    /// any length in `futex`) inside `[t0, t1]`.
+    pub(crate) fn futex_waits(
+        &self,
+        tid: u32,
+        t0: u64,
+        t1: u64,
+        mut f: impl FnMut(u64, u64, Option<StackId>, Option<Waker>),
+    ) {
+        let Some(th) = self.threads.get(&tid) else {
+            return;
+        };
+        let from = th.hist.partition_point(|h| h.end <= t0);
+        for h in th.hist.range(from..) {
+            if h.start >= t1 {
+                break;
+            }
+            if let ThreadState::Blocked { syscall, stack } = h.state {
+                if syscall == self.futex && h.start >= t0 && h.end <= t1 {
+                    f(h.start, h.end - h.start, stack, h.waker);
+                }
+            }
+        }
+    }
+
+    /// The on-CPU stacks sampled on `tid` inside `[t0, t1]`, with their counts.
+    pub(crate) fn samples_within(&self, tid: u32, t0: u64, t1: u64) -> Vec<(StackId, u64)> {
+        let mut out: Vec<(StackId, u64)> = Vec::new();
+        let Some(th) = self.threads.get(&tid) else {
+            return out;
+        };
+        let from = th.on_cpu.partition_point(|&(t, _)| t < t0);
+        for &(t, s) in th.on_cpu.range(from..) {
+            if t > t1 {
+                break;
+            }
+            match out.iter_mut().find(|e| e.0 == s) {
+                Some(e) => e.1 += 1,
+                None => out.push((s, 1)),
+            }
+        }
+        out
     }
 
     /// Per-thread totals, by tid.

@@ -30,6 +30,8 @@
 //!
 //! Renderers (timeline, export) see every interval through a [`Sink`].
 
+pub mod diagnosis;
+mod evidence;
 mod hist;
 pub mod identity;
 mod kernel;
@@ -37,6 +39,7 @@ mod model;
 pub mod naming;
 mod reorder;
 pub mod rows;
+mod rules;
 
 #[cfg(test)]
 mod tests;
@@ -45,6 +48,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+pub use diagnosis::{Diagnosis, DiagnosisOptions};
 pub use identity::TaskInfo;
 pub use rows::{Delay, Holder, TaskRow, TaskTotals, WakerRow, Warning, WokenBy, YieldSiteRow};
 
@@ -81,6 +85,8 @@ pub struct TaskOptions {
     /// A wake→poll delay at least this long makes the analysis ask what held the workers;
     /// a task whose p99 delay reaches it, mostly behind polls that blocked, is warned about.
     pub sched_delay_ns: u64,
+    /// The diagnoses' thresholds.
+    pub diagnosis: DiagnosisOptions,
 }
 
 impl Default for TaskOptions {
@@ -89,6 +95,7 @@ impl Default for TaskOptions {
             blocked_threshold_ns: DEFAULT_BLOCKED_THRESHOLD_NS,
             warn_share: DEFAULT_WARN_SHARE,
             sched_delay_ns: DEFAULT_SCHED_DELAY_NS,
+            diagnosis: DiagnosisOptions::default(),
         }
     }
 }
@@ -255,6 +262,8 @@ pub struct ThreadStates {
 pub struct TaskReport {
     pub tasks: Vec<TaskRow>,
     pub warnings: Vec<Warning>,
+    /// The classic async bugs found, culprits first (see [`diagnosis`]).
+    pub diagnoses: Vec<Diagnosis>,
     pub totals: TaskTotals,
     pub threads: Vec<ThreadStates>,
     /// Whether the trace had any span events.
@@ -291,16 +300,19 @@ impl TaskAnalyzer {
         let lone_block_ns = opts
             .blocked_threshold_ns
             .saturating_mul(rows::LONE_BLOCK_FACTOR);
+        let model = model::Model::new(sched_delay_ns, opts.diagnosis.clone());
+        let diag = opts.diagnosis.clone();
         TaskAnalyzer {
             kernel: kernel::Kernel::new(opts.blocked_threshold_ns),
             opts,
             spans: reorder::Reorder::default(),
-            model: model::Model::new(sched_delay_ns),
+            model,
             classes: identity::Classes::default(),
             results: rows::Results {
                 warn_share,
                 lone_block_ns,
                 delay_threshold_ns: sched_delay_ns,
+                diag,
                 ..rows::Results::default()
             },
             names: HashMap::new(),
@@ -353,6 +365,7 @@ impl TaskAnalyzer {
                 self.saw(last);
             }
             Record::Samples(batch) => self.kernel.samples(batch),
+            Record::Wakeups(batch) => self.kernel.wakeups(batch),
             Record::ThreadCounts(c) => {
                 self.saw(c.time_ns);
                 self.kernel.marker(c.time_ns);
@@ -435,7 +448,13 @@ impl TaskAnalyzer {
                         _ => None,
                     };
                     match identity::waker_event(self.classes.get(&(pid, *callsite)), fields) {
-                        Some((WakerOp::Wake, span)) => SpanEv::Wake { span, tid, stack },
+                        Some((WakerOp::Wake { by_val }, span)) => SpanEv::Wake {
+                            span,
+                            tid,
+                            stack,
+                            by_val,
+                        },
+                        Some((WakerOp::Drop, span)) => SpanEv::WakerDrop { span },
                         Some((WakerOp::Clone, span)) => SpanEv::Register {
                             span,
                             tid,
@@ -528,14 +547,19 @@ impl TaskAnalyzer {
         threads.sort_by_key(|t| (t.pid, t.tid));
         let kernel_view = self.kernel.saw_switches;
         let late = self.spans.late() + self.model.late + self.kernel.late_events();
-        let (tasks, warnings, mut totals) =
-            self.results
-                .finish(&self.names, &self.opts, &self.model.strings);
+        let (tasks, warnings, diagnoses, mut totals) = self.results.finish(
+            &self.names,
+            &self.opts,
+            &self.model.strings,
+            &self.model.pool,
+            self.kernel.saw_wakeups,
+        );
         totals.kernel_view = kernel_view;
         totals.late_events = late;
         TaskReport {
             tasks,
             warnings,
+            diagnoses,
             totals,
             threads,
             saw_spans: self.saw_spans,

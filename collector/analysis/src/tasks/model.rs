@@ -7,6 +7,7 @@
 //! arrive long after its polls (a thread holds its records while it sleeps), so spans whose
 //! creation is not known yet are followed as possible tasks and decided when it arrives.
 
+use super::evidence::{Evidence, LockWaker};
 use super::hist::LogHist;
 use super::identity::{self, TaskInfo};
 use super::kernel::{Cum, Kernel};
@@ -63,11 +64,17 @@ pub(crate) enum SpanEv {
     Close {
         span: u64,
     },
-    /// A waker event that wakes `span`, on thread `tid`, at `stack`.
+    /// A waker event that wakes `span`, on thread `tid`, at `stack` (`by_val`: the waker
+    /// is used up).
     Wake {
         span: u64,
         tid: u32,
         stack: Option<StackId>,
+        by_val: bool,
+    },
+    /// `waker.drop` of a waker of `span`.
+    WakerDrop {
+        span: u64,
     },
     /// `waker.clone` of `span`'s waker on thread `tid`, inside span `ctx`, at `stack`.
     Register {
@@ -118,12 +125,15 @@ pub(crate) struct Stats {
     /// Wake→poll delays at least the threshold long, and their total.
     pub delayed: u64,
     pub delayed_ns: u64,
-    /// During those delays: (holder label, worker ns in its polls, of which blocked ns, polls).
-    pub holders: Vec<(u32, u64, u64, u64)>,
+    /// During those delays: (holder label, worker ns in its polls, of which blocked ns, of
+    /// which in polls on CPU for a long poll's time, delays).
+    pub holders: Vec<(u32, u64, u64, u64, u64)>,
     /// Worker time in those delays not inside any poll (the workers were elsewhere).
     pub unheld_ns: u64,
     /// Worker threads seen during those delays (most at once).
     pub workers_seen: u32,
+    /// What the diagnoses need.
+    pub ev: Evidence,
 }
 
 impl Stats {
@@ -168,15 +178,18 @@ impl Stats {
         }
     }
 
-    fn add_holder(&mut self, label: u32, ns: u64, blocked: u64) {
+    fn add_holder(&mut self, label: u32, ns: u64, blocked: u64, long: u64) {
         match self.holders.iter().position(|e| e.0 == label) {
             Some(i) => {
                 let e = &mut self.holders[i];
                 e.1 = e.1.saturating_add(ns);
                 e.2 = e.2.saturating_add(blocked);
-                e.3 += 1;
+                e.3 = e.3.saturating_add(long);
+                e.4 += 1;
             }
-            None if self.holders.len() < MAX_HOLDERS => self.holders.push((label, ns, blocked, 1)),
+            None if self.holders.len() < MAX_HOLDERS => {
+                self.holders.push((label, ns, blocked, long, 1))
+            }
             None => self.unheld_ns = self.unheld_ns.saturating_add(ns),
         }
     }
@@ -197,6 +210,9 @@ impl Stats {
         self.blocked_ns = self.blocked_ns.saturating_add(p.blocked_ns);
         if p.stretches > 0 {
             self.blocked_polls += 1;
+            if self.ev.blocked_at.len() < super::diagnosis::MAX_MOMENTS {
+                self.ev.blocked_at.push(p.start);
+            }
             self.blocked_in_poll_ns = self.blocked_in_poll_ns.saturating_add(p.blocked_counted_ns);
             let sc = p.syscall.unwrap_or(iotrace_trace::Switch::NO_SYSCALL);
             bump(&mut self.syscalls, sc, p.blocked_counted_ns);
@@ -244,7 +260,9 @@ pub(crate) struct Task {
     /// Who began the current scheduled stretch, and on which thread.
     woken_by: Option<(WakeSource, u32)>,
     /// The task's label among holders (name and spawn place), once it has polled.
-    label: Option<u32>,
+    pub label: Option<u32>,
+    /// A blocking task counted in its spawn place's pool use while it polls.
+    pool: bool,
     pub stats: Stats,
 }
 
@@ -267,6 +285,7 @@ impl Task {
             idle_site: YieldSite::default(),
             woken_by: None,
             label: None,
+            pool: false,
             stats: Stats::default(),
         }
     }
@@ -286,12 +305,28 @@ struct OpenSpan {
     chain: Option<(u64, Option<u32>)>,
 }
 
+/// A finished poll, as a worker remembers it.
+#[derive(Clone, Copy)]
+struct Recent {
+    start: u64,
+    end: u64,
+    /// The task's holder label.
+    label: u32,
+    task: TaskKey,
+    /// On CPU for a long poll's time or more.
+    long: bool,
+}
+
 /// A thread that polls tasks: its process and its last polls.
 #[derive(Default)]
 struct Worker {
     pid: u32,
-    /// (start, end, holder label) of its last finished polls.
-    recent: VecDeque<(u64, u64, u32)>,
+    /// It polled a task that is not meant to block: one of the runtime's workers (a
+    /// blocking-pool thread polls only `kind=blocking` tasks).
+    runtime: bool,
+    recent: VecDeque<Recent>,
+    /// The poll it is in (not a host's): its start and the task's label.
+    current: Option<(u64, u32)>,
     /// The task it polled last, and when that poll ended.
     last: Option<(TaskKey, u64)>,
 }
@@ -323,12 +358,20 @@ pub(crate) struct Model {
     pub(crate) strings: Vec<String>,
     string_ids: FxMap<String, u32>,
     pub(crate) delay_threshold_ns: u64,
+    pub(crate) diag: super::DiagnosisOptions,
+    /// Processes whose waker drops (and so live wakers) are recorded, and those whose
+    /// `waker.clone`s are.
+    saw_drops: FxSet<u32>,
+    saw_clones: FxSet<u32>,
+    /// Blocking tasks running now and at most, by (pid, holder label of their spawn place).
+    pub(crate) pool: FxMap<(u32, u32), (u64, u64)>,
 }
 
 impl Model {
-    pub(crate) fn new(delay_threshold_ns: u64) -> Self {
+    pub(crate) fn new(delay_threshold_ns: u64, diag: super::DiagnosisOptions) -> Self {
         Model {
             delay_threshold_ns,
+            diag,
             ..Model::default()
         }
     }
@@ -407,6 +450,7 @@ impl Model {
                 let held = match self.tasks.get(&key) {
                     Some(task)
                         if task.depth == 0
+                            && task.info.as_ref().is_none_or(|i| i.kind != "blocking")
                             && task.phase == Phase::Scheduled
                             && t >= task.since
                             && t - task.since >= self.delay_threshold_ns
@@ -424,6 +468,28 @@ impl Model {
                 if task.depth > 1 {
                     return;
                 }
+                if task.label.is_none() {
+                    // Tasks spawned at one place (a handler per connection) are one holder.
+                    task.label = task
+                        .info
+                        .as_deref()
+                        .map(|i| label_of(&mut self.strings, &mut self.string_ids, i));
+                }
+                if let Some((_, _, _, behind)) = &held {
+                    let victim = task.label.unwrap_or(u32::MAX);
+                    for &(holder, ns) in behind {
+                        if holder != key && victim != u32::MAX {
+                            out.results.behind(holder, victim, ns);
+                        }
+                    }
+                }
+                let blocking = task.info.as_ref().is_some_and(|i| i.kind == "blocking");
+                task.pool = blocking && task.label.is_some();
+                if let (true, Some(label)) = (task.pool, task.label) {
+                    let e = self.pool.entry((pid, label)).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.max(e.0);
+                }
                 let stack = self.polling.entry(tid).or_default();
                 if let Some(&outer) = stack.last() {
                     self.hosts.insert(outer);
@@ -431,18 +497,23 @@ impl Model {
                 stack.push(key);
                 let worker = self.workers.entry(tid).or_default();
                 worker.pid = pid;
+                worker.runtime |= !blocking && task.info.is_some();
+                worker.current = task.label.map(|l| (t, l));
                 task.poll_tid = tid;
                 task.poll_start = t;
                 task.cum0 = kernel.cum_at(tid, t);
                 task.woken_in_poll = false;
                 task.poll_site = None;
-                if let Some((holders, unheld, workers)) = held {
+                if let Some((holders, unheld, workers, _)) = held {
                     task.stats.delayed += 1;
+                    if task.stats.ev.delay_at.len() < super::diagnosis::MAX_MOMENTS {
+                        task.stats.ev.delay_at.push(task.since);
+                    }
                     task.stats.delayed_ns = task.stats.delayed_ns.saturating_add(t - task.since);
                     task.stats.unheld_ns = task.stats.unheld_ns.saturating_add(unheld);
                     task.stats.workers_seen = task.stats.workers_seen.max(workers);
-                    for (label, ns, blocked) in holders {
-                        task.stats.add_holder(label, ns, blocked);
+                    for (label, ns, blocked, long) in holders {
+                        task.stats.add_holder(label, ns, blocked, long);
                     }
                 }
                 if let Some(p) = task.tentative.take() {
@@ -460,6 +531,9 @@ impl Model {
                 }
                 if task.phase == Phase::Scheduled {
                     let d = t - task.since;
+                    if task.stats.polls == 0 && task.woken_by.is_none() {
+                        task.stats.ev.first_wait.get_or_insert((task.since, d));
+                    }
                     task.stats.sched.add(d);
                     self.sched.add(d);
                     if let Some((by, waker_tid)) = task.woken_by {
@@ -490,6 +564,27 @@ impl Model {
                 }
                 let p = measure(kernel, tid, task.poll_start, t, task.cum0);
                 task.tentative = Some(p);
+                let long = p.measured && p.on_cpu_ns >= self.diag.long_poll_ns;
+                if long {
+                    let stacks = kernel.samples_within(tid, p.start, p.end);
+                    task.stats.ev.long_poll(p.start, p.on_cpu_ns, &stacks);
+                }
+                if p.measured && task.info.as_ref().is_some_and(|i| i.kind != "blocking") {
+                    let workers = &self.workers;
+                    let ev = &mut task.stats.ev;
+                    kernel.futex_waits(tid, p.start, p.end, |start, ns, stack, waker| {
+                        let by = waker.filter(|w| !w.irq && w.tid != tid).map(|w| LockWaker {
+                            tid: w.tid,
+                            task: polled_at(workers, w.tid, w.time),
+                        });
+                        ev.futex_wait(start, ns, tid, stack, by);
+                    });
+                }
+                if let (true, Some(label)) = (task.pool, task.label) {
+                    if let Some(e) = self.pool.get_mut(&(pid, label)) {
+                        e.0 = e.0.saturating_sub(1);
+                    }
+                }
                 if let Some(stack) = self.polling.get_mut(&tid) {
                     if let Some(i) = stack.iter().rposition(|&k| k == key) {
                         stack.remove(i);
@@ -499,22 +594,24 @@ impl Model {
                     }
                 }
                 if task.label.is_none() {
-                    if let Some(info) = &task.info {
-                        // Tasks spawned at one place (a handler per connection) are one holder.
-                        let label = match &info.location {
-                            Some(loc) => format!("tasks spawned at {loc}"),
-                            None => format!("`{}`", info.name),
-                        };
-                        task.label = Some(intern(&mut self.strings, &mut self.string_ids, label));
-                    }
+                    task.label = task
+                        .info
+                        .as_deref()
+                        .map(|i| label_of(&mut self.strings, &mut self.string_ids, i));
                 }
                 if let Some(w) = self.workers.get_mut(&tid) {
                     if w.recent.len() >= RECENT_POLLS {
                         w.recent.pop_front();
                     }
-                    w.recent
-                        .push_back((task.poll_start, t, task.label.unwrap_or(u32::MAX)));
+                    w.recent.push_back(Recent {
+                        start: task.poll_start,
+                        end: t,
+                        label: task.label.unwrap_or(u32::MAX),
+                        task: key,
+                        long,
+                    });
                     w.last = Some((key, t));
+                    w.current = None;
                 }
                 if task.phase != Phase::Polling || t < task.since {
                     self.late += 1;
@@ -527,6 +624,16 @@ impl Model {
                     if let Some(site) = task.poll_site.take() {
                         task.idle_site = site;
                     }
+                    // Only a tokio task's wakers are counted (its waker events), and only
+                    // when the program's layer records their drops, or none was ever cloned.
+                    let tokio_task = task
+                        .info
+                        .as_ref()
+                        .is_some_and(|i| i.tokio && (i.kind == "task" || i.kind == "local"));
+                    let counted = tokio_task
+                        && (self.saw_drops.contains(&pid)
+                            || (task.stats.ev.clones == 0 && self.saw_clones.contains(&pid)));
+                    task.stats.ev.pending(t, counted);
                     Phase::Idle
                 };
                 task.since = t;
@@ -538,6 +645,11 @@ impl Model {
                 stack,
             } => {
                 let key = TaskKey { pid, span };
+                self.saw_clones.insert(pid);
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    task.stats.ev.wakers += 1;
+                    task.stats.ev.clones += 1;
+                }
                 let polled_here = self
                     .tasks
                     .get(&key)
@@ -550,11 +662,28 @@ impl Model {
                     task.poll_site = Some(YieldSite { stack, spans });
                 }
             }
-            SpanEv::Wake { span, tid, stack } => {
+            SpanEv::WakerDrop { span } => {
+                self.saw_drops.insert(pid);
+                if let Some(task) = self.tasks.get_mut(&TaskKey { pid, span }) {
+                    task.stats.ev.wakers -= 1;
+                }
+            }
+            SpanEv::Wake {
+                span,
+                tid,
+                stack,
+                by_val,
+            } => {
                 let key = TaskKey { pid, span };
                 if self.non_tasks.contains(&key) || self.orphans.contains_key(&key) {
                     return;
                 }
+                // The waker task's last idle stretch, for a lock held across an await.
+                let waker_task = self.in_poll(tid);
+                let holder_idle = waker_task
+                    .filter(|&k| k != key)
+                    .and_then(|k| self.tasks.get(&k))
+                    .and_then(|h| h.stats.ev.last_idle);
                 let by = match (self.in_poll(tid), self.workers.get(&tid)) {
                     (Some(y), _) => WakeSource::Task(y),
                     (None, Some(w)) => WakeSource::Driver {
@@ -574,6 +703,25 @@ impl Model {
                     .or_insert_with(|| Task::new(Phase::Unknown, t));
                 task.woken = true;
                 task.stats.wakes += 1;
+                if by_val {
+                    task.stats.ev.wakers -= 1;
+                }
+                task.stats.ev.woken();
+                if waker_task == Some(key) && task.phase == Phase::Polling {
+                    task.stats.ev.self_wake(t, stack);
+                }
+                if let (Some(holder), Phase::Idle) = (waker_task, task.phase) {
+                    if holder != key && t >= task.since {
+                        task.stats.ev.woken_by_task(
+                            task.since,
+                            t,
+                            task.idle_site.stack,
+                            holder,
+                            holder_idle,
+                            self.diag.held_share,
+                        );
+                    }
+                }
                 match task.phase {
                     Phase::Polling => {
                         task.woken_in_poll = true;
@@ -665,6 +813,28 @@ impl Model {
 /// (a finished task waking its JoinHandle).
 const HARNESS_SLACK_NS: u64 = 1_000_000;
 
+/// A task's label among holders: the tasks spawned at one place are one.
+fn label_of(strings: &mut Vec<String>, ids: &mut FxMap<String, u32>, info: &TaskInfo) -> u32 {
+    let label = match &info.location {
+        Some(loc) => format!("tasks spawned at {loc}"),
+        None => format!("`{}`", info.name),
+    };
+    intern(strings, ids, label)
+}
+
+/// The task (its holder label) thread `tid` was polling at `t`, from what the model keeps
+/// of its polls: its current poll or one of its recent ones.
+fn polled_at(workers: &FxMap<u32, Worker>, tid: u32, t: u64) -> Option<u32> {
+    let w = workers.get(&tid)?;
+    if let Some(r) = w.recent.iter().rev().find(|r| r.start <= t && t <= r.end) {
+        return (r.label != u32::MAX).then_some(r.label);
+    }
+    // Still in the poll it is in now, if that began before `t`.
+    w.current
+        .filter(|&(start, _)| start <= t)
+        .map(|(_, label)| label)
+}
+
 fn intern(strings: &mut Vec<String>, ids: &mut FxMap<String, u32>, s: String) -> u32 {
     if let Some(&id) = ids.get(&s) {
         return id;
@@ -728,48 +898,71 @@ impl Model {
         Some(intern(&mut self.strings, &mut self.string_ids, chain))
     }
 
-    /// What the worker threads of `pid` did between `from` and `to`: (holder label, ns in its
-    /// polls, of which the worker was blocked), worker ns in no poll, and how many workers.
+    /// What the runtime's worker threads of `pid` did between `from` and `to`: (holder
+    /// label, ns in its polls, of which the worker was blocked, of which it was in polls on
+    /// CPU for a long poll's time), worker ns in no poll, how many workers, and the ns each
+    /// task's polls held a worker.
+    #[allow(clippy::type_complexity)]
     fn held(
         &mut self,
         pid: u32,
         from: u64,
         to: u64,
         kernel: &Kernel,
-    ) -> (Vec<(u32, u64, u64)>, u64, u32) {
-        let mut out: Vec<(u32, u64, u64)> = Vec::new();
+    ) -> (Vec<(u32, u64, u64, u64)>, u64, u32, Vec<(TaskKey, u64)>) {
+        let mut out: Vec<(u32, u64, u64, u64)> = Vec::new();
+        let mut behind: Vec<(TaskKey, u64)> = Vec::new();
         let mut unheld = 0u64;
         let mut workers = 0u32;
         // Stretches as long as the blocked threshold, as for blocked polls (a short futex wait
-        // or a page read is not a poll holding its worker), and only their part in the window:
-        // a poll blocked for 14 ms of which the delay saw 1.5 ms once counted 14 (259% of the
-        // time held, and a warning about the tokio demo in CI).
+        // or a page read is not a poll holding its worker), and only their part in the window
+        // (a poll blocked for 14 ms of which the delay saw 1.5 ms counts 1.5).
         let blocked = |tid: u32, a: u64, b: u64| kernel.long_blocked_within(tid, a, b);
-        let mut add = |label: u32, ns: u64, bl: u64| match out.iter_mut().find(|e| e.0 == label) {
-            Some(e) => {
-                e.1 += ns;
-                e.2 += bl;
-            }
-            None => out.push((label, ns, bl)),
+        let mut add =
+            |label: u32, ns: u64, bl: u64, long: u64| match out.iter_mut().find(|e| e.0 == label) {
+                Some(e) => {
+                    e.1 += ns;
+                    e.2 += bl;
+                    e.3 += long;
+                }
+                None => out.push((label, ns, bl, long)),
+            };
+        let mut hold = |task: TaskKey, ns: u64| match behind.iter_mut().find(|e| e.0 == task) {
+            Some(e) => e.1 += ns,
+            None => behind.push((task, ns)),
         };
-        for (&tid, w) in &self.workers {
-            if w.pid != pid {
-                continue;
-            }
+        let long_ns = self.diag.long_poll_ns;
+        // Blocking-pool threads poll only tasks meant to block; they are not the workers a
+        // task waits for.
+        for (&tid, w) in self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.pid == pid && w.runtime)
+        {
             workers += 1;
             let mut in_polls = 0u64;
-            for &(s, e, label) in &w.recent {
-                let (a, b) = (s.max(from), e.min(to));
+            for r in &w.recent {
+                let (a, b) = (r.start.max(from), r.end.min(to));
                 if b > a {
                     in_polls += b - a;
-                    add(label, b - a, blocked(tid, a, b));
+                    let long = if r.long { b - a } else { 0 };
+                    add(r.label, b - a, blocked(tid, a, b), long);
+                    hold(r.task, b - a);
                 }
             }
-            if let Some(task) = self.in_poll(tid).and_then(|k| self.tasks.get(&k)) {
+            let current = self.in_poll(tid);
+            if let Some((key, task)) = current.and_then(|k| Some((k, self.tasks.get(&k)?))) {
                 let a = task.poll_start.max(from);
                 if to > a {
                     in_polls += to - a;
-                    add(task.label.unwrap_or(u32::MAX), to - a, blocked(tid, a, to));
+                    let cpu = match (task.cum0, kernel.cum_at(tid, to)) {
+                        (Some(c0), Some(c1)) => c1.since(&c0).running,
+                        _ => 0,
+                    };
+                    let long = if cpu >= long_ns { to - a } else { 0 };
+                    let label = task.label.unwrap_or(u32::MAX);
+                    add(label, to - a, blocked(tid, a, to), long);
+                    hold(key, to - a);
                 }
             }
             unheld += (to - from).saturating_sub(in_polls);
@@ -785,7 +978,7 @@ impl Model {
                 e.0 = unknown;
             }
         }
-        (out, unheld, workers)
+        (out, unheld, workers, behind)
     }
 }
 
@@ -800,6 +993,7 @@ fn set_phase(key: TaskKey, task: &mut Task, phase: Phase, t: u64, sink: &mut dyn
         Phase::Idle => {
             task.stats.idle_ns = task.stats.idle_ns.saturating_add(d);
             task.stats.add_idle(task.idle_site, d);
+            task.stats.ev.idle_ends(task.since, t, task.idle_site.stack);
             Some(TaskPhase::Idle(task.idle_site))
         }
         _ => None,

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use super::{StackId, TaskRow, WakerRow, Warning};
+use super::{Diagnosis, StackId, TaskRow, WakerRow, Warning};
 use crate::stacks::{Need, StackFold};
 use crate::symbolize::{self, FrameKey, KernelSymbols};
 use iotrace_trace::{FormatError, Record, TraceReader};
@@ -73,21 +73,98 @@ pub fn names_in(
         .collect()
 }
 
-/// Fills in the stacks of `warnings` that have one, and the tasks' yield sites and driver
-/// wakes. A trace without stacks (or a failure to read them) leaves them as they are.
-pub fn name_report_stacks(trace: &Path, tasks: &mut [TaskRow], warnings: &mut [Warning]) {
-    let mut ids: Vec<StackId> = warnings.iter().filter_map(|w| w.stack_id).collect();
-    ids.extend(task_stack_ids(tasks));
-    if ids.is_empty() {
-        return;
+/// Fills in the stacks of the summary's warnings and diagnoses that have one, and the tasks'
+/// yield sites and driver wakes, then settles the diagnoses (see
+/// [`super::diagnosis::settle`]). A trace without stacks (or a failure to read them) leaves
+/// them as they are.
+pub fn name_report_stacks(trace: &Path, summary: &mut crate::summary::Summary) {
+    let mut ids: Vec<StackId> = summary.warnings.iter().filter_map(|w| w.stack_id).collect();
+    ids.extend(task_stack_ids(&summary.tasks));
+    ids.extend(diagnosis_stack_ids(&summary.diagnoses));
+    if !ids.is_empty() {
+        ids.sort_unstable();
+        ids.dedup();
+        if let Ok(names) = stack_names(trace, &ids) {
+            apply_warning_names(&names, &mut summary.warnings);
+            apply_task_names(&names, &mut summary.tasks);
+            apply_diagnosis_names(&names, &mut summary.diagnoses);
+        }
     }
-    ids.sort_unstable();
-    ids.dedup();
-    let Ok(names) = stack_names(trace, &ids) else {
-        return;
+    super::diagnosis::settle(&mut summary.diagnoses);
+}
+
+/// The stacks the diagnoses point at.
+pub fn diagnosis_stack_ids(diagnoses: &[Diagnosis]) -> Vec<StackId> {
+    diagnoses
+        .iter()
+        .flat_map(|d| [d.stack_id, d.stack2_id])
+        .flatten()
+        .collect()
+}
+
+/// Names the diagnoses' stacks: each one's `stack`, and its `line` (the program's line at
+/// fault) from it, and for `held_across_await` the holder's line.
+pub fn apply_diagnosis_names(names: &StackNames, diagnoses: &mut [Diagnosis]) {
+    for d in diagnoses.iter_mut() {
+        if let Some(frames) = d.stack_id.and_then(|id| names.get(&id)) {
+            if !frames.is_empty() {
+                let line = match d.kind {
+                    "held_across_await" => site_line(frames),
+                    // The loop, and the line of the poll that ran it.
+                    "long_poll" | "self_wake" => fault_line(frames, 2),
+                    _ => fault_line(frames, 1),
+                };
+                if line.is_some() {
+                    d.line = line;
+                }
+                d.stack = Some(frames.iter().map(|(n, _)| n.clone()).collect());
+            }
+        }
+        if let (Some(frames), Some(held)) = (d.stack2_id.and_then(|id| names.get(&id)), &mut d.held)
+        {
+            held.lock_line = site_line(frames);
+        }
+    }
+}
+
+/// Whether a frame name (`name at file:line`) is in the program's own sources: not Rust's
+/// `library/`, not a crate from cargo's registry (`tokio-1.54.1/src/…`), not a distribution's
+/// build tree (`./time/…`, `/build/…`) or a system path.
+pub fn is_own_code(name: &str) -> bool {
+    let Some((_, at)) = name.rsplit_once(" at ") else {
+        return false;
     };
-    apply_warning_names(&names, warnings);
-    apply_task_names(&names, tasks);
+    let first = at.split('/').next().unwrap_or("");
+    let versioned = first.rsplit_once('-').is_some_and(|(_, v)| {
+        v.split('.').count() >= 3
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    });
+    let system = ["/usr/", "/build/", "/rustc/", "/lib/"]
+        .iter()
+        .any(|p| at.starts_with(p))
+        || at.contains("/.rustup/")
+        || at.contains("/.cargo/");
+    at.contains('/') && !system && !at.starts_with('.') && first != "library" && !versioned
+}
+
+/// The program's lines in a stack: its `n` innermost frames that are neither a library's nor
+/// the kernel's, each as `function at file:line`, innermost first, joined by ` ← `.
+pub fn fault_line(frames: &[(String, bool)], n: usize) -> Option<String> {
+    let lines: Vec<String> = frames
+        .iter()
+        .filter(|(name, kernel)| !*kernel && !is_library(name) && is_own_code(name))
+        .take(n)
+        .map(|(name, _)| {
+            let mut line = short_name(name);
+            if let Some(p) = name.split(" at ").nth(1) {
+                line.push_str(" at ");
+                line.push_str(p);
+            }
+            line
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(" ← "))
 }
 
 /// The stacks the task rows point at: their yield sites and the stacks of driver wakes.

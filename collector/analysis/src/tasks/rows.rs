@@ -81,10 +81,13 @@ pub struct TaskRow {
 #[derive(Debug, Clone)]
 pub(crate) struct DelayedRow {
     row: TaskRow,
-    /// (holder label, held ns, of which blocked, delays).
-    holders: Vec<(u32, u64, u64, u64)>,
+    /// (holder label, held ns, of which blocked, of which in long polls, delays).
+    holders: Vec<(u32, u64, u64, u64, u64)>,
+    label: Option<u32>,
     unheld_ns: u64,
     workers: u32,
+    /// When its long delays began.
+    at: Vec<u64>,
 }
 
 /// Most known yield sites listed per task.
@@ -165,6 +168,8 @@ pub struct Holder {
     pub held_ns: u64,
     /// Of that, the worker was blocked in the kernel.
     pub blocked_ns: u64,
+    /// Of that, in polls that ran on CPU for a long poll's time or more.
+    pub long_poll_ns: u64,
     /// Delays during which it held a worker.
     pub delays: u64,
 }
@@ -222,6 +227,8 @@ pub struct TaskTotals {
     pub blocked_in_poll_ns: u64,
     pub warned_tasks: u64,
     pub warnings_omitted: u64,
+    /// Diagnoses found but not listed (more than the listing limit).
+    pub diagnoses_omitted: u64,
     /// Wake→poll latency over all tasks.
     pub scheduled_p50_ns: Option<u64>,
     pub scheduled_p99_ns: Option<u64>,
@@ -252,6 +259,9 @@ pub(crate) struct Results {
     /// One blocked poll alone is warned about only if it blocked at least this long (see
     /// [`warrants_warning`]).
     pub(crate) lone_block_ns: u64,
+    pub(crate) diag: super::DiagnosisOptions,
+    /// Diagnoses found so far, and what they need at the end.
+    pub(crate) pending: super::rules::Pending,
 }
 
 /// How many times the blocked threshold a task's only blocked poll must last to be warned
@@ -275,7 +285,13 @@ fn interest(r: &TaskRow) -> (u64, u64) {
 }
 
 impl Results {
+    /// Task `holder`'s polls held a worker for `ns` while a task labelled `victim` waited.
+    pub(crate) fn behind(&mut self, holder: TaskKey, victim: u32, ns: u64) {
+        self.pending.behind(holder, victim, ns);
+    }
+
     pub(crate) fn add(&mut self, key: TaskKey, task: Task) {
+        let label = task.label;
         let info = task.info.map(|i| *i).unwrap_or_else(|| super::TaskInfo {
             name: format!("span {}", key.span),
             kind: "task".to_owned(),
@@ -372,8 +388,26 @@ impl Results {
             ..row
         };
         if delay_warrants(&row, &s, self.delay_threshold_ns) {
-            delayed_push(self, &row, &s);
+            delayed_push(self, &row, &s, label);
         }
+        let mut found = Vec::new();
+        super::rules::task_diagnoses(key, label, &row, &s, &self.diag, self.start_ns, &mut found);
+        if warrants_warning(&row, self.warn_share, self.lone_block_ns) {
+            found.extend(super::rules::blocked_in_poll(
+                key,
+                label,
+                &row,
+                &s,
+                self.start_ns,
+                &found,
+            ));
+        }
+        for f in found {
+            self.pending.push(f);
+        }
+        self.pending
+            .pools
+            .add(label, &row, &s, &self.diag, self.start_ns);
         let t = &mut self.totals;
         t.tasks += 1;
         t.polls += row.polls;
@@ -405,7 +439,14 @@ impl Results {
         names: &HashMap<u32, String>,
         opts: &super::TaskOptions,
         strings: &[String],
-    ) -> (Vec<TaskRow>, Vec<Warning>, TaskTotals) {
+        pool_peaks: &rustc_hash::FxHashMap<(u32, u32), (u64, u64)>,
+        wakeups: bool,
+    ) -> (
+        Vec<TaskRow>,
+        Vec<Warning>,
+        Vec<super::Diagnosis>,
+        TaskTotals,
+    ) {
         for r in &mut self.rows {
             for site in &mut r.yield_sites {
                 if site.site != "unknown" {
@@ -444,6 +485,21 @@ impl Results {
             self.warned.truncate(MAX_WARNINGS);
         }
         let mut warnings: Vec<Warning> = self.warned.iter().map(|r| warning(r, names)).collect();
+        // A task that waited behind another place's culprits is listed under their
+        // diagnoses; a scheduling delay of its own is one that no such culprit explains.
+        let culprits: std::collections::HashSet<u32> = self
+            .pending
+            .found
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f.d.kind,
+                    "long_poll" | "lock_contention" | "blocked_in_poll"
+                )
+            })
+            .filter_map(|f| f.label)
+            .collect();
+        let mut delay_diagnoses = Vec::new();
         self.delayed
             .sort_by_key(|d| std::cmp::Reverse(d.row.delayed_ns));
         for d in &self.delayed {
@@ -452,13 +508,44 @@ impl Results {
                 continue;
             }
             self.totals.warned_tasks += 1;
-            warnings.push(delay_warning(d, strings, self.delay_threshold_ns));
+            let w = delay_warning(d, strings, self.delay_threshold_ns);
+            let bad = |h: &(u32, u64, u64, u64, u64)| h.2.max(h.3);
+            let all: u64 = d.holders.iter().map(bad).sum();
+            let elsewhere: u64 = d
+                .holders
+                .iter()
+                .filter(|h| culprits.contains(&h.0) && Some(h.0) != d.label)
+                .map(bad)
+                .sum();
+            if all == 0 || 2 * elsewhere < all {
+                delay_diagnoses.push(super::rules::scheduling_delay(
+                    &d.row,
+                    &w,
+                    &d.at,
+                    self.start_ns,
+                ));
+            }
+            warnings.push(w);
         }
         self.totals.blocked_threshold_ns = opts.blocked_threshold_ns;
         self.totals.warn_share = opts.warn_share;
         self.totals.scheduled_p50_ns = self.sched.quantile(0.5);
         self.totals.scheduled_p99_ns = self.sched.quantile(0.99);
-        (self.rows, warnings, self.totals)
+        let mut diagnoses = self.pending.finish(
+            &opts.diagnosis,
+            pool_peaks,
+            strings,
+            names,
+            &self.rows,
+            wakeups,
+        );
+        diagnoses.extend(delay_diagnoses);
+        super::rules::sort(&mut diagnoses);
+        if diagnoses.len() > MAX_WARNINGS {
+            self.totals.diagnoses_omitted += (diagnoses.len() - MAX_WARNINGS) as u64;
+            diagnoses.truncate(MAX_WARNINGS);
+        }
+        (self.rows, warnings, diagnoses, self.totals)
     }
 }
 
@@ -501,7 +588,8 @@ fn waker_rows(wakers: &[(super::WakeSource, u64)]) -> Vec<WakerRow> {
 /// [`DELAY_BLOCKED_SHARE`] of the time they were held.
 fn delay_warrants(row: &TaskRow, s: &super::model::Stats, threshold: u64) -> bool {
     let held: u64 = s.holders.iter().map(|h| h.1).sum();
-    let blocked: u64 = s.holders.iter().map(|h| h.2).sum();
+    // Held by polls that blocked, or that ran on CPU for a long poll's time.
+    let blocked: u64 = s.holders.iter().map(|h| h.2.max(h.3)).sum();
     threshold > 0
         && row.kind != "blocking"
         && s.delayed >= 2
@@ -510,7 +598,7 @@ fn delay_warrants(row: &TaskRow, s: &super::model::Stats, threshold: u64) -> boo
         && blocked as f64 >= DELAY_BLOCKED_SHARE * held as f64
 }
 
-fn delayed_push(results: &mut Results, row: &TaskRow, s: &super::model::Stats) {
+fn delayed_push(results: &mut Results, row: &TaskRow, s: &super::model::Stats, label: Option<u32>) {
     if results.delayed.len() >= 2 * MAX_WARNINGS {
         results.totals.warnings_omitted += 1;
         return;
@@ -520,6 +608,8 @@ fn delayed_push(results: &mut Results, row: &TaskRow, s: &super::model::Stats) {
         holders: s.holders.clone(),
         unheld_ns: s.unheld_ns,
         workers: s.workers_seen,
+        label,
+        at: s.ev.delay_at.clone(),
     });
 }
 
@@ -528,17 +618,20 @@ fn delay_warning(d: &DelayedRow, strings: &[String], threshold_ns: u64) -> Warni
     let mut held_by: Vec<Holder> = d
         .holders
         .iter()
-        .map(|&(label, held_ns, blocked_ns, delays)| Holder {
-            task: strings
-                .get(label as usize)
-                .cloned()
-                .unwrap_or_else(|| "tasks not named yet".to_owned()),
-            held_ns,
-            blocked_ns,
-            delays,
-        })
+        .map(
+            |&(label, held_ns, blocked_ns, long_poll_ns, delays)| Holder {
+                task: strings
+                    .get(label as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "tasks not named yet".to_owned()),
+                held_ns,
+                blocked_ns,
+                long_poll_ns,
+                delays,
+            },
+        )
         .collect();
-    held_by.sort_by_key(|h| std::cmp::Reverse(h.blocked_ns.max(h.held_ns / 4)));
+    held_by.sort_by_key(|h| std::cmp::Reverse(h.blocked_ns.max(h.long_poll_ns).max(h.held_ns / 4)));
     let blocked_ns = held_by.iter().map(|h| h.blocked_ns).sum();
     Warning {
         kind: "scheduling_delay",

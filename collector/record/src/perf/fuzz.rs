@@ -6,8 +6,9 @@ use super::*;
 
 /// Records are `ty:u32le misc:u16le len:u16le data:len` (a perf_event_header without its
 /// size field's meaning: `len` counts only `data`), one after another; a header or data cut
-/// short ends the input. Sample ids 1, 2, 3 and 4 stand for the syscall tracepoint, the
-/// page-fault event, cpu-clock and switch-out stacks. Returns the trace records produced.
+/// short ends the input. Sample ids 1, 2, 3, 4 and 5 stand for the syscall tracepoint, the
+/// page-fault event, cpu-clock and switch-out stacks, and `sched:sched_waking` (its wakee at
+/// offset 24 of RAW). Returns the trace records produced.
 #[doc(hidden)]
 pub fn records(input: &[u8]) -> Vec<Record> {
     let mut produced = Vec::new();
@@ -21,6 +22,7 @@ pub fn records(input: &[u8]) -> Vec<Record> {
     let mut syscalls: HashMap<(u32, u16), u64> = HashMap::default();
     let mut faults: HashMap<u32, u64> = HashMap::default();
     let mut lost = 0u64;
+    let mut wakeups_seen = 0u64;
     let mut chain_buf = Vec::new();
     // Inputs of odd length name switch-outs' syscalls from kernel stacks, as recordings with
     // the in-kernel counter do; even ones from the last syscall sample.
@@ -52,6 +54,9 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             fault_ids: &[2],
             clock_ids: &[3],
             switch_ids: &[4],
+            wakeup_ids: &[5],
+            wakee_offset: 24,
+            wakeups_seen: &mut wakeups_seen,
             stacks: &mut stacks,
             chain_buf: &mut chain_buf,
             unwind: Some(&mut unwind),

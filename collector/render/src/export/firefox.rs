@@ -11,7 +11,8 @@
 //! - Markers: `blocked` stretches (switched out voluntarily for at least the blocked
 //!   threshold, with their syscall), `poll` / `poll (blocked)` for each poll of a task on its
 //!   worker thread (with the task's name, location, on-CPU and blocked time), and each stretch
-//!   a span was entered on a thread (named by the span; task spans are shown as polls).
+//!   a span was entered on a thread (named by the span; task spans are shown as polls); and
+//!   each moment of a diagnosis, an instant named after its kind ([`markers`]).
 //!
 //! Two passes over the trace: the first collects the distinct stacks and names their frames
 //! (as the flamegraphs do), the second adds samples and markers to the profile as they come.
@@ -23,11 +24,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fxprof_processed_profile::{
-    CategoryColor, CategoryHandle, CpuDelta, FrameFlags, FrameInfo, MarkerFieldFlags,
-    MarkerFieldFormat, MarkerTiming, ProcessHandle, Profile, ReferenceTimestamp, SamplingInterval,
-    StackHandle, StaticSchemaMarker, StaticSchemaMarkerField, StringHandle, ThreadHandle,
+    CategoryColor, CategoryHandle, CpuDelta, FrameFlags, FrameInfo, MarkerTiming, ProcessHandle,
+    Profile, ReferenceTimestamp, SamplingInterval, StackHandle, StringHandle, ThreadHandle,
     Timestamp,
 };
+
+mod markers;
+
+use markers::{BlockedMarker, PollMarker, SpanMarker};
 
 use super::common::{absolute, no_samples, window, Counting, ExportError, FormatOutcome};
 use crate::flamegraph::{native_frames, need_frames, stack_pass, thread_name, NamedFrame};
@@ -42,137 +46,6 @@ use iotrace_analysis::tasks::{
 };
 use iotrace_trace::{Record, Switch, TraceReader};
 use iotrace_wire::{CallsiteKind, SpanBatch, SpanEvent};
-
-struct BlockedMarker {
-    name: StringHandle,
-    category: CategoryHandle,
-    syscall: StringHandle,
-}
-
-impl StaticSchemaMarker for BlockedMarker {
-    const UNIQUE_MARKER_TYPE_NAME: &'static str = "iotrace-blocked";
-    const DESCRIPTION: Option<&'static str> =
-        Some("The thread was switched out voluntarily (off CPU), in this syscall");
-    const CHART_LABEL: Option<&'static str> = Some("{marker.data.syscall}");
-    const TABLE_LABEL: Option<&'static str> = Some("blocked in {marker.data.syscall}");
-    const FIELDS: &'static [StaticSchemaMarkerField] = &[StaticSchemaMarkerField {
-        key: "syscall",
-        label: "Syscall",
-        format: MarkerFieldFormat::String,
-        flags: MarkerFieldFlags::SEARCHABLE,
-    }];
-
-    fn name(&self, _: &mut Profile) -> StringHandle {
-        self.name
-    }
-    fn category(&self, _: &mut Profile) -> CategoryHandle {
-        self.category
-    }
-    fn string_field_value(&self, _: u32) -> StringHandle {
-        self.syscall
-    }
-    fn number_field_value(&self, _: u32) -> f64 {
-        0.0
-    }
-}
-
-#[derive(Clone, Copy)]
-struct PollMarker {
-    name: StringHandle,
-    category: CategoryHandle,
-    task: StringHandle,
-    location: StringHandle,
-    on_cpu_ms: f64,
-    blocked_ms: f64,
-}
-
-impl StaticSchemaMarker for PollMarker {
-    const UNIQUE_MARKER_TYPE_NAME: &'static str = "iotrace-poll";
-    const DESCRIPTION: Option<&'static str> = Some(
-        "A poll of an async task on this worker thread; `poll (blocked)` when it blocked the thread",
-    );
-    const CHART_LABEL: Option<&'static str> = Some("{marker.data.task}");
-    const TABLE_LABEL: Option<&'static str> = Some("{marker.name} {marker.data.task}");
-    const FIELDS: &'static [StaticSchemaMarkerField] = &[
-        StaticSchemaMarkerField {
-            key: "task",
-            label: "Task",
-            format: MarkerFieldFormat::String,
-            flags: MarkerFieldFlags::SEARCHABLE,
-        },
-        StaticSchemaMarkerField {
-            key: "location",
-            label: "Spawned at",
-            format: MarkerFieldFormat::String,
-            flags: MarkerFieldFlags::SEARCHABLE,
-        },
-        StaticSchemaMarkerField {
-            key: "onCpu",
-            label: "On CPU",
-            format: MarkerFieldFormat::Milliseconds,
-            flags: MarkerFieldFlags::empty(),
-        },
-        StaticSchemaMarkerField {
-            key: "blocked",
-            label: "Blocked (off CPU)",
-            format: MarkerFieldFormat::Milliseconds,
-            flags: MarkerFieldFlags::empty(),
-        },
-    ];
-
-    fn name(&self, _: &mut Profile) -> StringHandle {
-        self.name
-    }
-    fn category(&self, _: &mut Profile) -> CategoryHandle {
-        self.category
-    }
-    fn string_field_value(&self, i: u32) -> StringHandle {
-        if i == 0 {
-            self.task
-        } else {
-            self.location
-        }
-    }
-    fn number_field_value(&self, i: u32) -> f64 {
-        if i == 2 {
-            self.on_cpu_ms
-        } else {
-            self.blocked_ms
-        }
-    }
-}
-
-struct SpanMarker {
-    name: StringHandle,
-    category: CategoryHandle,
-    target: StringHandle,
-}
-
-impl StaticSchemaMarker for SpanMarker {
-    const UNIQUE_MARKER_TYPE_NAME: &'static str = "iotrace-span";
-    const DESCRIPTION: Option<&'static str> =
-        Some("A tracing span entered on this thread (from the program's iotrace layer)");
-    const CHART_LABEL: Option<&'static str> = Some("{marker.name}");
-    const FIELDS: &'static [StaticSchemaMarkerField] = &[StaticSchemaMarkerField {
-        key: "target",
-        label: "Target",
-        format: MarkerFieldFormat::String,
-        flags: MarkerFieldFlags::SEARCHABLE,
-    }];
-
-    fn name(&self, _: &mut Profile) -> StringHandle {
-        self.name
-    }
-    fn category(&self, _: &mut Profile) -> CategoryHandle {
-        self.category
-    }
-    fn string_field_value(&self, _: u32) -> StringHandle {
-        self.target
-    }
-    fn number_field_value(&self, _: u32) -> f64 {
-        0.0
-    }
-}
 
 /// A poll whose task was not named yet: (worker tid, start, end, marker without names).
 type PendingPoll = (u32, u64, u64, PollMarker);
@@ -769,7 +642,13 @@ pub fn export(
     }
     fold.finish(&mut |f, item| b.item(f, item));
     let stop = reader.stop().map(|s| s.to_string());
-    let summary = summarizer.finish_to(stop.clone(), &mut Markers { b: &mut b });
+    let mut summary = summarizer.finish_to(stop.clone(), &mut Markers { b: &mut b });
+    markers::diagnoses(
+        &mut b,
+        &mut fold,
+        pass.kernel.as_ref(),
+        &mut summary.diagnoses,
+    );
     // Polls of tasks whose span's creation never came: named from the report, when it has
     // them as tasks.
     let pending = std::mem::take(&mut b.pending_polls);

@@ -170,6 +170,11 @@ impl<'f> Starts<'f> {
         }
     }
 
+    /// When the next wake woke, if there is one left.
+    pub(super) fn next_at(&self) -> Option<u64> {
+        self.list.get(self.at).map(|&i| self.wakes[i].woken)
+    }
+
     /// The next wake that woke before `t`, if any.
     pub(super) fn before(&mut self, t: u64) -> Option<usize> {
         let &i = self.list.get(self.at)?;

@@ -11,12 +11,15 @@
 //!   waking task's, else the thread the wake ran on) at the moment it woke the task, carrying
 //!   the flow's id in `flow_ids`, and the poll that followed carrying it in
 //!   `terminating_flow_ids`;
+//! - each moment of a diagnosis as an instant named after its kind, with its `message`, `line`
+//!   and `task`, on the task's track (else its worker thread's, else its process's);
 //! - event names, argument names and repeated argument values (syscalls, stacks) interned
 //!   once on the one packet sequence, so a slice is two packets of about 20 bytes.
 //!
 //! Packets are written track by track, not in time order: trace_processor sorts them, and the
 //! interned strings are defined, in file order, before their first use. Within a track they
-//! are in time order (a wake's instant between the begin and the end of the slice it falls in).
+//! are in time order (a wake's or a diagnosis' instant between the begin and the end of the slice
+//! it falls in).
 //!
 //! Field numbers are those of perfetto's `protos/perfetto/trace/` (`trace.proto`,
 //! `trace_packet.proto`, `track_event/*.proto`, `interned_data/interned_data.proto`); the test
@@ -29,6 +32,7 @@ use rustc_hash::FxHashMap;
 
 use super::common::Pb;
 use super::flows::{End, Flows, Source, Starts};
+use super::moments::Moments;
 use crate::out::TrackError;
 use iotrace_analysis::intervals::{Collected, BLOCKED, IDLE, STATES};
 use iotrace_analysis::summary::Summary;
@@ -267,30 +271,81 @@ fn counter_uuid(pid: u32, which: u64) -> u64 {
     ((4 + which) << 40) | u64::from(pid)
 }
 
-/// Writes the wakes that woke before `t` on `track` as instants that start their flows.
-fn write_starts<W: Write>(
-    o: &mut Writer<W>,
-    flows: &Flows<'_>,
-    starts: &mut Starts<'_>,
-    names: &FxHashMap<iotrace_analysis::tasks::TaskKey, String>,
-    track: u64,
+/// What goes on the tracks as instants between their slices: the wakes that start flows
+/// there, and the diagnoses' moments.
+struct Instants<'f, 'a> {
+    flows: &'f Flows<'a>,
+    /// The woken tasks' names.
+    names: FxHashMap<iotrace_analysis::tasks::TaskKey, String>,
+    moments: Moments<'a>,
+    /// Indexes into `moments.list` by track, in time order; taken when the track is written.
+    by_track: FxHashMap<u64, Vec<usize>>,
     base: u64,
-    t: u64,
-) -> io::Result<()> {
-    while let Some(i) = starts.before(t) {
-        let wake = &flows.wakes[i];
-        let woken = names.get(&wake.task).map_or("?", String::as_str);
-        o.flow_event(
+}
+
+/// One track's instants, handed out in time order beside its slices.
+struct OnTrack<'f> {
+    track: u64,
+    starts: Starts<'f>,
+    moments: Vec<usize>,
+    next: usize,
+}
+
+impl<'f> Instants<'f, '_> {
+    fn on(&mut self, track: u64, source: Source) -> OnTrack<'f> {
+        OnTrack {
             track,
-            wake.woken.saturating_sub(base),
-            TYPE_INSTANT,
-            Some("wake"),
-            &[Arg::Str("woken", woken)],
-            None,
-            (&[i as u64 + 1], &[]),
-        )?;
+            starts: Starts::new(self.flows, source),
+            moments: self.by_track.remove(&track).unwrap_or_default(),
+            next: 0,
+        }
     }
-    Ok(())
+
+    /// Writes the instants of `on` before `t`: wakes that start their flows there, and
+    /// diagnoses' moments.
+    fn before<W: Write>(&self, o: &mut Writer<W>, on: &mut OnTrack<'_>, t: u64) -> io::Result<()> {
+        loop {
+            let wake = on.starts.next_at().filter(|&w| w < t);
+            let moment = on.moments.get(on.next).copied();
+            let moment = moment.filter(|&m| self.moments.list[m].at < t);
+            match (wake, moment) {
+                (Some(w), m) if m.is_none_or(|m| w <= self.moments.list[m].at) => {
+                    let Some(i) = on.starts.before(t) else {
+                        return Ok(());
+                    };
+                    let wake = &self.flows.wakes[i];
+                    let woken = self.names.get(&wake.task).map_or("?", String::as_str);
+                    o.flow_event(
+                        on.track,
+                        wake.woken.saturating_sub(self.base),
+                        TYPE_INSTANT,
+                        Some("wake"),
+                        &[Arg::Str("woken", woken)],
+                        None,
+                        (&[i as u64 + 1], &[]),
+                    )?;
+                }
+                (_, Some(m)) => {
+                    self.moment(o, on.track, m)?;
+                    on.next += 1;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// A diagnosis' moment as an instant named after its kind.
+    fn moment<W: Write>(&self, o: &mut Writer<W>, track: u64, i: usize) -> io::Result<()> {
+        let m = &self.moments.list[i];
+        let d = &self.moments.diagnoses[m.diagnosis];
+        let mut args = vec![Arg::Str("message", &self.moments.messages[m.diagnosis])];
+        if let Some(line) = &d.line {
+            args.push(Arg::Str("line", line));
+        }
+        args.push(Arg::Str("task", &d.task));
+        let ts = m.at.saturating_sub(self.base);
+        o.event(track, ts, TYPE_INSTANT, Some(d.kind), &args, None)
+    }
 }
 
 /// Writes the collected trace as Perfetto protobuf to `w`; returns the packets written, and the
@@ -318,6 +373,9 @@ pub(crate) fn write<W: Write>(
     }
     for row in &summary.tasks {
         processes.entry(row.pid).or_default();
+    }
+    for d in &summary.diagnoses {
+        processes.entry(d.pid).or_default();
     }
     let mut pids: Vec<(&u32, &String)> = processes.iter().collect();
     pids.sort();
@@ -348,9 +406,29 @@ pub(crate) fn write<W: Write>(
     let mut blocked = super::SyscallNames::new(str::to_owned);
     let mut stack_lines = super::StackLines::new(stacks, str::to_owned);
     let flows = Flows::new(summary, col, str::to_owned);
-    let task_names: FxHashMap<_, String> = super::drawn_tasks(summary, col)
-        .map(|(_, key, _, name)| (key, name))
-        .collect();
+    let mut inst = Instants {
+        flows: &flows,
+        names: FxHashMap::default(),
+        moments: Moments::new(summary, col),
+        by_track: FxHashMap::default(),
+        base,
+    };
+    let mut drawn = FxHashMap::default();
+    for (index, key, _, name) in super::drawn_tasks(summary, col) {
+        inst.names.insert(key, name);
+        drawn.insert(key, index);
+    }
+    for (i, m) in inst.moments.list.iter().enumerate() {
+        let d = &inst.moments.diagnoses[m.diagnosis];
+        let has_track =
+            |tid| col.threads.contains_key(&tid) || summary.threads.iter().any(|t| t.tid == tid);
+        let track = match drawn.get(&inst.moments.task(m)) {
+            Some(&index) => task_uuid(index),
+            None if d.tid != 0 && has_track(d.tid) => thread_uuid(d.tid),
+            None => process_uuid(d.pid),
+        };
+        inst.by_track.entry(track).or_default().push(i);
+    }
     for (tid, pid) in tids {
         if !summary.threads.iter().any(|t| t.tid == tid) {
             // A thread the summary does not name still gets its track.
@@ -364,19 +442,10 @@ pub(crate) fn write<W: Write>(
             o.track(&d).map_err(we)?;
         }
         let track = thread_uuid(tid);
-        let mut starts = Starts::new(&flows, Source::Thread(tid));
+        let mut on = inst.on(track, Source::Thread(tid));
         for iv in col.thread_ivs(tid).map_err(TrackError::Read)? {
             let (start, end) = (rel(iv.start), rel(iv.end));
-            write_starts(
-                &mut o,
-                &flows,
-                &mut starts,
-                &task_names,
-                track,
-                base,
-                iv.start,
-            )
-            .map_err(we)?;
+            inst.before(&mut o, &mut on, iv.start).map_err(we)?;
             if iv.state == BLOCKED {
                 let (name, sc) = blocked.get(iv.syscall);
                 let mut args = vec![Arg::Str("syscall", sc)];
@@ -394,29 +463,11 @@ pub(crate) fn write<W: Write>(
                 o.event(track, start, TYPE_SLICE_BEGIN, Some(state), &[], None)
                     .map_err(we)?;
             }
-            write_starts(
-                &mut o,
-                &flows,
-                &mut starts,
-                &task_names,
-                track,
-                base,
-                iv.end,
-            )
-            .map_err(we)?;
+            inst.before(&mut o, &mut on, iv.end).map_err(we)?;
             o.event(track, end, TYPE_SLICE_END, None, &[], None)
                 .map_err(we)?;
         }
-        write_starts(
-            &mut o,
-            &flows,
-            &mut starts,
-            &task_names,
-            track,
-            base,
-            u64::MAX,
-        )
-        .map_err(we)?;
+        inst.before(&mut o, &mut on, u64::MAX).map_err(we)?;
     }
 
     // Tasks: a track each, under its process.
@@ -429,19 +480,10 @@ pub(crate) fn write<W: Write>(
         d.bytes(TRACK_NAME, name.as_bytes());
         d.put_uint(TRACK_PARENT_UUID, process_uuid(row.pid));
         o.track(&d).map_err(we)?;
-        let mut starts = Starts::new(&flows, Source::Task(key));
+        let mut on = inst.on(track, Source::Task(key));
         let mut ends = flows.ends(&key);
         for iv in col.task_ivs(&key).map_err(TrackError::Read)? {
-            write_starts(
-                &mut o,
-                &flows,
-                &mut starts,
-                &task_names,
-                track,
-                base,
-                iv.start,
-            )
-            .map_err(we)?;
+            inst.before(&mut o, &mut on, iv.start).map_err(we)?;
             let state = STATES[usize::from(iv.state).min(STATES.len() - 1)];
             let mut args = Vec::new();
             let mut ending: &[u64] = &[];
@@ -480,29 +522,20 @@ pub(crate) fn write<W: Write>(
                 (&[], ending),
             )
             .map_err(we)?;
-            write_starts(
-                &mut o,
-                &flows,
-                &mut starts,
-                &task_names,
-                track,
-                base,
-                iv.end,
-            )
-            .map_err(we)?;
+            inst.before(&mut o, &mut on, iv.end).map_err(we)?;
             o.event(track, rel(iv.end), TYPE_SLICE_END, None, &[], None)
                 .map_err(we)?;
         }
-        write_starts(
-            &mut o,
-            &flows,
-            &mut starts,
-            &task_names,
-            track,
-            base,
-            u64::MAX,
-        )
-        .map_err(we)?;
+        inst.before(&mut o, &mut on, u64::MAX).map_err(we)?;
+    }
+
+    // Moments on tracks without slices (processes, threads without stretches).
+    let mut rest: Vec<(u64, Vec<usize>)> = inst.by_track.drain().collect();
+    rest.sort_unstable();
+    for (track, moments) in rest {
+        for i in moments {
+            inst.moment(&mut o, track, i).map_err(we)?;
+        }
     }
 
     // Counters from /proc, per process.
@@ -561,6 +594,120 @@ mod tests {
                 0x01
             ]
         );
+    }
+
+    /// The fields of a protobuf message: (field number, varint or fixed64 value, bytes).
+    fn fields(mut b: &[u8]) -> Vec<(u32, u64, &[u8])> {
+        fn varint(b: &mut &[u8]) -> u64 {
+            let mut v = 0;
+            for shift in (0..64).step_by(7) {
+                let (&byte, rest) = b.split_first().expect("a varint");
+                *b = rest;
+                v |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    break;
+                }
+            }
+            v
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let key = varint(&mut b);
+            let field = (key >> 3) as u32;
+            match key & 7 {
+                0 => out.push((field, varint(&mut b), &b[..0])),
+                1 => {
+                    let (v, rest) = b.split_at(8);
+                    out.push((field, u64::from_le_bytes(v.try_into().unwrap()), &[][..]));
+                    b = rest;
+                }
+                2 => {
+                    let n = varint(&mut b) as usize;
+                    let (v, rest) = b.split_at(n);
+                    out.push((field, 0, v));
+                    b = rest;
+                }
+                w => panic!("wire type {w}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_diagnosis_is_an_instant_inside_the_poll_on_its_tasks_track() {
+        use crate::fixtures::diagnosed;
+        let (summary, col) = diagnosed();
+        let mut out = Vec::new();
+        write(&summary, &col, &super::super::StackNames::new(), &mut out)
+            .unwrap_or_else(|_| panic!("write"));
+        let (mut names, mut strings) = (FxHashMap::default(), FxHashMap::default());
+        // (track, timestamp, type, name) of each event, with its string arguments.
+        let mut events = Vec::new();
+        for (_, _, packet) in fields(&out) {
+            let packet = fields(packet);
+            for &(f, _, data) in &packet {
+                if f != PACKET_INTERNED_DATA {
+                    continue;
+                }
+                for (kind, _, entry) in fields(data) {
+                    let e = fields(entry);
+                    let iid = e.iter().find(|x| x.0 == INTERNED_IID).unwrap().1;
+                    let name = e.iter().find(|x| x.0 == INTERNED_NAME).unwrap().2;
+                    let name = String::from_utf8(name.to_vec()).unwrap();
+                    match kind {
+                        INTERNED_EVENT_NAMES => names.insert(iid, name),
+                        INTERNED_ANNOTATION_STRINGS => strings.insert(iid, name),
+                        _ => None,
+                    };
+                }
+            }
+            let ts = packet.iter().find(|x| x.0 == PACKET_TIMESTAMP).map(|x| x.1);
+            let Some(&(_, _, event)) = packet.iter().find(|x| x.0 == PACKET_TRACK_EVENT) else {
+                continue;
+            };
+            let event = fields(event);
+            let get = |f| event.iter().find(|x| x.0 == f).map(|x| x.1);
+            let args: Vec<String> = event
+                .iter()
+                .filter(|x| x.0 == EVENT_DEBUG_ANNOTATIONS)
+                .filter_map(|x| {
+                    fields(x.2)
+                        .iter()
+                        .find(|a| a.0 == ANNOTATION_STRING_IID)
+                        .map(|a| a.1)
+                })
+                .map(|iid| strings[&iid].clone())
+                .collect();
+            let name = get(EVENT_NAME_IID).map(|iid| names[&iid].clone());
+            events.push((get(EVENT_TRACK_UUID), ts, get(EVENT_TYPE), name, args));
+        }
+        let task = Some(task_uuid(0));
+        let at = events
+            .iter()
+            .position(|e| e.3.as_deref() == Some("long_poll"))
+            .expect("the diagnosis' instant");
+        let (track, ts, kind, _, args) = &events[at];
+        assert_eq!(
+            (*track, *ts, *kind),
+            (task, Some(1_000_000), Some(TYPE_INSTANT))
+        );
+        let message = crate::diagnosis::message(&summary.diagnoses[0]);
+        assert_eq!(
+            args,
+            &[
+                message,
+                "demo::handle at src/main.rs:42".into(),
+                "handler".into()
+            ]
+        );
+        // Between the begin and the end of the poll it fell in, on the task's track.
+        let before = events[..at].iter().rev().find(|e| e.0 == task).unwrap();
+        assert_eq!(
+            (before.2, before.3.as_deref()),
+            (Some(TYPE_SLICE_BEGIN), Some("poll"))
+        );
+        let after = events[at + 1..].iter().find(|e| e.0 == task).unwrap();
+        assert_eq!(after.2, Some(TYPE_SLICE_END));
     }
 
     #[test]
