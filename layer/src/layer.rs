@@ -62,7 +62,7 @@ impl IotraceLayer {
             sink,
             off_while_detached: false,
             resources: false,
-            waker_refcounts: false,
+            waker_refcounts: waker_drops_from_env(),
             yield_sites: yield_sites_from_env(),
         }
     }
@@ -77,8 +77,9 @@ impl IotraceLayer {
         self
     }
 
-    /// Also record tokio's `waker.drop` events, and `waker.clone` when yield sites are off. Off
-    /// by default: drops say nothing about task states.
+    /// Record tokio's `waker.drop` events (on unless `IOTRACE_WAKER_DROPS=0`), and
+    /// `waker.clone` even when yield sites are off: with them the analysis counts each task's
+    /// live wakers, and names a task that returned Pending with none (`lost_waker`).
     pub fn with_waker_refcounts(mut self, record: bool) -> Self {
         self.waker_refcounts = record;
         self
@@ -125,6 +126,11 @@ impl IotraceLayer {
     fn key(&self) -> usize {
         self as *const Self as usize
     }
+}
+
+/// The environment's say on waker drops: on unless `IOTRACE_WAKER_DROPS=0`.
+fn waker_drops_from_env() -> bool {
+    std::env::var_os("IOTRACE_WAKER_DROPS").is_none_or(|v| v != "0")
 }
 
 /// The environment's say on yield sites: on unless `IOTRACE_YIELD_SITES=0`.

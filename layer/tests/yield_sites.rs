@@ -1,7 +1,8 @@
 //! Yield sites on the wire (WIRE.md, "Stacks"): tokio's `waker.clone` and `waker.wake` events
 //! come as EVENT_AT records naming a STACK that each thread defines once, with the frames its
-//! frame pointers give; `waker.drop` is left out; with yield sites off, waker events are plain
-//! EVENTs and `waker.clone` is left out too.
+//! frame pointers give; `waker.drop` comes as a plain EVENT unless waker drops are off; with
+//! yield sites and waker drops off, waker events are plain EVENTs and `waker.clone` is left
+//! out too.
 
 mod common;
 
@@ -56,7 +57,8 @@ fn of_thread(w: &common::Walk, tid: u32) -> (usize, usize, usize, Vec<Vec<u64>>)
 fn waker_events_carry_stacks_defined_once_per_thread_and_the_switch_turns_them_off() {
     let (path, rx) = common::listener("yield");
     std::env::set_var(iotrace_layer::SOCKET_ENV, &path);
-    let on = tracing_subscriber::registry().with(iotrace_layer::layer());
+    let on =
+        tracing_subscriber::registry().with(iotrace_layer::layer().with_waker_refcounts(false));
     let on_tid = std::thread::spawn(move || {
         tracing::subscriber::with_default(on, || waker_ops(20));
         // SAFETY: gettid takes no arguments.
@@ -64,9 +66,22 @@ fn waker_events_carry_stacks_defined_once_per_thread_and_the_switch_turns_them_o
     })
     .join()
     .expect("thread");
-    let off = tracing_subscriber::registry().with(iotrace_layer::layer().with_yield_sites(false));
+    let off = tracing_subscriber::registry().with(
+        iotrace_layer::layer()
+            .with_yield_sites(false)
+            .with_waker_refcounts(false),
+    );
     let off_tid = std::thread::spawn(move || {
         tracing::subscriber::with_default(off, || waker_ops(20));
+        // SAFETY: as above.
+        unsafe { libc::gettid() as u32 }
+    })
+    .join()
+    .expect("thread");
+    // The default: drops too (the analysis counts live wakers with them), without stacks.
+    let default = tracing_subscriber::registry().with(iotrace_layer::layer());
+    let default_tid = std::thread::spawn(move || {
+        tracing::subscriber::with_default(default, || waker_ops(20));
         // SAFETY: as above.
         unsafe { libc::gettid() as u32 }
     })
@@ -88,4 +103,10 @@ fn waker_events_carry_stacks_defined_once_per_thread_and_the_switch_turns_them_o
     }
     let (events, at, defs, _) = of_thread(&w, off_tid);
     assert_eq!((events, at, defs), (20, 0, 0), "off: wakes only, no stacks");
+    let (events, at, _, _) = of_thread(&w, default_tid);
+    assert_eq!(
+        (events, at),
+        (60, 40),
+        "default: drops too, without a stack"
+    );
 }

@@ -121,10 +121,23 @@ pub fn message(d: &Diagnosis) -> String {
             d.evidence,
             at(&d.line)
         ),
-        "scheduling_delay" => match &d.delay {
-            Some(delay) => crate::warning::delay_message(&d.task, d.location.as_deref(), delay),
-            None => format!("{who} waited for a worker {} times", d.count),
-        },
+        "scheduling_delay" => {
+            let worst = match &d.delay {
+                Some(delay) => {
+                    crate::warning::delay_message(&d.task, d.location.as_deref(), delay)
+                }
+                None => format!("{who} waited for a worker {} times", d.count),
+            };
+            if d.tasks > 1 {
+                format!(
+                    "{} tasks spawned there waited {} for a worker in all; the worst: {worst}",
+                    d.tasks,
+                    duration(d.cost_ns)
+                )
+            } else {
+                worst
+            }
+        }
         _ => format!("{who}: {}", d.evidence),
     };
     if !d.delayed.is_empty() {

@@ -8,7 +8,9 @@
 //! (`out.rs`). The page draws on a canvas and, when a track has more intervals than pixels in
 //! view, colors each pixel column by the state that filled most of it (prefix sums per state),
 //! so it stays smooth with millions of intervals. Wakes are arrows from the waker's track to the
-//! woken task's, drawn for the selected track or, on request, for every track.
+//! woken task's, drawn for the selected track or, on request, for every track. Diagnoses are
+//! listed above the tracks and marked at each of their moments on the diagnosed task's track
+//! (`diagnoses.rs`).
 
 use std::path::Path;
 
@@ -18,6 +20,7 @@ pub use iotrace_analysis::intervals::{
     POLL_BLOCKED, RUNNABLE, RUNNING, SCHEDULED, STATES,
 };
 
+mod diagnoses;
 mod page;
 
 pub use crate::out::TimelineError;

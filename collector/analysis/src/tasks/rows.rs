@@ -540,6 +540,7 @@ impl Results {
             wakeups,
         );
         diagnoses.extend(delay_diagnoses);
+        let mut diagnoses = super::rules::group(diagnoses);
         super::rules::sort(&mut diagnoses);
         if diagnoses.len() > MAX_WARNINGS {
             self.totals.diagnoses_omitted += (diagnoses.len() - MAX_WARNINGS) as u64;

@@ -449,26 +449,36 @@ impl Pending {
                     d.delayed = victims;
                 }
             }
-            // The tasks spawned at one place (a handler per connection) are one diagnosis.
-            let place = |d: &Diagnosis| (d.kind, d.pid, d.location.clone());
-            let groups = d.location.is_some() && d.held.is_none() && d.kind != "blocking_pool";
-            match out
-                .iter_mut()
-                .find(|o| groups && o.held.is_none() && place(o) == place(&d))
-            {
-                Some(o) => {
-                    if d.cost_ns > o.cost_ns {
-                        (o.task, o.task_id, o.tid) = (d.task.clone(), d.task_id, d.tid);
-                        (o.stack_id, o.line) = (d.stack_id.or(o.stack_id), d.line.clone());
-                    }
-                    super::diagnosis::absorb(o, d);
-                }
-                None => out.push(d),
-            }
+            out.push(d);
         }
         sort(&mut out);
         out
     }
+}
+
+/// The tasks spawned at one place (a handler per connection) are one diagnosis of each kind:
+/// the costliest one's task, the sums of all.
+pub(crate) fn group(all: Vec<Diagnosis>) -> Vec<Diagnosis> {
+    let mut out: Vec<Diagnosis> = Vec::with_capacity(all.len());
+    let place = |d: &Diagnosis| (d.kind, d.pid, d.location.clone());
+    for d in all {
+        let groups = d.location.is_some() && d.held.is_none() && d.kind != "blocking_pool";
+        match out
+            .iter_mut()
+            .find(|o| groups && o.held.is_none() && place(o) == place(&d))
+        {
+            Some(o) => {
+                if d.cost_ns > o.cost_ns {
+                    (o.task, o.task_id, o.tid) = (d.task.clone(), d.task_id, d.tid);
+                    (o.stack_id, o.line) = (d.stack_id.or(o.stack_id), d.line.clone());
+                    o.delay = d.delay.clone();
+                }
+                super::diagnosis::absorb(o, d);
+            }
+            None => out.push(d),
+        }
+    }
+    out
 }
 
 /// Culprits first (in [`KINDS`] order), each kind's costliest first.

@@ -583,7 +583,7 @@ fn write_wakes(summary: &Summary, col: &Collected, w: &mut impl Write) -> io::Re
     Ok((written, trackless))
 }
 
-/// Writes the rest of the page: warnings, syscall names, the reasons of blocked stretches and
+/// Writes the rest of the page: warnings, diagnoses, syscall names, the reasons of blocked stretches and
 /// the frames of the stacks that were named (a reason whose stack was not named has none), the
 /// idle stretches' yield sites, and the wakes. Returns the wakes written, and those left out
 /// (by the analysis' limit, or for want of a track).
@@ -599,8 +599,10 @@ pub(crate) fn write_tail(
         let sep = if i > 0 { "," } else { "" };
         write!(w, "{sep}{}", js_string(&crate::warning::message(warning)))?;
     }
+    w.write_all(b"]")?;
+    super::diagnoses::write(summary, w)?;
     let list: Vec<String> = strings.list.iter().map(|s| js_string(s)).collect();
-    write!(w, "],\"strings\":[{}],\"reasons\":[", list.join(","))?;
+    write!(w, ",\"strings\":[{}],\"reasons\":[", list.join(","))?;
     let mut stacks: Vec<StackId> = Vec::new();
     let mut stack_index: HashMap<StackId, usize> = HashMap::new();
     for (i, (sc, st)) in strings.reasons.iter().enumerate() {
