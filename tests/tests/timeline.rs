@@ -376,6 +376,39 @@ fn timeline_opens_in_headless_chromium_with_a_track_per_thread_and_task() {
     assert_eq!(track_attr(&dom, "tasks"), tasks);
     assert_eq!(track_attr(&dom, "count"), threads + tasks);
     assert!(track_attr(&dom, "intervals") > s.requests);
+
+    // The diagnoses, and one more on the first task's track in the middle of the recording
+    // (its text must stay text): listed and marked without errors.
+    let data = page_data(&html);
+    let diagnoses = data["diagnoses"].as_array().expect("diagnoses").clone();
+    let marks: usize = diagnoses
+        .iter()
+        .filter(|d| d["track"].as_i64() >= Some(0))
+        .map(|d| d["at_ns"].as_array().unwrap().len())
+        .sum();
+    let at = (data["t0"].as_u64().unwrap() + data["t1"].as_u64().unwrap()) / 2;
+    let extra = format!(
+        r#"{{"kind":"long_poll","task":"t","task_id":1,"pid":1,"tid":0,"line":null,"message":"\u003cb\u003einjected","at_ns":[{at}],"count":1,"cost_ns":1,"track":{threads}}}"#
+    );
+    let sep = if diagnoses.is_empty() { "" } else { "," };
+    let injected = html.replacen(
+        "\"diagnoses\":[",
+        &format!("\"diagnoses\":[{extra}{sep}"),
+        1,
+    );
+    let page = dir.join("diagnosed.html");
+    std::fs::write(&page, injected).unwrap();
+    let (dom, log) = open_in_chromium(&browser, &page, &dir.join("profile"));
+    let errors = console_errors(&log);
+    assert!(errors.is_empty(), "console: {errors:#?}");
+    assert_eq!(track_attr(&dom, "errors"), 0, "script errors");
+    assert_eq!(track_attr(&dom, "rendered"), 1, "the canvas was not drawn");
+    assert_eq!(track_attr(&dom, "diagnoses"), diagnoses.len() as u64 + 1);
+    assert_eq!(track_attr(&dom, "marks"), marks as u64 + 1);
+    assert!(
+        dom.contains("&lt;b&gt;injected"),
+        "the message is text in the list"
+    );
 }
 
 /// The `yields` program recorded for 20 rounds: `sleeper` waits on a timer, `reader` on a socket,
@@ -518,10 +551,12 @@ fn timeline_names_where_tasks_yield_and_draws_each_wake_from_its_waker() {
 }
 
 /// A track of the Chrome trace event format: thread slices by (pid, tid), async slices by
-/// (pid, name, id), counters by (pid, name).
+/// (pid, name, id), counters by (pid, name); the diagnoses' instants by thread, apart from
+/// its slices (they fall inside them).
 fn track_of(e: &Value) -> String {
     match e["ph"].as_str().unwrap() {
         "X" => format!("X {} {}", e["pid"], e["tid"]),
+        "i" => format!("I {} {}", e["pid"], e["tid"]),
         "b" | "e" => format!("A {} {} {}", e["pid"], e["name"], e["id2"]),
         "C" => format!("C {} {}", e["pid"], e["name"]),
         _ => String::new(),
@@ -595,6 +630,14 @@ fn perfetto_export_parses_and_every_track_runs_forward() {
                 assert!(ts > begin, "{e}");
             }
             "C" => counters += 1,
+            // A diagnosis' moment: a thread-scoped instant named after its kind.
+            "i" => {
+                assert!(e["s"] == "t" && e["cat"] == "iotrace.diagnosis", "{e}");
+                assert!(
+                    e["args"]["message"].is_string() && e["args"]["task"].is_string(),
+                    "{e}"
+                );
+            }
             other => panic!("unexpected phase {other}"),
         }
     }

@@ -104,6 +104,9 @@ pub(crate) struct Waker {
     pub irq: bool,
 }
 
+/// A wakeup this long before a voluntary switch-out ends the wait that switch-out begins.
+const WAKE_SLACK_NS: u64 = 50_000;
+
 /// On-CPU stack samples kept per thread (the long polls' stacks are looked up in them).
 const MAX_ON_CPU: usize = 4096;
 
@@ -247,19 +250,20 @@ impl Kernel {
         self.queue.push_run(run);
     }
 
-    /// One CPU's stack samples; the off-CPU ones name the stack of a voluntary switch-out.
+    /// One CPU's stack samples: the off-CPU ones name the stack of a voluntary switch-out, the
+    /// on-CPU ones what a long poll ran.
     pub(crate) fn samples(&mut self, batch: &iotrace_trace::Samples) {
         let mut time = batch.base_ns;
         let run: Vec<(u64, KEvent)> = batch
             .samples
             .iter()
-            .filter_map(|s| {
+            .map(|s| {
                 time = time.wrapping_add(s.delta_ns);
                 let (tid, stack) = (s.tid, s.stack);
-                Some(match s.off_cpu {
+                match s.off_cpu {
                     Some(_) => (time, KEvent::OffStack { tid, stack }),
                     None => (time, KEvent::OnStack { tid, stack }),
-                })
+                }
             })
             .collect();
         if !run.is_empty() {
@@ -422,7 +426,10 @@ impl Kernel {
                 let Some(th) = self.threads.get_mut(&wakee) else {
                     return;
                 };
-                if matches!(th.state, KState::In(ThreadState::Blocked { .. })) && t >= th.since {
+                // A wakeup may come a moment before the switch-out record of the wait it ends
+                // (the waker ran on another CPU while this one was switching out): kept, it
+                // belongs to the blocked stretch that follows within WAKE_SLACK_NS.
+                if t >= th.since {
                     th.waker = Some(waker);
                 }
             }
@@ -516,9 +523,10 @@ impl Kernel {
         let d = end - start;
         let before = th.cum;
         let waker = match state {
-            ThreadState::Blocked { .. } => {
-                th.waker.take().filter(|w| w.time >= start && w.time <= end)
-            }
+            ThreadState::Blocked { .. } => th
+                .waker
+                .take()
+                .filter(|w| w.time.saturating_add(WAKE_SLACK_NS) >= start && w.time <= end),
             _ => None,
         };
         th.cum.add(state, d, threshold, true);

@@ -90,8 +90,8 @@ mod tests {
         col: &iotrace_analysis::intervals::Collected,
     ) -> (String, Value) {
         let mut out = Vec::new();
-        let tracks = page::write_tracks(summary, col, None, &mut out)
-            .unwrap_or_else(|_| panic!("write"));
+        let tracks =
+            page::write_tracks(summary, col, None, &mut out).unwrap_or_else(|_| panic!("write"));
         page::write_tail(summary, col, tracks.strings, &Default::default(), &mut out).unwrap();
         let html = String::from_utf8(out).unwrap();
         let open = "<script id=\"data\" type=\"application/json\">";
@@ -115,9 +115,15 @@ mod tests {
         assert_eq!(d["task_id"], TASK);
         assert_eq!(d["tid"], WORKER);
         assert_eq!(d["line"], "demo::handle at src/main.rs:42");
-        assert_eq!(d["message"], crate::diagnosis::message(&summary.diagnoses[0]));
+        assert_eq!(
+            d["message"],
+            crate::diagnosis::message(&summary.diagnoses[0])
+        );
         assert_eq!(d["at_ns"], serde_json::json!([1_000_000]));
-        assert_eq!((d["count"].as_u64(), d["cost_ns"].as_u64()), (Some(1), Some(1_000_000)));
+        assert_eq!(
+            (d["count"].as_u64(), d["cost_ns"].as_u64()),
+            (Some(1), Some(1_000_000))
+        );
         // Three thread tracks, then the task's.
         assert_eq!(d["track"], 3);
         assert_eq!(data["tracks"][3]["label"], "handler");

@@ -331,7 +331,7 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .find(|t| t["tid"] == WORKER.to_string() || t["tid"] == WORKER)
+            .find(|t| t["tid"].as_str() == Some(WORKER.to_string().as_str()))
             .expect("the worker thread");
         let m = &t["markers"];
         assert_eq!(m["length"], 1, "{m}");
