@@ -196,10 +196,40 @@ pub struct BlockingPool {
     pub peak_threads: u64,
 }
 
-/// Drops the diagnoses that their named stacks show not to apply: a `held_across_await`
+/// Whether a blocked poll's wait was the runtime's own, not the program's: the first frame
+/// out from the kernel that is neither the C library's nor a lock's is tokio's or mio's (a
+/// wait on tokio's timer-wheel lock under load; `accept4` on a non-blocking listener that the
+/// kernel held while it grew the file table). tasks[] and warnings[] still count it.
+fn runtime_internal(d: &Diagnosis) -> bool {
+    if !matches!(d.kind, "blocked_in_poll" | "lock_contention") {
+        return false;
+    }
+    let Some(stack) = &d.stack else { return false };
+    const PASS: [&str; 6] = [
+        "parking_lot",
+        "lock_api::",
+        "std::sys::",
+        "std::sync::",
+        "<std::sync::",
+        "<parking_lot",
+    ];
+    let first = stack.iter().find(|f| {
+        // Kernel frames have no ` at `, nor do the C library's without DWARF; both are named
+        // in lower case with no `::`.
+        f.contains("::") && !PASS.iter().any(|p| f.starts_with(p))
+    });
+    first.is_some_and(|f| {
+        let f = f.trim_start_matches('<');
+        f.starts_with("tokio::") || f.starts_with("mio::")
+    })
+}
+
+/// Drops the diagnoses that their named stacks show not to apply: a runtime-internal wait
+/// ([`runtime_internal`]), a `held_across_await`
 /// whose waiters did not wait at a tokio lock or semaphore, or whose holder was itself
 /// waiting at one (a queue of tasks taking the lock in turn).
 pub fn settle(diagnoses: &mut Vec<Diagnosis>) {
+    diagnoses.retain(|d| !runtime_internal(d));
     diagnoses.retain(|d| {
         let Some(held) = &d.held else { return true };
         held.lock_line.as_deref().is_some_and(is_sync_await)

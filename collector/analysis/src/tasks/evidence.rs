@@ -59,8 +59,8 @@ pub(crate) struct Evidence {
     pub clones: u64,
     /// It returned Pending with no live waker at this time and was not woken since.
     pub lost_since: Option<u64>,
-    /// (since, idle ns) of the first such idle stretch long enough to count.
-    pub lost: Option<(u64, u64)>,
+    /// (since, idle ns, no waker ever cloned) of the first such idle stretch.
+    pub lost: Option<(u64, u64, bool)>,
     /// Its last idle stretch: (start, end, site stack).
     pub last_idle: Option<(u64, u64, Option<StackId>)>,
     pub held: Vec<Held>,
@@ -210,7 +210,8 @@ impl Evidence {
     pub(crate) fn idle_ends(&mut self, since: u64, t: u64, site: Option<StackId>) {
         self.last_idle = Some((since, t, site));
         if let Some(s) = self.lost_since.take() {
-            self.lost.get_or_insert((s, t.saturating_sub(s)));
+            let never = self.clones == 0;
+            self.lost.get_or_insert((s, t.saturating_sub(s), never));
         }
     }
 

@@ -43,6 +43,8 @@ mod rules;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_diagnoses;
 
 use std::collections::HashMap;
 
@@ -553,6 +555,10 @@ impl TaskAnalyzer {
             &self.model.strings,
             &self.model.pool,
             self.kernel.saw_wakeups,
+            &rules::WakerEvents {
+                drops: &self.model.saw_drops,
+                clones: &self.model.saw_clones,
+            },
         );
         totals.kernel_view = kernel_view;
         totals.late_events = late;

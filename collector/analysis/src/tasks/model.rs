@@ -361,8 +361,8 @@ pub(crate) struct Model {
     pub(crate) diag: super::DiagnosisOptions,
     /// Processes whose waker drops (and so live wakers) are recorded, and those whose
     /// `waker.clone`s are.
-    saw_drops: FxSet<u32>,
-    saw_clones: FxSet<u32>,
+    pub(crate) saw_drops: FxSet<u32>,
+    pub(crate) saw_clones: FxSet<u32>,
     /// Blocking tasks running now and at most, by (pid, holder label of their spawn place).
     pub(crate) pool: FxMap<(u32, u32), (u64, u64)>,
 }
@@ -624,16 +624,13 @@ impl Model {
                     if let Some(site) = task.poll_site.take() {
                         task.idle_site = site;
                     }
-                    // Only a tokio task's wakers are counted (its waker events), and only
-                    // when the program's layer records their drops, or none was ever cloned.
+                    // Only a tokio task's wakers are counted (its waker events); whether the
+                    // program's layer recorded their drops is known at the end.
                     let tokio_task = task
                         .info
                         .as_ref()
                         .is_some_and(|i| i.tokio && (i.kind == "task" || i.kind == "local"));
-                    let counted = tokio_task
-                        && (self.saw_drops.contains(&pid)
-                            || (task.stats.ev.clones == 0 && self.saw_clones.contains(&pid)));
-                    task.stats.ev.pending(t, counted);
+                    task.stats.ev.pending(t, tokio_task);
                     Phase::Idle
                 };
                 task.since = t;

@@ -441,6 +441,7 @@ impl Results {
         strings: &[String],
         pool_peaks: &rustc_hash::FxHashMap<(u32, u32), (u64, u64)>,
         wakeups: bool,
+        wakers: &super::rules::WakerEvents<'_>,
     ) -> (
         Vec<TaskRow>,
         Vec<Warning>,
@@ -538,6 +539,7 @@ impl Results {
             names,
             &self.rows,
             wakeups,
+            wakers,
         );
         diagnoses.extend(delay_diagnoses);
         let mut diagnoses = super::rules::group(diagnoses);

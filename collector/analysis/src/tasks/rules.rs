@@ -30,6 +30,9 @@ pub(crate) struct Found {
     pub lock_by: Vec<(u32, Option<u32>, u64, u64)>,
     /// `held_across_await`'s holder.
     pub holder: Option<TaskKey>,
+    /// `lost_waker`: the task never had a waker cloned (so it had none alive even if the
+    /// program's drops are not recorded).
+    pub lost_never_cloned: bool,
 }
 
 fn rel(t: u64, start: u64) -> u64 {
@@ -71,6 +74,7 @@ pub(crate) fn task_diagnoses(
         label,
         lock_by: Vec::new(),
         holder: None,
+        lost_never_cloned: false,
     };
     if ev.long_polls > 0 {
         out.push(found(Diagnosis {
@@ -159,14 +163,17 @@ pub(crate) fn task_diagnoses(
             ..base("self_wake", row)
         }));
     }
-    if let Some((since, ns)) = ev.lost.filter(|l| l.1 >= o.lost_waker_ns) {
-        out.push(found(Diagnosis {
-            count: 1,
-            cost_ns: ns,
-            at_ns: vec![rel(since, start_ns)],
-            line: row.location.as_ref().map(|l| format!("spawned at {l}")),
-            ..base("lost_waker", row)
-        }));
+    if let Some((since, ns, never)) = ev.lost.filter(|l| l.1 >= o.lost_waker_ns) {
+        out.push(Found {
+            lost_never_cloned: never,
+            ..found(Diagnosis {
+                count: 1,
+                cost_ns: ns,
+                at_ns: vec![rel(since, start_ns)],
+                line: row.location.as_ref().map(|l| format!("spawned at {l}")),
+                ..base("lost_waker", row)
+            })
+        });
     }
 }
 
@@ -206,6 +213,7 @@ pub(crate) fn blocked_in_poll(
         label,
         lock_by: Vec::new(),
         holder: None,
+        lost_never_cloned: false,
     })
 }
 
@@ -322,9 +330,16 @@ impl Pools {
                 label: Some(label),
                 lock_by: Vec::new(),
                 holder: None,
+                lost_never_cloned: false,
             });
         }
     }
+}
+
+/// The processes whose `waker.drop` and `waker.clone` events the trace has.
+pub(crate) struct WakerEvents<'a> {
+    pub drops: &'a rustc_hash::FxHashSet<u32>,
+    pub clones: &'a rustc_hash::FxHashSet<u32>,
 }
 
 /// Diagnoses found while the pass runs, and the waits behind each task's polls.
@@ -372,7 +387,15 @@ impl Pending {
         names: &HashMap<u32, String>,
         rows: &[TaskRow],
         wakeups: bool,
+        wakers: &WakerEvents,
     ) -> Vec<Diagnosis> {
+        // A task's live wakers are known when its process's drops are recorded, or when it
+        // never had one cloned and the process's clones are.
+        self.found.retain(|f| {
+            f.d.kind != "lost_waker"
+                || wakers.drops.contains(&f.d.pid)
+                || (f.lost_never_cloned && wakers.clones.contains(&f.d.pid))
+        });
         let pools = std::mem::take(&mut self.pools);
         pools.finish(o, peaks, &mut self.found);
         let label = |l: u32| strings.get(l as usize).cloned();

@@ -6,15 +6,15 @@ use super::*;
 use iotrace_trace::{build, ProcSample};
 use iotrace_wire::{Callsite, CallsiteKind, FieldValue, Level, SpanBatch, SpanEvent, Value};
 
-const PID: u32 = 10;
-const WORKER: u32 = 11;
-const SPAWN_CS: u64 = 1;
-const WAKER_CS: u64 = 2;
+pub(super) const PID: u32 = 10;
+pub(super) const WORKER: u32 = 11;
+pub(super) const SPAWN_CS: u64 = 1;
+pub(super) const WAKER_CS: u64 = 2;
 const GREEN_CS: u64 = 3;
 const PLAIN_CS: u64 = 4;
 use iotrace_trace::build::MS;
 
-fn callsites() -> Record {
+pub(super) fn callsites() -> Record {
     let cs = |id, kind, name: &str, target: &str, fields: &[&str]| {
         SpanEvent::Callsite(Callsite {
             id,
@@ -66,11 +66,11 @@ fn callsites() -> Record {
     })
 }
 
-fn fv(index: u8, value: Value) -> FieldValue {
+pub(super) fn fv(index: u8, value: Value) -> FieldValue {
     FieldValue { index, value }
 }
 
-fn new_task(time: u64, span: u64, kind: &str, name: &str) -> SpanEvent {
+pub(super) fn new_task(time: u64, span: u64, kind: &str, name: &str) -> SpanEvent {
     SpanEvent::NewSpan {
         time,
         span,
@@ -87,7 +87,7 @@ fn new_task(time: u64, span: u64, kind: &str, name: &str) -> SpanEvent {
     }
 }
 
-fn wake(time: u64, span: u64) -> SpanEvent {
+pub(super) fn wake(time: u64, span: u64) -> SpanEvent {
     SpanEvent::Event {
         time,
         span: None,
@@ -99,31 +99,31 @@ fn wake(time: u64, span: u64) -> SpanEvent {
     }
 }
 
-fn batch(tid: u32, events: Vec<SpanEvent>) -> Record {
+pub(super) fn batch(tid: u32, events: Vec<SpanEvent>) -> Record {
     build::spans(PID, tid, events)
 }
 
 /// Switches of WORKER on CPU 0: `(time, out, preempt, syscall)`.
-fn switches(list: &[(u64, bool, bool, u16)]) -> Record {
+pub(super) fn switches(list: &[(u64, bool, bool, u16)]) -> Record {
     build::switches(0, PID, WORKER, list)
 }
 
-fn header() -> Record {
+pub(super) fn header() -> Record {
     build::TraceBuilder::new(PID).records.remove(0)
 }
 
-fn marker(time_ns: u64) -> Record {
+pub(super) fn marker(time_ns: u64) -> Record {
     Record::ProcSample(ProcSample {
         time_ns,
         ..ProcSample::default()
     })
 }
 
-fn end(time_ns: u64) -> Record {
+pub(super) fn end(time_ns: u64) -> Record {
     build::end(time_ns)
 }
 
-fn analyze(records: &[Record]) -> TaskReport {
+pub(super) fn analyze(records: &[Record]) -> TaskReport {
     let mut a = TaskAnalyzer::default();
     for r in records {
         a.add(r, &mut NoSink);
@@ -131,7 +131,7 @@ fn analyze(records: &[Record]) -> TaskReport {
     a.finish(&mut NoSink)
 }
 
-fn task(r: &TaskReport, span: u64) -> &TaskRow {
+pub(super) fn task(r: &TaskReport, span: u64) -> &TaskRow {
     r.tasks
         .iter()
         .find(|t| t.id == span)
@@ -351,7 +351,7 @@ fn garbage_records_do_not_panic() {
     assert!(serde_json::to_string(&r.tasks).is_ok());
 }
 
-fn waker_op(time: u64, span: u64, op: &str, ctx: Option<u64>) -> SpanEvent {
+pub(super) fn waker_op(time: u64, span: u64, op: &str, ctx: Option<u64>) -> SpanEvent {
     SpanEvent::Event {
         time,
         span: ctx,
@@ -360,15 +360,15 @@ fn waker_op(time: u64, span: u64, op: &str, ctx: Option<u64>) -> SpanEvent {
     }
 }
 
-fn at(time: u64, stack: u64) -> SpanEvent {
+pub(super) fn at(time: u64, stack: u64) -> SpanEvent {
     SpanEvent::At { time, stack }
 }
 
-fn enter(time: u64, span: u64) -> SpanEvent {
+pub(super) fn enter(time: u64, span: u64) -> SpanEvent {
     SpanEvent::Enter { time, span }
 }
 
-fn exit(time: u64, span: u64) -> SpanEvent {
+pub(super) fn exit(time: u64, span: u64) -> SpanEvent {
     SpanEvent::Exit { time, span }
 }
 
