@@ -549,17 +549,15 @@ impl TaskAnalyzer {
         threads.sort_by_key(|t| (t.pid, t.tid));
         let kernel_view = self.kernel.saw_switches;
         let late = self.spans.late() + self.model.late + self.kernel.late_events();
-        let (tasks, warnings, diagnoses, mut totals) = self.results.finish(
-            &self.names,
-            &self.opts,
-            &self.model.strings,
-            &self.model.pool,
-            self.kernel.saw_wakeups,
-            &rules::WakerEvents {
-                drops: &self.model.saw_drops,
-                clones: &self.model.saw_clones,
-            },
-        );
+        let ends = rules::Ends {
+            peaks: &self.model.pool,
+            strings: &self.model.strings,
+            names: &self.names,
+            wakeups: self.kernel.saw_wakeups,
+            drops: &self.model.saw_drops,
+            clones: &self.model.saw_clones,
+        };
+        let (tasks, warnings, diagnoses, mut totals) = self.results.finish(&self.opts, &ends);
         totals.kernel_view = kernel_view;
         totals.late_events = late;
         TaskReport {

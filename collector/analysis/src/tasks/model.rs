@@ -7,7 +7,13 @@
 //! arrive long after its polls (a thread holds its records while it sleeps), so spans whose
 //! creation is not known yet are followed as possible tasks and decided when it arrives.
 
-use super::evidence::{Evidence, LockWaker};
+mod stats;
+mod workers;
+
+pub(crate) use stats::Stats;
+use workers::{polled_at, Recent, Worker, RECENT_POLLS};
+
+use super::evidence::LockWaker;
 use super::hist::LogHist;
 use super::identity::{self, TaskInfo};
 use super::kernel::{Cum, Kernel};
@@ -17,18 +23,9 @@ use super::{
 };
 use iotrace_wire::FieldValue;
 use rustc_hash::{FxHashMap as FxMap, FxHashSet as FxSet};
-use std::collections::VecDeque;
 
 /// Most closed spans kept while their creation record is still to come.
 const MAX_ORPHANS: usize = 100_000;
-/// Distinct yield sites kept per task; idle time at further ones counts as unknown.
-const MAX_SITES: usize = 32;
-/// Distinct wakers (tasks, threads, driver stacks) kept per task.
-const MAX_WAKERS: usize = 32;
-/// Distinct holders kept per task (what held the workers while it waited).
-const MAX_HOLDERS: usize = 16;
-/// Finished polls remembered per worker thread, to see what held it during a long delay.
-const RECENT_POLLS: usize = 64;
 /// Open non-task spans followed for span chains; past it, new ones are not.
 const MAX_OPEN_SPANS: usize = 1 << 20;
 /// Deepest span chain named.
@@ -92,149 +89,6 @@ enum Phase {
     Idle,
     Polling,
     Done,
-}
-
-/// Everything counted for one task.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub polls: u64,
-    pub busy_ns: u64,
-    pub on_cpu_ns: u64,
-    pub preempted_ns: u64,
-    pub blocked_ns: u64,
-    pub blocked_in_poll_ns: u64,
-    pub blocked_polls: u64,
-    pub longest_poll_ns: u64,
-    pub scheduled_ns: u64,
-    pub idle_ns: u64,
-    pub wakes: u64,
-    pub sched: LogHist,
-    /// (syscall, counted blocked ns, polls) of blocked polls, by each poll's main syscall.
-    pub syscalls: Vec<(u16, u64, u64)>,
-    /// (worker tid, counted blocked ns, blocked polls).
-    pub workers: Vec<(u32, u64, u64)>,
-    pub stacks: Vec<(StackId, u64)>,
-    pub unmeasured_polls: u64,
-    /// (site, idle ns, idle stretches); unknown sites under `YieldSite::default()`.
-    pub sites: Vec<(YieldSite, u64, u64)>,
-    /// Who scheduled each scheduled stretch that a wake began: (source, stretches). Driver
-    /// and thread sources keep their stack; tasks by key.
-    pub wakers: Vec<(WakeSource, u64)>,
-    /// Scheduled stretches whose waker was not kept (past [`MAX_WAKERS`]).
-    pub wakers_dropped: u64,
-    /// Wake→poll delays at least the threshold long, and their total.
-    pub delayed: u64,
-    pub delayed_ns: u64,
-    /// During those delays: (holder label, worker ns in its polls, of which blocked ns, of
-    /// which in polls on CPU for a long poll's time, delays).
-    pub holders: Vec<(u32, u64, u64, u64, u64)>,
-    /// Worker time in those delays not inside any poll (the workers were elsewhere).
-    pub unheld_ns: u64,
-    /// Worker threads seen during those delays (most at once).
-    pub workers_seen: u32,
-    /// What the diagnoses need.
-    pub ev: Evidence,
-}
-
-impl Stats {
-    fn add_idle(&mut self, site: YieldSite, ns: u64) {
-        let at = match self.sites.iter().position(|e| e.0 == site) {
-            Some(i) => i,
-            None if self.sites.len() < MAX_SITES || !site.is_known() => {
-                self.sites.push((site, 0, 0));
-                self.sites.len() - 1
-            }
-            None => return self.add_idle(YieldSite::default(), ns),
-        };
-        let e = &mut self.sites[at];
-        e.1 = e.1.saturating_add(ns);
-        e.2 += 1;
-    }
-
-    fn add_waker(&mut self, by: WakeSource) {
-        // A driver wake is told apart by its stack (which names the driver); the thread, and
-        // the task its thread polled last when the stack names it, do not matter.
-        let by = match by {
-            WakeSource::Driver {
-                stack: Some(stack), ..
-            } => WakeSource::Driver {
-                tid: 0,
-                stack: Some(stack),
-                after: None,
-            },
-            WakeSource::Driver {
-                stack: None, after, ..
-            } => WakeSource::Driver {
-                tid: 0,
-                stack: None,
-                after,
-            },
-            other => other,
-        };
-        match self.wakers.iter().position(|e| e.0 == by) {
-            Some(i) => self.wakers[i].1 += 1,
-            None if self.wakers.len() < MAX_WAKERS => self.wakers.push((by, 1)),
-            None => self.wakers_dropped += 1,
-        }
-    }
-
-    fn add_holder(&mut self, label: u32, ns: u64, blocked: u64, long: u64) {
-        match self.holders.iter().position(|e| e.0 == label) {
-            Some(i) => {
-                let e = &mut self.holders[i];
-                e.1 = e.1.saturating_add(ns);
-                e.2 = e.2.saturating_add(blocked);
-                e.3 = e.3.saturating_add(long);
-                e.4 += 1;
-            }
-            None if self.holders.len() < MAX_HOLDERS => {
-                self.holders.push((label, ns, blocked, long, 1))
-            }
-            None => self.unheld_ns = self.unheld_ns.saturating_add(ns),
-        }
-    }
-}
-
-impl Stats {
-    fn add_poll(&mut self, p: &Poll) {
-        self.polls += 1;
-        let d = p.end.saturating_sub(p.start);
-        self.busy_ns = self.busy_ns.saturating_add(d);
-        self.longest_poll_ns = self.longest_poll_ns.max(d);
-        if !p.measured {
-            self.unmeasured_polls += 1;
-            return;
-        }
-        self.on_cpu_ns = self.on_cpu_ns.saturating_add(p.on_cpu_ns);
-        self.preempted_ns = self.preempted_ns.saturating_add(p.preempted_ns);
-        self.blocked_ns = self.blocked_ns.saturating_add(p.blocked_ns);
-        if p.stretches > 0 {
-            self.blocked_polls += 1;
-            if self.ev.blocked_at.len() < super::diagnosis::MAX_MOMENTS {
-                self.ev.blocked_at.push(p.start);
-            }
-            self.blocked_in_poll_ns = self.blocked_in_poll_ns.saturating_add(p.blocked_counted_ns);
-            let sc = p.syscall.unwrap_or(iotrace_trace::Switch::NO_SYSCALL);
-            bump(&mut self.syscalls, sc, p.blocked_counted_ns);
-            bump(&mut self.workers, p.tid, p.blocked_counted_ns);
-            if let Some(s) = p.stack {
-                match self.stacks.iter_mut().find(|e| e.0 == s) {
-                    Some(e) => e.1 = e.1.saturating_add(p.blocked_counted_ns),
-                    None => self.stacks.push((s, p.blocked_counted_ns)),
-                }
-            }
-        }
-    }
-}
-
-fn bump<K: PartialEq + Copy>(v: &mut Vec<(K, u64, u64)>, k: K, ns: u64) {
-    match v.iter_mut().find(|e| e.0 == k) {
-        Some(e) => {
-            e.1 = e.1.saturating_add(ns);
-            e.2 += 1;
-        }
-        None => v.push((k, ns, 1)),
-    }
 }
 
 #[derive(Debug)]
@@ -303,32 +157,6 @@ struct OpenSpan {
     parent: Option<u64>,
     /// Its span chain once made, and the task it was made for.
     chain: Option<(u64, Option<u32>)>,
-}
-
-/// A finished poll, as a worker remembers it.
-#[derive(Clone, Copy)]
-struct Recent {
-    start: u64,
-    end: u64,
-    /// The task's holder label.
-    label: u32,
-    task: TaskKey,
-    /// On CPU for a long poll's time or more.
-    long: bool,
-}
-
-/// A thread that polls tasks: its process and its last polls.
-#[derive(Default)]
-struct Worker {
-    pid: u32,
-    /// It polled a task that is not meant to block: one of the runtime's workers (a
-    /// blocking-pool thread polls only `kind=blocking` tasks).
-    runtime: bool,
-    recent: VecDeque<Recent>,
-    /// The poll it is in (not a host's): its start and the task's label.
-    current: Option<(u64, u32)>,
-    /// The task it polled last, and when that poll ended.
-    last: Option<(TaskKey, u64)>,
 }
 
 /// All tasks being followed.
@@ -819,19 +647,6 @@ fn label_of(strings: &mut Vec<String>, ids: &mut FxMap<String, u32>, info: &Task
     intern(strings, ids, label)
 }
 
-/// The task (its holder label) thread `tid` was polling at `t`, from what the model keeps
-/// of its polls: its current poll or one of its recent ones.
-fn polled_at(workers: &FxMap<u32, Worker>, tid: u32, t: u64) -> Option<u32> {
-    let w = workers.get(&tid)?;
-    if let Some(r) = w.recent.iter().rev().find(|r| r.start <= t && t <= r.end) {
-        return (r.label != u32::MAX).then_some(r.label);
-    }
-    // Still in the poll it is in now, if that began before `t`.
-    w.current
-        .filter(|&(start, _)| start <= t)
-        .map(|(_, label)| label)
-}
-
 fn intern(strings: &mut Vec<String>, ids: &mut FxMap<String, u32>, s: String) -> u32 {
     if let Some(&id) = ids.get(&s) {
         return id;
@@ -893,89 +708,6 @@ impl Model {
         names.reverse();
         let chain = names.join(" > ");
         Some(intern(&mut self.strings, &mut self.string_ids, chain))
-    }
-
-    /// What the runtime's worker threads of `pid` did between `from` and `to`: (holder
-    /// label, ns in its polls, of which the worker was blocked, of which it was in polls on
-    /// CPU for a long poll's time), worker ns in no poll, how many workers, and the ns each
-    /// task's polls held a worker.
-    #[allow(clippy::type_complexity)]
-    fn held(
-        &mut self,
-        pid: u32,
-        from: u64,
-        to: u64,
-        kernel: &Kernel,
-    ) -> (Vec<(u32, u64, u64, u64)>, u64, u32, Vec<(TaskKey, u64)>) {
-        let mut out: Vec<(u32, u64, u64, u64)> = Vec::new();
-        let mut behind: Vec<(TaskKey, u64)> = Vec::new();
-        let mut unheld = 0u64;
-        let mut workers = 0u32;
-        // Stretches as long as the blocked threshold, as for blocked polls (a short futex wait
-        // or a page read is not a poll holding its worker), and only their part in the window
-        // (a poll blocked for 14 ms of which the delay saw 1.5 ms counts 1.5).
-        let blocked = |tid: u32, a: u64, b: u64| kernel.long_blocked_within(tid, a, b);
-        let mut add =
-            |label: u32, ns: u64, bl: u64, long: u64| match out.iter_mut().find(|e| e.0 == label) {
-                Some(e) => {
-                    e.1 += ns;
-                    e.2 += bl;
-                    e.3 += long;
-                }
-                None => out.push((label, ns, bl, long)),
-            };
-        let mut hold = |task: TaskKey, ns: u64| match behind.iter_mut().find(|e| e.0 == task) {
-            Some(e) => e.1 += ns,
-            None => behind.push((task, ns)),
-        };
-        let long_ns = self.diag.long_poll_ns;
-        // Blocking-pool threads poll only tasks meant to block; they are not the workers a
-        // task waits for.
-        for (&tid, w) in self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.pid == pid && w.runtime)
-        {
-            workers += 1;
-            let mut in_polls = 0u64;
-            for r in &w.recent {
-                let (a, b) = (r.start.max(from), r.end.min(to));
-                if b > a {
-                    in_polls += b - a;
-                    let long = if r.long { b - a } else { 0 };
-                    add(r.label, b - a, blocked(tid, a, b), long);
-                    hold(r.task, b - a);
-                }
-            }
-            let current = self.in_poll(tid);
-            if let Some((key, task)) = current.and_then(|k| Some((k, self.tasks.get(&k)?))) {
-                let a = task.poll_start.max(from);
-                if to > a {
-                    in_polls += to - a;
-                    let cpu = match (task.cum0, kernel.cum_at(tid, to)) {
-                        (Some(c0), Some(c1)) => c1.since(&c0).running,
-                        _ => 0,
-                    };
-                    let long = if cpu >= long_ns { to - a } else { 0 };
-                    let label = task.label.unwrap_or(u32::MAX);
-                    add(label, to - a, blocked(tid, a, to), long);
-                    hold(key, to - a);
-                }
-            }
-            unheld += (to - from).saturating_sub(in_polls);
-        }
-        // Polls of tasks not named yet.
-        if out.iter().any(|e| e.0 == u32::MAX) {
-            let unknown = intern(
-                &mut self.strings,
-                &mut self.string_ids,
-                "tasks not named yet".to_owned(),
-            );
-            for e in out.iter_mut().filter(|e| e.0 == u32::MAX) {
-                e.0 = unknown;
-            }
-        }
-        (out, unheld, workers, behind)
     }
 }
 

@@ -436,18 +436,15 @@ impl Results {
     /// The listed rows in spawn order, and the warnings, worst first.
     pub(crate) fn finish(
         mut self,
-        names: &HashMap<u32, String>,
         opts: &super::TaskOptions,
-        strings: &[String],
-        pool_peaks: &rustc_hash::FxHashMap<(u32, u32), (u64, u64)>,
-        wakeups: bool,
-        wakers: &super::rules::WakerEvents<'_>,
+        ends: &super::rules::Ends<'_>,
     ) -> (
         Vec<TaskRow>,
         Vec<Warning>,
         Vec<super::Diagnosis>,
         TaskTotals,
     ) {
+        let (names, strings) = (ends.names, ends.strings);
         for r in &mut self.rows {
             for site in &mut r.yield_sites {
                 if site.site != "unknown" {
@@ -532,15 +529,7 @@ impl Results {
         self.totals.warn_share = opts.warn_share;
         self.totals.scheduled_p50_ns = self.sched.quantile(0.5);
         self.totals.scheduled_p99_ns = self.sched.quantile(0.99);
-        let mut diagnoses = self.pending.finish(
-            &opts.diagnosis,
-            pool_peaks,
-            strings,
-            names,
-            &self.rows,
-            wakeups,
-            wakers,
-        );
+        let mut diagnoses = self.pending.finish(&opts.diagnosis, ends, &self.rows);
         diagnoses.extend(delay_diagnoses);
         let mut diagnoses = super::rules::group(diagnoses);
         super::rules::sort(&mut diagnoses);

@@ -336,8 +336,18 @@ impl Pools {
     }
 }
 
-/// The processes whose `waker.drop` and `waker.clone` events the trace has.
-pub(crate) struct WakerEvents<'a> {
+/// What the last step reads besides the pending diagnoses: from the model, the kernel view
+/// and the pass's names.
+pub(crate) struct Ends<'a> {
+    /// Most blocking tasks of each (pid, spawn place) that ran at once.
+    pub peaks: &'a FxMap<(u32, u32), (u64, u64)>,
+    /// Holder labels.
+    pub strings: &'a [String],
+    /// Thread names.
+    pub names: &'a HashMap<u32, String>,
+    /// Whether the trace has the kernel's wakeups.
+    pub wakeups: bool,
+    /// The processes whose `waker.drop` and `waker.clone` events the trace has.
     pub drops: &'a rustc_hash::FxHashSet<u32>,
     pub clones: &'a rustc_hash::FxHashSet<u32>,
 }
@@ -382,22 +392,19 @@ impl Pending {
     pub(crate) fn finish(
         mut self,
         o: &DiagnosisOptions,
-        peaks: &FxMap<(u32, u32), (u64, u64)>,
-        strings: &[String],
-        names: &HashMap<u32, String>,
+        ends: &Ends<'_>,
         rows: &[TaskRow],
-        wakeups: bool,
-        wakers: &WakerEvents,
     ) -> Vec<Diagnosis> {
+        let (strings, names) = (ends.strings, ends.names);
         // A task's live wakers are known when its process's drops are recorded, or when it
         // never had one cloned and the process's clones are.
         self.found.retain(|f| {
             f.d.kind != "lost_waker"
-                || wakers.drops.contains(&f.d.pid)
-                || (f.lost_never_cloned && wakers.clones.contains(&f.d.pid))
+                || ends.drops.contains(&f.d.pid)
+                || (f.lost_never_cloned && ends.clones.contains(&f.d.pid))
         });
         let pools = std::mem::take(&mut self.pools);
-        pools.finish(o, peaks, &mut self.found);
+        pools.finish(o, ends.peaks, &mut self.found);
         let label = |l: u32| strings.get(l as usize).cloned();
         let by_key: HashMap<(u32, u64), &TaskRow> =
             rows.iter().map(|r| ((r.pid, r.id), r)).collect();
@@ -405,7 +412,7 @@ impl Pending {
         for f in self.found {
             let mut d = f.d;
             if let Some(lock) = &mut d.lock {
-                lock.wakeups_recorded = wakeups;
+                lock.wakeups_recorded = ends.wakeups;
                 let mut by: Vec<LockHolder> = f
                     .lock_by
                     .iter()
