@@ -51,9 +51,10 @@ pub struct RecordArgs {
     #[arg(long)]
     syscall_samples: bool,
     /// Do not record who woke whom. Wakeups come from the kernel's sched:sched_waking
-    /// tracepoint, filtered in the kernel (BPF) to those a recorded thread performs or
-    /// receives; each one kept costs the program a ring write and the trace a few bytes. They
-    /// say who woke each blocked thread: the lock_contention diagnosis needs them.
+    /// tracepoint, for the wakeups a recorded thread performs (a mutex unlock, a pipe or socket
+    /// write, an interrupt run in its time): each costs the program a ring write and the trace
+    /// about 6 bytes. They name the thread that released a lock: the lock_contention
+    /// diagnosis needs them.
     #[arg(long)]
     no_wakeups: bool,
     /// How user stacks are walked. `fp`: the kernel's frame-pointer walk only (cheapest; a

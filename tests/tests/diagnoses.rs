@@ -93,12 +93,10 @@ fn every_bug_of_the_teaching_program_is_named_with_its_task_and_line() {
     let waits = lock["waits"].as_u64().unwrap();
     assert!(waits >= 2, "{d:#}");
     // The kernel's waker edge names the thread that released the lock, and the task it was
-    // polling: the other lockers. (The issue asks 90%; measured 100% and 56% in two runs of
-    // `asyncbugs --std-mutex`: the unnamed waits are not understood yet, so half is what this
-    // asserts.)
+    // polling: the other lockers.
     assert!(
-        lock["named"].as_u64().unwrap() * 2 >= waits,
-        "fewer than half of the futex waits have their waker named: {d:#}"
+        lock["named"].as_u64().unwrap() * 10 >= waits * 9,
+        "fewer than 90% of the futex waits have their waker named: {d:#}"
     );
     let holder = &lock["woken_by"][0];
     assert!(

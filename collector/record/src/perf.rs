@@ -1,8 +1,8 @@
 //! perf events on the child: one ring buffer per CPU carrying context-switch, comm, fork, exit
 //! and mmap records, one sample per page fault, on-CPU stack samples (cpu-clock) and a stack at
 //! every switch-out, plus inherited counting events whose totals are what `perf stat` reports.
-//! Who woke whom comes from `sched:sched_waking` events that observe whole CPUs, filtered in
-//! the kernel to the recorded processes (`syscount::wakeup_filter_prog`).
+//! Who woke whom comes from `sched:sched_waking` events on the recorded threads (the wakeups
+//! they perform).
 //! Syscalls are counted in the kernel (`syscount`), or with one sample per syscall entry where
 //! that cannot be had or with `--syscall-samples`. The rings' records are put in time order
 //! (`merge`) and parsed here into trace records; callchains are interned into the trace's
@@ -81,8 +81,8 @@ pub struct PerfOptions {
     /// How user stacks are walked (frame pointers, with or without CFI for the leaf frames,
     /// or CFI for the whole stack).
     pub call_graph: CallGraph,
-    /// Record who woke whom (`sched:sched_waking`, filtered in the kernel to the wakeups that
-    /// recorded threads perform or receive): a ring write per such wakeup.
+    /// Record who woke whom (`sched:sched_waking`: the wakeups that recorded threads perform):
+    /// a ring write per wakeup.
     pub wakeups: bool,
 }
 
@@ -265,13 +265,8 @@ pub struct PerfSession {
     faults: HashMap<u32, u64>,
     last_syscall: HashMap<u32, u16>,
     pub lost_records: u64,
-    /// Wakeup samples parsed so far (to tell the filter's kept count from what arrived).
-    wakeups_seen: u64,
     /// Syscalls the in-kernel counter could not count (its map was full).
     pub syscalls_dropped: u64,
-    /// Wakeups the filter kept that never reached a ring nor perf's lost count: another BPF
-    /// program on `sched:sched_waking` dropped them (see [`WakeupEvents`]).
-    pub wakeups_dropped: u64,
 }
 
 /// Id of a tracepoint, read from tracefs (mounting it if absent and we may).
@@ -406,11 +401,6 @@ impl PerfSession {
             }
         }
         session.follow_new_threads(tgids, &mut opened);
-        // The wakeup filter keeps wakeups of threads it knows: those born from now on are
-        // added by the fork program, those already there are added here.
-        if let (Some(c), Some(_)) = (session.counted.as_ref(), session.wakeups.as_ref()) {
-            c.counter.count_threads(&opened);
-        }
         Ok((session, opened))
     }
 
@@ -539,12 +529,7 @@ impl PerfSession {
         let kallsyms = counted.as_ref().map(|_| kallsyms::Lazy::start());
 
         let wakeups = if opts.wakeups {
-            match open_wakeups(
-                &mut rings,
-                pid,
-                kernel,
-                counted.as_ref().map(|c| &c.counter),
-            ) {
+            match open_wakeups(&mut rings, pid, kernel, start) {
                 Ok(w) => Some(w),
                 Err(why) => {
                     missing.push(format!("who woke whom (wakeups) is missing: {why}"));
@@ -625,9 +610,7 @@ impl PerfSession {
             faults: HashMap::default(),
             last_syscall: HashMap::default(),
             lost_records: 0,
-            wakeups_seen: 0,
             syscalls_dropped: 0,
-            wakeups_dropped: 0,
         })
     }
 
@@ -677,6 +660,11 @@ impl PerfSession {
                     let mut b = stack(Software::CONTEXT_SWITCHES, opts.off_cpu_stacks);
                     b.sample_period(1);
                     follow(b, Some(&mut self.switch_ids))?;
+                }
+                if let Some(w) = self.wakeups.as_mut() {
+                    let c = wakeup_event(w.tp, pid, ring, kernel, start)?;
+                    w.ids.push(c.id());
+                    ring._followers.push(c);
                 }
             }
             Ok(())
@@ -835,15 +823,6 @@ impl PerfSession {
             }
             _ => None,
         };
-        // The wakeups the filter kept, read before the rings (that already hold them): the
-        // window ends first, so that it keeps no more (a process the command left running).
-        let wakeups_kept = match (&self.wakeups, &self.counted) {
-            (Some(w), Some(c)) if watermark == u64::MAX => {
-                c.counter.end_window();
-                Some(w.filter.kept())
-            }
-            _ => None,
-        };
         self.read_rings();
         while let Some(i) = merge::earliest(self.pending.iter(), watermark) {
             let Some(taken) = self.pending[i].pop_entry() else {
@@ -857,8 +836,7 @@ impl PerfSession {
                 clock_ids: &self.clock_ids,
                 switch_ids: &self.switch_ids,
                 wakeup_ids: self.wakeups.as_ref().map_or(&[], |w| &w.ids),
-                wakee_offset: self.wakeups.as_ref().map_or(0, |w| w.filter.wakee_offset),
-                wakeups_seen: &mut self.wakeups_seen,
+                wakee_offset: self.wakeups.as_ref().map_or(0, |w| w.wakee_offset),
                 stacks: &mut self.stacks,
                 chain_buf: &mut self.chain_buf,
                 unwind: self.unwind.as_mut(),
@@ -889,11 +867,6 @@ impl PerfSession {
         }
         for pending in self.pending.iter_mut() {
             pending.compact();
-        }
-        // Not a `Lost` record: two recordings at once (as tests run) would then both report
-        // perf losses; this loss is outside perf and the trace, and said on stderr.
-        if let Some(kept) = wakeups_kept {
-            self.wakeups_dropped = kept.saturating_sub(self.wakeups_seen + self.lost_records);
         }
         if let Some((counts, dropped)) = final_counts {
             for (tid, nr, n) in counts {
@@ -1015,7 +988,6 @@ struct RecordState<'a> {
     /// The `sched:sched_waking` events' ids, and where the wakee is in their RAW payload.
     wakeup_ids: &'a [u64],
     wakee_offset: usize,
-    wakeups_seen: &'a mut u64,
     stacks: &'a mut StackInterner,
     chain_buf: &'a mut Vec<u64>,
     unwind: Option<&'a mut Unwinding>,
@@ -1041,7 +1013,6 @@ impl RecordState<'_> {
         } else if self.fault_ids.contains(&s.id) {
             *self.faults.entry(s.tid).or_insert(0) += 1;
         } else if self.wakeup_ids.contains(&s.id) {
-            *self.wakeups_seen += 1;
             if let Some((wakee, flags)) = parse_wakeup(data, self.wakee_offset) {
                 cpu.wakeup(s.time, s.pid, s.tid, wakee, flags);
             }
@@ -1320,17 +1291,21 @@ fn open_stack_events(
     }
 }
 
-/// The CPU-wide `sched:sched_waking` events (one per CPU, into that CPU's ring) and the BPF
-/// program that filters them.
+/// The `sched:sched_waking` events (one per CPU into that CPU's ring, following the recorded
+/// threads as the other samplers do) and where the wakee's tid is in their raw payload.
 ///
-/// The program is the tracepoint's, not an event's: the kernel runs it once per wakeup on
-/// the machine, whichever event it was attached through, and writes a wakeup to any event on
-/// the tracepoint only if every program there keeps it. So it is attached once, and a second
-/// program that drops what ours keeps (another recording at the same time) shows as wakeups
-/// kept and never seen: counted at the end in [`PerfSession::wakeups_dropped`].
+/// They are per task, not whole-CPU events behind a BPF filter: a BPF program on a
+/// tracepoint is the tracepoint's, run for every perf event on it, so a filter would also
+/// filter other tools' and other recordings' `sched_waking` events (and theirs ours). Per
+/// task, the kernel writes the wakeups that recorded threads perform (a mutex unlock, a
+/// write to a pipe or socket, an interrupt that ran while one was current): the edge that
+/// names who released a lock. Wakeups of recorded threads by other processes or by an idle
+/// CPU's interrupt are not seen.
 struct WakeupEvents {
     ids: Vec<u64>,
-    filter: syscount::WakeupFilter,
+    wakee_offset: usize,
+    /// The tracepoint's id, for the threads an attached recording follows later.
+    tp: u64,
 }
 
 /// Open [`WakeupEvents`] into the rings, or say why not (a sentence ending that starts
@@ -1339,54 +1314,50 @@ fn open_wakeups(
     rings: &mut [Ring],
     pid: libc::pid_t,
     kernel: bool,
-    counter: Option<&syscount::SyscallCounter>,
+    start: Start,
 ) -> Result<WakeupEvents, String> {
     if !kernel {
         return Err("the sched:sched_waking tracepoint is in the kernel, which this user may not trace; run as root".to_owned());
     }
-    let Some(counter) = counter else {
-        return Err("the wakeups are filtered in the kernel by the BPF syscall counter's process map, which is not loaded (--syscall-samples, or BPF is not available: see the note on syscall counting)".to_owned());
-    };
     let tp = tracepoint_id("sched", "sched_waking")
         .map_err(|e| format!("the sched:sched_waking tracepoint is not available ({e})"))?;
-    let filter = counter
-        .wakeup_filter()
-        .map_err(|e| format!("its in-kernel BPF filter could not be loaded ({e})"))?;
-    let opened = (|| -> io::Result<Vec<Counter>> {
-        let mut events = Vec::new();
-        for ring in rings.iter() {
-            let mut b = Builder::new(Tracepoint::with_id(tp));
-            sampled_base(&mut b, pid, ring.cpu as usize, kernel, Start::Now);
-            // Whole CPUs, held off until the filter is on: unfiltered, they would take every
-            // wakeup on the machine.
-            b.any_pid()
-                .inherit(false)
-                .enable_on_exec(false)
-                .enabled(false)
-                .sample(SampleFlag::RAW)
-                .sample_period(1);
-            let c = b.build()?;
-            sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
-            events.push(c);
-        }
-        let first = events
-            .first()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
-        sys::perf_set_bpf(first.as_raw_fd(), filter.prog.as_raw_fd())?;
-        for c in events.iter_mut() {
-            c.enable()?;
-        }
-        Ok(events)
-    })();
-    let events = opened.map_err(|e| {
-        format!("the CPU-wide sched:sched_waking events or their filter could not be opened ({e}); run as root")
-    })?;
+    // The wakee's `pid`, after the common fields and `comm[16]` (24 on today's kernels).
+    let wakee_offset = syscount::tracepoint_field_offset("sched_waking", " pid;")
+        .and_then(|o| usize::try_from(o).ok())
+        .unwrap_or(24);
     let mut ids = Vec::new();
-    for (ring, c) in rings.iter_mut().zip(events) {
+    let mut events = Vec::new();
+    for ring in rings.iter() {
+        let c = wakeup_event(tp, pid, ring, kernel, start).map_err(|e| {
+            format!("the sched:sched_waking events could not be opened ({e}); run as root")
+        })?;
         ids.push(c.id());
+        events.push(c);
+    }
+    for (ring, c) in rings.iter_mut().zip(events) {
         ring._followers.push(c);
     }
-    Ok(WakeupEvents { ids, filter })
+    Ok(WakeupEvents {
+        ids,
+        wakee_offset,
+        tp,
+    })
+}
+
+/// One CPU's `sched:sched_waking` event on `pid` (and its children), into that CPU's ring.
+fn wakeup_event(
+    tp: u64,
+    pid: libc::pid_t,
+    ring: &Ring,
+    kernel: bool,
+    start: Start,
+) -> io::Result<Counter> {
+    let mut b = Builder::new(Tracepoint::with_id(tp));
+    sampled_base(&mut b, pid, ring.cpu as usize, kernel, start);
+    b.sample(SampleFlag::RAW).sample_period(1);
+    let c = b.build()?;
+    sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
+    Ok(c)
 }
 
 /// COMM, FORK, EXIT, LOST and MMAP2 records.
@@ -1718,6 +1689,39 @@ mod tests {
         // One that claims more than the record holds is cut to what is there.
         let d = waking_sample(0, 8, 4000);
         assert_eq!(parse_wakeup(&d, 24), Some((8, 0)));
+    }
+
+    #[test]
+    fn waking_samples_become_their_cpus_wakeups_with_deltas() {
+        // Two samples of the wakeup event (id 5 in `fuzz::records`), 250 ns apart.
+        let mut input = Vec::new();
+        for (time, flags, wakee) in [(1_000u64, 0u8, 7u32), (1_250, TRACE_FLAG_SOFTIRQ, 8)] {
+            let mut d = waking_sample(flags, wakee, 36);
+            d[0..8].copy_from_slice(&5u64.to_le_bytes());
+            d[16..24].copy_from_slice(&time.to_le_bytes());
+            input.extend_from_slice(&RECORD_SAMPLE.to_le_bytes());
+            input.extend_from_slice(&0u16.to_le_bytes());
+            input.extend_from_slice(&(d.len() as u16).to_le_bytes());
+            input.extend_from_slice(&d);
+        }
+        let records = fuzz::records(&input);
+        let w = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Wakeups(w) => Some(w),
+                _ => None,
+            })
+            .expect("a Wakeups record");
+        assert_eq!((w.cpu, w.base_ns), (0, 1_000));
+        let got: Vec<_> = w
+            .wakeups
+            .iter()
+            .map(|x| (x.delta_ns, x.waker_pid, x.waker_tid, x.wakee_tid, x.flags))
+            .collect();
+        assert_eq!(
+            got,
+            [(0, 100, 101, 7, 0), (250, 100, 101, 8, Wakeup::SOFTIRQ)]
+        );
     }
 
     #[test]

@@ -481,7 +481,6 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
                 p.syscalls_dropped
             ));
         }
-        wakeup_loss(p, &mut missing);
     }
     let mut span_dropped = 0;
     if let Some((dir, intake)) = spans.take() {
@@ -556,19 +555,6 @@ fn perf_options(opts: &RecordOptions, exe: &Path) -> PerfOptions {
         }
     }
     perf
-}
-
-/// Wakeups another BPF program dropped (they are counted in the trace's `Lost` too): said at
-/// once on stderr, since the trace is otherwise fine and the cause is outside it.
-fn wakeup_loss(perf: &PerfSession, missing: &mut Vec<String>) {
-    if perf.wakeups_dropped > 0 {
-        let line = format!(
-            "{} wakeups were dropped by another BPF program on sched:sched_waking (another recording or tracer running at the same time): who woke whom is incomplete",
-            perf.wakeups_dropped
-        );
-        eprintln!("iotrace: warning: {line}");
-        missing.push(line);
-    }
 }
 
 /// Notes what an opened perf session gives the recording in `caps`; its notes go to stderr.
@@ -929,7 +915,6 @@ fn record_attached(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
                 p.syscalls_dropped
             ));
         }
-        wakeup_loss(p, &mut missing);
     }
     let mut stats = intake::IntakeStats::default();
     for r in spans.drain(..) {

@@ -31,8 +31,6 @@
 //! - `segv`                die of SIGSEGV
 //! - `pingpong N`          threads `ping` and `pong` hand a turn back and forth N times over a
 //!   `Mutex` and a `Condvar`: each waits in futex for the other to wake it
-//! - `reader`              print `reader PID`, then a thread `reader` reads stdin to its end
-//!   (each read waits for the writer to wake it)
 //!
 //! Every mode prints the recorder's peak RSS (`recorder VmHWM N kB`, its parent's) on stdout
 //! when FIXTURE_PARENT_HWM=1, and exits with `$FIXTURE_EXIT` (default 0) when it ends normally.
@@ -334,20 +332,6 @@ fn main() {
             std::mem::forget(grandchild);
         }
         "pingpong" => pingpong(arg(&args, 1, 1000)),
-        "reader" => {
-            println!("reader {}", std::process::id());
-            let _ = std::io::stdout().flush();
-            std::thread::Builder::new()
-                .name("reader".into())
-                .spawn(|| {
-                    let mut buf = [0u8; 256];
-                    let mut stdin = std::io::stdin().lock();
-                    while matches!(std::io::Read::read(&mut stdin, &mut buf), Ok(n) if n > 0) {}
-                })
-                .expect("spawn thread")
-                .join()
-                .expect("join");
-        }
         "segv" => {
             // Rust's runtime handles SIGSEGV (to report stack overflows) and a raised one
             // would return: restore the default action first.
@@ -360,7 +344,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: fixture sleep|nap|writes|spin|spinners|threads|fork|span-garbage|span-clients|span-abuse|span-as-nobody|span-connect|announce|daemon|segv|pingpong|reader ARGS"
+                "usage: fixture sleep|nap|writes|spin|spinners|threads|fork|span-garbage|span-clients|span-abuse|span-as-nobody|span-connect|announce|daemon|segv|pingpong ARGS"
             );
             std::process::exit(2);
         }

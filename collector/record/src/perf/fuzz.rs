@@ -22,7 +22,6 @@ pub fn records(input: &[u8]) -> Vec<Record> {
     let mut syscalls: HashMap<(u32, u16), u64> = HashMap::default();
     let mut faults: HashMap<u32, u64> = HashMap::default();
     let mut lost = 0u64;
-    let mut wakeups_seen = 0u64;
     let mut chain_buf = Vec::new();
     // Inputs of odd length name switch-outs' syscalls from kernel stacks, as recordings with
     // the in-kernel counter do; even ones from the last syscall sample.
@@ -56,7 +55,6 @@ pub fn records(input: &[u8]) -> Vec<Record> {
             switch_ids: &[4],
             wakeup_ids: &[5],
             wakee_offset: 24,
-            wakeups_seen: &mut wakeups_seen,
             stacks: &mut stacks,
             chain_buf: &mut chain_buf,
             unwind: Some(&mut unwind),

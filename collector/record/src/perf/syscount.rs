@@ -19,9 +19,6 @@
 //! hang on perf tracepoint events (they are rare, and their records carry the child's pid),
 //! and return 1, so other tools' perf events on those tracepoints still see them.
 //!
-//! The same `procs` map filters the wakeups (`sched:sched_waking`) the recorder keeps: see
-//! [`wakeup_filter_prog`].
-//!
 //! The programs are a few dozen instructions, assembled here: no BPF toolchain (clang,
 //! bpf-linker) is needed to build iotrace. See docs/DESIGN.md for why this is exact.
 
@@ -38,8 +35,6 @@ const MAX_COUNTS: u32 = 1 << 18;
 
 /// Offset of `child_pid` in `sched:sched_process_fork` (read from its tracefs format).
 const FORK_CHILD_PID_DEFAULT: i16 = 20;
-/// Offset of `pid` (the wakee) in `sched:sched_waking` (read from its tracefs format).
-const WAKING_PID_DEFAULT: i16 = 24;
 
 /// The loaded programs and their maps; counting stops when this is dropped (with the perf
 /// events the programs are attached to).
@@ -142,33 +137,6 @@ impl SyscallCounter {
         )
     }
 
-    /// A filter for the CPU-wide `sched:sched_waking` events (see [`wakeup_filter_prog`]):
-    /// it keeps the wakeups that a counting process performs or that wake one of its threads.
-    pub(crate) fn wakeup_filter(&self) -> io::Result<WakeupFilter> {
-        let wakee_offset =
-            tracepoint_field_offset("sched_waking", " pid;").unwrap_or(WAKING_PID_DEFAULT);
-        let kept = sys::bpf_map(BpfMap::Array, 4, 8, 1)?;
-        let prog = sys::bpf_load_prog(
-            BpfProg::Tracepoint,
-            &wakeup_filter_prog(&self.procs, &kept, wakee_offset),
-            "iotrace_wakeups",
-        )?;
-        Ok(WakeupFilter {
-            prog,
-            kept,
-            wakee_offset: wakee_offset as usize,
-        })
-    }
-
-    /// Threads of attached processes that were there before the counter: count them (their
-    /// process is counted already; a thread's own entry is what lets the wakeup filter keep
-    /// the wakeups of that thread by others).
-    pub(crate) fn count_threads(&self, tids: &[u32]) {
-        for tid in tids {
-            let _ = sys::bpf_map_update(&self.procs, &tid.to_ne_bytes(), &COUNTING.to_ne_bytes());
-        }
-    }
-
     /// Counts that found the map full.
     pub(crate) fn dropped(&self) -> u64 {
         sys::bpf_map_u64_entries(&self.drops)
@@ -201,27 +169,6 @@ impl SyscallCounter {
     }
 }
 
-/// The loaded wakeup filter: attach [`WakeupFilter::prog`] to one `sched:sched_waking` perf
-/// event, and it decides for every event on that tracepoint.
-pub(crate) struct WakeupFilter {
-    pub(crate) prog: OwnedFd,
-    /// How many wakeups the filter kept (one u64).
-    kept: OwnedFd,
-    /// Offset of the wakee's `pid` in the tracepoint's record (the RAW sample payload).
-    pub(crate) wakee_offset: usize,
-}
-
-impl WakeupFilter {
-    /// Wakeups the filter kept so far: each is in a ring, lost (counted by perf), or was
-    /// dropped by another program on the same tracepoint.
-    pub(crate) fn kept(&self) -> u64 {
-        sys::bpf_map_u64_entries(&self.kept)
-            .ok()
-            .and_then(|e| e.first().map(|e| e.1))
-            .unwrap_or(0)
-    }
-}
-
 /// `procs` values: counting, or waiting for the exec.
 const COUNTING: u32 = 1;
 const ARMED: u32 = 2;
@@ -234,7 +181,7 @@ fn fork_child_pid_offset() -> Option<i16> {
 
 /// The offset of a field of a `sched:` tracepoint's record, from its tracefs format: `field`
 /// is how its declaration ends (`" pid;"`, which `common_pid;` does not match).
-fn tracepoint_field_offset(event: &str, field: &str) -> Option<i16> {
+pub(crate) fn tracepoint_field_offset(event: &str, field: &str) -> Option<i16> {
     let format =
         std::fs::read_to_string(format!("{}/events/sched/{event}/format", super::TRACEFS)).ok()?;
     parse_field_offset(&format, field)
@@ -485,62 +432,6 @@ fn sample_filter_prog(procs: &OwnedFd) -> Vec<u64> {
     p
 }
 
-/// A tracepoint program on `sched:sched_waking`: keep (1) the wakeup when the current task
-/// (the waker) belongs to a process in `procs` that counts, or when the wakee (the record's
-/// `pid`, at `wakee_off`) is a thread in `procs` that counts (the fork program adds each new
-/// thread; attached processes' threads are added by [`SyscallCounter::count_threads`]); else
-/// drop it (0), before perf writes anything. Each kept wakeup adds 1 to `kept`.
-///
-/// The tracepoint fires for every wakeup on the machine; this is what makes recording them
-/// affordable. A tracepoint program belongs to the tracepoint, not to the event it was
-/// attached through, and the kernel writes an event only if every program on the tracepoint
-/// returns 1: while recording, other tools' `sched_waking` events see only these wakeups,
-/// and another program that drops ours is seen as `kept` minus what arrived.
-fn wakeup_filter_prog(procs: &OwnedFd, kept: &OwnedFd, wakee_off: i16) -> Vec<u64> {
-    let mut p = vec![mov(R6, R1)];
-    let [no_proc, other_state] = unless_current_process_is(&mut p, procs, COUNTING);
-    let waker_counts = p.len();
-    p.push(ja(0));
-    let wakee = p.len();
-    p.push(ldx32(R1, R6, wakee_off));
-    p.push(stx32(FP, -8, R1));
-    ld_map(&mut p, R1, procs.as_raw_fd());
-    p.push(mov(R2, FP));
-    p.push(add_imm(R2, -8));
-    p.push(call(CALL_MAP_LOOKUP));
-    let no_thread = p.len();
-    p.push(jeq_imm(R0, 0, 0));
-    p.push(ldx32(R1, R0, 0));
-    let not_counting = p.len();
-    p.push(jne_imm(R1, COUNTING as i32, 0));
-    let keep = p.len();
-    p.push(st32(FP, -12, 0));
-    ld_map(&mut p, R1, kept.as_raw_fd());
-    p.push(mov(R2, FP));
-    p.push(add_imm(R2, -12));
-    p.push(call(CALL_MAP_LOOKUP));
-    let no_slot = p.len();
-    p.push(jeq_imm(R0, 0, 0));
-    p.push(mov_imm(R1, 1));
-    p.push(atomic_add64(R0, 0, R1));
-    let out = epilogue(&mut p);
-    let drop = p.len();
-    p.push(mov_imm(R0, 0));
-    p.push(exit());
-    patch(
-        &mut p,
-        &[
-            (no_proc, wakee),
-            (other_state, wakee),
-            (waker_counts, keep),
-            (no_thread, drop),
-            (not_counting, drop),
-            (no_slot, out),
-        ],
-    );
-    p
-}
-
 /// `sched:sched_process_fork`, in the parent: the child inherits the parent's state.
 fn fork_prog(procs: &OwnedFd, child_pid_off: i16) -> Vec<u64> {
     let mut p = vec![mov(R6, R1)];
@@ -674,7 +565,6 @@ mod tests {
             Ok(c) => {
                 assert!(c.counts().unwrap().is_empty());
                 c.sample_filter().expect("the sample filter is accepted");
-                c.wakeup_filter().expect("the wakeup filter is accepted");
             }
             Err(e) if std::env::var("IOTRACE_REQUIRE_PERF").as_deref() == Ok("1") => {
                 panic!("BPF programs rejected: {e}")
