@@ -28,7 +28,8 @@ pub struct ReportArgs {
     blocked_share: f64,
     /// A wake→poll delay at least this long counts as the task waiting for a worker: what held
     /// the workers meanwhile is looked at, and a task whose p99 delay reaches it, mostly
-    /// behind polls that blocked in the kernel, gets a scheduling_delay warning.
+    /// behind polls that blocked in the kernel or ran long on CPU, gets a scheduling_delay
+    /// warning.
     #[arg(long, value_parser = crate::time::parse_ns, default_value = "1ms", value_name = "TIME")]
     sched_delay: u64,
     /// A poll on CPU at least this long without an await is a long_poll diagnosis.

@@ -32,7 +32,7 @@ pub struct WindowArgs {
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
     blocked_share: f64,
     /// A wake→poll delay at least this long is a task waiting for a worker (warned about when
-    /// its p99 reaches it, mostly behind blocked polls).
+    /// its p99 reaches it, mostly behind blocked or long polls).
     #[arg(long, value_parser = crate::time::parse_ns, default_value = "1ms", value_name = "TIME")]
     sched_delay: u64,
     /// A poll on CPU at least this long without an await is a long_poll diagnosis.
