@@ -597,6 +597,26 @@ impl Kernel {
         Some(c)
     }
 
+    /// The blocked stretches of `tid` that overlap `[t0, t1)`, in time order.
+    fn blocked_overlapping(
+        &self,
+        tid: u32,
+        t0: u64,
+        t1: u64,
+    ) -> impl Iterator<Item = (&Hist, u16, Option<StackId>)> {
+        let hist = self.threads.get(&tid).map(|th| {
+            let from = th.hist.partition_point(|h| h.end <= t0);
+            th.hist.range(from..)
+        });
+        hist.into_iter()
+            .flatten()
+            .take_while(move |h| h.start < t1)
+            .filter_map(|h| match h.state {
+                ThreadState::Blocked { syscall, stack } => Some((h, syscall, stack)),
+                _ => None,
+            })
+    }
+
     /// Calls `f(syscall, stack, ns)` for each long blocked stretch of `tid` inside `[t0, t1]`.
     pub(crate) fn long_blocked(
         &self,
@@ -605,19 +625,10 @@ impl Kernel {
         t1: u64,
         mut f: impl FnMut(u16, Option<StackId>, u64),
     ) {
-        let Some(th) = self.threads.get(&tid) else {
-            return;
-        };
-        let from = th.hist.partition_point(|h| h.end <= t0);
-        for h in th.hist.range(from..) {
-            if h.start >= t1 {
-                break;
-            }
-            if let ThreadState::Blocked { syscall, stack } = h.state {
-                let d = h.end - h.start;
-                if d >= self.threshold && h.start >= t0 && h.end <= t1 {
-                    f(syscall, stack, d);
-                }
+        for (h, syscall, stack) in self.blocked_overlapping(tid, t0, t1) {
+            let d = h.end - h.start;
+            if d >= self.threshold && h.start >= t0 && h.end <= t1 {
+                f(syscall, stack, d);
             }
         }
     }
@@ -627,20 +638,10 @@ impl Kernel {
     /// (A difference of [`Kernel::cum_at`]s would count the whole of a stretch that ends
     /// inside the window.)
     pub(crate) fn long_blocked_within(&self, tid: u32, t0: u64, t1: u64) -> u64 {
-        let Some(th) = self.threads.get(&tid) else {
-            return 0;
-        };
-        let from = th.hist.partition_point(|h| h.end <= t0);
-        let mut ns = 0u64;
-        for h in th.hist.range(from..) {
-            if h.start >= t1 {
-                break;
-            }
-            if matches!(h.state, ThreadState::Blocked { .. }) && h.end - h.start >= self.threshold {
-                ns += h.end.min(t1).saturating_sub(h.start.max(t0));
-            }
-        }
-        ns
+        self.blocked_overlapping(tid, t0, t1)
+            .filter(|(h, _, _)| h.end - h.start >= self.threshold)
+            .map(|(h, _, _)| h.end.min(t1).saturating_sub(h.start.max(t0)))
+            .sum()
     }
 
     /// Calls `f(start, ns, stack, waker)` for each futex wait of `tid` (a blocked stretch of
@@ -652,18 +653,9 @@ impl Kernel {
         t1: u64,
         mut f: impl FnMut(u64, u64, Option<StackId>, Option<Waker>),
     ) {
-        let Some(th) = self.threads.get(&tid) else {
-            return;
-        };
-        let from = th.hist.partition_point(|h| h.end <= t0);
-        for h in th.hist.range(from..) {
-            if h.start >= t1 {
-                break;
-            }
-            if let ThreadState::Blocked { syscall, stack } = h.state {
-                if syscall == self.futex && h.start >= t0 && h.end <= t1 {
-                    f(h.start, h.end - h.start, stack, h.waker);
-                }
+        for (h, syscall, stack) in self.blocked_overlapping(tid, t0, t1) {
+            if syscall == self.futex && h.start >= t0 && h.end <= t1 {
+                f(h.start, h.end - h.start, stack, h.waker);
             }
         }
     }

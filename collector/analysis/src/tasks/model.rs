@@ -397,7 +397,11 @@ impl Model {
                     let stacks = kernel.samples_within(tid, p.start, p.end);
                     task.stats.ev.long_poll(p.start, p.on_cpu_ns, &stacks);
                 }
-                if p.measured && task.info.as_ref().is_some_and(|i| i.kind != "blocking") {
+                // No voluntary off-CPU time in the poll: no futex wait either.
+                if p.measured
+                    && p.blocked_ns > 0
+                    && task.info.as_ref().is_some_and(|i| i.kind != "blocking")
+                {
                     let workers = &self.workers;
                     let ev = &mut task.stats.ev;
                     kernel.futex_waits(tid, p.start, p.end, |start, ns, stack, waker| {

@@ -101,8 +101,12 @@ impl Model {
                 if b > a {
                     in_polls += b - a;
                     let long = if r.long { b - a } else { 0 };
-                    add(r.label, b - a, blocked(tid, a, b), long);
-                    hold(r.task, b - a);
+                    let bl = blocked(tid, a, b);
+                    add(r.label, b - a, bl, long);
+                    // Only culprits list the tasks that waited behind them.
+                    if bl > 0 || long > 0 {
+                        hold(r.task, b - a);
+                    }
                 }
             }
             let current = self.in_poll(tid);
@@ -110,14 +114,20 @@ impl Model {
                 let a = task.poll_start.max(from);
                 if to > a {
                     in_polls += to - a;
-                    let cpu = match (task.cum0, kernel.cum_at(tid, to)) {
-                        (Some(c0), Some(c1)) => c1.since(&c0).running,
+                    // On CPU for a long poll's time needs at least that long in the poll.
+                    let cpu = match task.cum0 {
+                        Some(c0) if to - task.poll_start >= long_ns => {
+                            kernel.cum_at(tid, to).map_or(0, |c1| c1.since(&c0).running)
+                        }
                         _ => 0,
                     };
                     let long = if cpu >= long_ns { to - a } else { 0 };
                     let label = task.label.unwrap_or(u32::MAX);
-                    add(label, to - a, blocked(tid, a, to), long);
-                    hold(key, to - a);
+                    let bl = blocked(tid, a, to);
+                    add(label, to - a, bl, long);
+                    if bl > 0 || long > 0 {
+                        hold(key, to - a);
+                    }
                 }
             }
             unheld += (to - from).saturating_sub(in_polls);
