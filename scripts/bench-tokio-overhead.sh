@@ -16,8 +16,11 @@
 # <= 1.2 x bare with everything on, <= 100 bytes per request.
 # A mode ending in `-nowakeups` records with `--no-wakeups` (who woke whom off); WAKEUPS=1 runs
 # each mode both ways, so the cost of the wakeups is the difference of two columns of one run.
+# A mode ending in `-nodrops` records with the layer's waker drops off (IOTRACE_WAKER_DROPS=0:
+# no `waker.drop` events, which the lost_waker diagnosis counts live wakers with); DROPS=1 runs
+# each mode both ways.
 # RECORD_ARGS="..." adds arguments to every recording (e.g. RECORD_ARGS="--ring-kib 16384").
-#   usage: [SAMPLES=1 [MODES=...]] [YIELD=1] [WAKEUPS=1] [RECORD_ARGS=...] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
+#   usage: [SAMPLES=1 [MODES=...]] [YIELD=1] [WAKEUPS=1] [DROPS=1] [RECORD_ARGS=...] scripts/bench-tokio-overhead.sh [ROUNDS] [SECONDS]   (default 3 rounds of 5 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -44,14 +47,22 @@ if [ "${WAKEUPS:-0}" = 1 ]; then
   for m in "${modes[@]}"; do both+=("$m" "$m-nowakeups"); done
   modes=("${both[@]}")
 fi
+if [ "${DROPS:-0}" = 1 ]; then
+  both=()
+  for m in "${modes[@]}"; do both+=("$m" "$m-nodrops"); done
+  modes=("${both[@]}")
+fi
 read -r -a record_args <<<"${RECORD_ARGS:-}"
 
 # run MODE -> prints "requests req_per_s p99_us cpu_ns hwm_bytes trace_bytes recorder_cpu_ns
 # stack_samples bytes_per_sample"
 run() {
-  local mode=$1 fifo=$out/fifo.$RANDOM yield=1
+  local mode=$1 fifo=$out/fifo.$RANDOM yield=1 drops=1
   mkfifo "$fifo"
   local args=("${record_args[@]}")
+  case $mode in
+    *-nodrops) drops=0; mode=${mode%-nodrops} ;;
+  esac
   case $mode in
     *-noyield) yield=0; mode=${mode%-noyield} ;;
   esac
@@ -60,8 +71,8 @@ run() {
   esac
   case $mode in
     bare) "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
-    nosamples) IOTRACE_YIELD_SITES=$yield "$bin/iotrace" record -q --no-samples "${args[@]}" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
-    *) IOTRACE_YIELD_SITES=$yield "$bin/iotrace" record -q --call-graph "$mode" "${args[@]}" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+    nosamples) IOTRACE_YIELD_SITES=$yield IOTRACE_WAKER_DROPS=$drops "$bin/iotrace" record -q --no-samples "${args[@]}" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
+    *) IOTRACE_YIELD_SITES=$yield IOTRACE_WAKER_DROPS=$drops "$bin/iotrace" record -q --call-graph "$mode" "${args[@]}" -o "$out/t.iotrace" -- "$bin/tokio" --port 0 >"$fifo" 2>/dev/null & ;;
   esac
   local top=$!
   exec 3<"$fifo"
