@@ -44,6 +44,22 @@ fn one<'a>(r: &'a Value, kind: &str) -> &'a Value {
     of[0]
 }
 
+/// The `kind` diagnosis of task `task` (other tasks may have one of that kind too: the
+/// spawner of 1,000 blocking jobs can poll for 10 ms on CPU).
+fn of_task<'a>(r: &'a Value, kind: &str, task: &str) -> &'a Value {
+    let all = diagnoses(r);
+    let of: Vec<&Value> = all
+        .iter()
+        .filter(|d| d["kind"] == kind && d["task"] == task)
+        .collect();
+    assert_eq!(
+        of.len(),
+        1,
+        "one {kind} diagnosis of {task} expected in {all:#?}"
+    );
+    of[0]
+}
+
 fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
@@ -71,8 +87,7 @@ fn every_bug_of_the_teaching_program_is_named_with_its_task_and_line() {
     let r = recorded(&temp_dir("diagnoses-all"), &[]);
 
     // The culprit, the line, what it cost.
-    let d = one(&r, "long_poll");
-    assert_eq!(d["task"], "spinner", "{d:#}");
+    let d = of_task(&r, "long_poll", "spinner");
     assert!(text(&d["message"]).contains(&marked("long_poll")), "{d:#}");
     // 20 polls of 25 ms of CPU; preempted by the other bugs' work, some stay under 10 ms on
     // CPU, none goes past 25 ms.
@@ -83,8 +98,7 @@ fn every_bug_of_the_teaching_program_is_named_with_its_task_and_line() {
         "{d:#}"
     );
 
-    let d = one(&r, "lock_contention");
-    assert_eq!(d["task"], "locker", "{d:#}");
+    let d = of_task(&r, "lock_contention", "locker");
     assert!(
         text(&d["line"]).contains(&marked("lock_contention")),
         "{d:#}"
@@ -105,8 +119,7 @@ fn every_bug_of_the_teaching_program_is_named_with_its_task_and_line() {
     );
     assert!(holder["tid"].as_u64().unwrap() > 0, "{d:#}");
 
-    let d = one(&r, "held_across_await");
-    assert_eq!(d["task"], "holder", "{d:#}");
+    let d = of_task(&r, "held_across_await", "holder");
     assert!(
         text(&d["line"]).contains(&marked("held_across_await")),
         "{d:#}"
@@ -115,8 +128,7 @@ fn every_bug_of_the_teaching_program_is_named_with_its_task_and_line() {
     assert!(text(&held["lock_line"]).contains("Mutex::lock"), "{d:#}");
     assert_eq!(held["waiters"][0]["task"], "waiter", "{d:#}");
 
-    let d = one(&r, "self_wake");
-    assert_eq!(d["task"], "busy_waiter", "{d:#}");
+    let d = of_task(&r, "self_wake", "busy_waiter");
     assert!(text(&d["line"]).contains(&marked("self_wake")), "{d:#}");
     // It wakes itself 200,000 times.
     assert!(
@@ -125,8 +137,7 @@ fn every_bug_of_the_teaching_program_is_named_with_its_task_and_line() {
     );
 
     // No waker event comes from a future that keeps none: the task and its spawn place.
-    let d = one(&r, "lost_waker");
-    assert_eq!(d["task"], "lost", "{d:#}");
+    let d = of_task(&r, "lost_waker", "lost");
     assert!(text(&d["location"]).contains("asyncbugs.rs:"), "{d:#}");
 
     let d = one(&r, "blocking_pool");
