@@ -532,6 +532,7 @@ impl Results {
         let mut diagnoses = self.pending.finish(&opts.diagnosis, ends, &self.rows);
         diagnoses.extend(delay_diagnoses);
         let mut diagnoses = super::rules::group(diagnoses);
+        super::rules::share_of_place(&mut diagnoses, &self.rows, opts);
         super::rules::sort(&mut diagnoses);
         if diagnoses.len() > MAX_WARNINGS {
             self.totals.diagnoses_omitted += (diagnoses.len() - MAX_WARNINGS) as u64;

@@ -511,6 +511,33 @@ pub(crate) fn group(all: Vec<Diagnosis>) -> Vec<Diagnosis> {
     out
 }
 
+/// Blocked polls and lock waits of tasks spawned at one place are diagnosed when they reach
+/// their share of the poll time of all the place's tasks, not only of the few that met one:
+/// 5 of 1,000 connection handlers that each waited once on the allocator's lock under
+/// overload are not a bug of that handler.
+pub(crate) fn share_of_place(
+    all: &mut Vec<Diagnosis>,
+    rows: &[TaskRow],
+    opts: &super::TaskOptions,
+) {
+    let mut busy: HashMap<(u32, &str), u64> = HashMap::new();
+    for r in rows {
+        if let Some(loc) = &r.location {
+            *busy.entry((r.pid, loc.as_str())).or_default() += r.busy_ns;
+        }
+    }
+    all.retain(|d| {
+        let share = match d.kind {
+            "blocked_in_poll" => opts.warn_share,
+            "lock_contention" => opts.diagnosis.lock_share,
+            _ => return true,
+        };
+        let Some(loc) = &d.location else { return true };
+        let place = busy.get(&(d.pid, loc.as_str())).copied().unwrap_or(0);
+        d.tasks <= 1 || d.cost_ns as f64 >= share * place as f64
+    });
+}
+
 /// Culprits first (in [`KINDS`] order), each kind's costliest first.
 pub(crate) fn sort(d: &mut [Diagnosis]) {
     let rank = |k: &str| KINDS.iter().position(|&x| x == k).unwrap_or(KINDS.len());

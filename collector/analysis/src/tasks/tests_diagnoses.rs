@@ -343,3 +343,29 @@ fn a_blocked_poll_inside_the_runtime_is_not_diagnosed() {
     assert_eq!(all.len(), 1);
     assert!(all[0].stack.as_ref().unwrap()[2].starts_with("app::"));
 }
+
+/// A few of a place's many tasks that blocked once are measured against the whole place.
+#[test]
+fn blocked_polls_of_a_place_are_weighed_against_all_its_tasks() {
+    let at = Some("src/main.rs:7:1".to_owned());
+    let rows: Vec<TaskRow> = (0..100)
+        .map(|id| TaskRow {
+            id,
+            location: at.clone(),
+            busy_ns: 10 * MS,
+            ..TaskRow::default()
+        })
+        .collect();
+    let blocked = |tasks, cost_ns| Diagnosis {
+        kind: "blocked_in_poll",
+        location: at.clone(),
+        tasks,
+        cost_ns,
+        ..Diagnosis::default()
+    };
+    // 5 ms of the place's 1 s of polls: under 5%. 100 ms: over. One task: its own rule.
+    let mut all = vec![blocked(5, 5 * MS), blocked(5, 100 * MS), blocked(1, MS)];
+    rules::share_of_place(&mut all, &rows, &TaskOptions::default());
+    let kept: Vec<u64> = all.iter().map(|d| d.cost_ns).collect();
+    assert_eq!(kept, [100 * MS, MS]);
+}
