@@ -143,6 +143,11 @@ pub struct ThreadSummary {
     pub blocked_ns: u64,
     /// `blocked_ns` by the syscall the thread was in, most first.
     pub blocked: Vec<crate::tasks::BlockedBy>,
+    /// Who ended its blocked stretches (the kernel's wakeups), most blocked time first.
+    pub woken_by: Vec<crate::tasks::ThreadWaker>,
+    /// Blocked time whose waker is not in the trace (another process, an idle CPU's
+    /// interrupt; or no wakeups recorded: then 0 and `woken_by` is empty).
+    pub woken_unknown_ns: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -437,6 +442,8 @@ impl Summarizer {
                 row.runnable_ns = k.runnable_ns;
                 row.blocked_ns = k.blocked_ns;
                 row.blocked = k.blocked.clone();
+                row.woken_by = k.woken_by.clone();
+                row.woken_unknown_ns = k.woken_unknown_ns;
             }
             if let Some(p) = &t.proc {
                 if !perf {

@@ -47,6 +47,14 @@ pub fn thread_states(s: &Summary) -> String {
             .take(3)
             .map(|b| format!("{} {} ({})", b.syscall, duration(b.ns), b.count))
             .collect();
+        // Who woke it most, when the trace says.
+        let woke = match t.woken_by.first() {
+            Some(w) if w.kind == "interrupt" => {
+                format!("; woken most by an interrupt in {} ({})", w.name, w.tid)
+            }
+            Some(w) => format!("; woken most by {} ({})", w.name, w.tid),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
             " {:>8}  {:<16} {:>11} {:>11} {:>11}  {}",
@@ -55,7 +63,7 @@ pub fn thread_states(s: &Summary) -> String {
             duration(t.on_cpu_ns),
             duration(t.runnable_ns),
             duration(t.blocked_ns),
-            by.join(", ")
+            by.join(", ") + &woke
         );
     }
     if s.threads.len() > THREAD_ROWS {

@@ -257,9 +257,9 @@ pub fn settle(diagnoses: &mut Vec<Diagnosis>) {
 /// another task spawned at the same place, or at another stack of the same place).
 pub(crate) fn absorb(into: &mut Diagnosis, d: Diagnosis) {
     if (into.pid, into.task_id) != (d.pid, d.task_id) {
-        into.tasks += d.tasks;
+        into.tasks = into.tasks.saturating_add(d.tasks);
     }
-    into.count += d.count;
+    into.count = into.count.saturating_add(d.count);
     into.cost_ns = into.cost_ns.saturating_add(d.cost_ns);
     into.at_ns.extend(d.at_ns);
     into.at_ns.sort_unstable();
@@ -269,8 +269,8 @@ pub(crate) fn absorb(into: &mut Diagnosis, d: Diagnosis) {
         for w in b.waiters {
             match a.waiters.iter_mut().find(|x| x.task == w.task) {
                 Some(x) => {
-                    x.waited_ns += w.waited_ns;
-                    x.delays += w.delays;
+                    x.waited_ns = x.waited_ns.saturating_add(w.waited_ns);
+                    x.delays = x.delays.saturating_add(w.delays);
                 }
                 None => a.waiters.push(w),
             }
@@ -278,9 +278,9 @@ pub(crate) fn absorb(into: &mut Diagnosis, d: Diagnosis) {
         a.waiters.sort_by_key(|v| std::cmp::Reverse(v.waited_ns));
     }
     if let (Some(a), Some(b)) = (&mut into.lock, d.lock) {
-        a.waits += b.waits;
-        a.wait_ns += b.wait_ns;
-        a.named += b.named;
+        a.waits = a.waits.saturating_add(b.waits);
+        a.wait_ns = a.wait_ns.saturating_add(b.wait_ns);
+        a.named = a.named.saturating_add(b.named);
         for h in b.woken_by {
             match a
                 .woken_by
@@ -288,8 +288,8 @@ pub(crate) fn absorb(into: &mut Diagnosis, d: Diagnosis) {
                 .find(|x| x.tid == h.tid && x.task == h.task)
             {
                 Some(x) => {
-                    x.waits += h.waits;
-                    x.wait_ns += h.wait_ns;
+                    x.waits = x.waits.saturating_add(h.waits);
+                    x.wait_ns = x.wait_ns.saturating_add(h.wait_ns);
                 }
                 None => a.woken_by.push(h),
             }
@@ -298,19 +298,19 @@ pub(crate) fn absorb(into: &mut Diagnosis, d: Diagnosis) {
     }
     if let (Some(a), Some(b)) = (&mut into.long_poll, d.long_poll) {
         a.longest_ns = a.longest_ns.max(b.longest_ns);
-        a.polls += b.polls;
+        a.polls = a.polls.saturating_add(b.polls);
     }
     if let (Some(a), Some(b)) = (&mut into.self_wake, d.self_wake) {
-        a.self_wakes += b.self_wakes;
-        a.wakes += b.wakes;
-        a.polls += b.polls;
+        a.self_wakes = a.self_wakes.saturating_add(b.self_wakes);
+        a.wakes = a.wakes.saturating_add(b.wakes);
+        a.polls = a.polls.saturating_add(b.polls);
         a.polls_per_s += b.polls_per_s;
     }
     for v in d.delayed {
         match into.delayed.iter_mut().find(|x| x.task == v.task) {
             Some(x) => {
-                x.waited_ns += v.waited_ns;
-                x.delays += v.delays;
+                x.waited_ns = x.waited_ns.saturating_add(v.waited_ns);
+                x.delays = x.delays.saturating_add(v.delays);
             }
             None => into.delayed.push(v),
         }

@@ -92,7 +92,7 @@ fn entry<T>(
 
 fn add_stack(v: &mut Vec<(StackId, u64)>, s: StackId, n: u64) {
     if let Some(e) = entry(v, MAX_STACKS, |e| e.0 == s, || (s, 0)) {
-        e.1 += n;
+        e.1 = e.1.saturating_add(n);
     }
 }
 

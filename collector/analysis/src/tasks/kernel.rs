@@ -73,7 +73,16 @@ pub struct ThreadTotals {
     pub blocked_ns: u64,
     /// syscall number → (blocked ns, stretches).
     pub blocked: HashMap<u16, (u64, u64)>,
+    /// Who ended its blocked stretches, when the trace has the wakeup: (waker tid, by an
+    /// interrupt) → (stretches, blocked ns); at most [`MAX_THREAD_WAKERS`].
+    pub woken: Vec<((u32, bool), u64, u64)>,
+    /// Blocked ns whose waker is not in the trace (another process, an idle CPU's interrupt,
+    /// or past the list).
+    pub woken_unknown_ns: u64,
 }
+
+/// Distinct wakers kept per thread.
+const MAX_THREAD_WAKERS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KState {
@@ -522,6 +531,7 @@ impl Kernel {
         };
         let d = end - start;
         let before = th.cum;
+        th.cum.add(state, d, threshold, true);
         let waker = match state {
             ThreadState::Blocked { .. } => th
                 .waker
@@ -529,7 +539,6 @@ impl Kernel {
                 .filter(|w| w.time.saturating_add(WAKE_SLACK_NS) >= start && w.time <= end),
             _ => None,
         };
-        th.cum.add(state, d, threshold, true);
         let tot = &mut th.totals;
         match state {
             ThreadState::Running => tot.on_cpu_ns = tot.on_cpu_ns.saturating_add(d),
@@ -539,6 +548,17 @@ impl Kernel {
                 let e = tot.blocked.entry(syscall).or_insert((0, 0));
                 e.0 = e.0.saturating_add(d);
                 e.1 += 1;
+                let by = waker.map(|w| (w.tid, w.irq));
+                match by.and_then(|k| tot.woken.iter().position(|e| e.0 == k)) {
+                    Some(i) => {
+                        tot.woken[i].1 += 1;
+                        tot.woken[i].2 = tot.woken[i].2.saturating_add(d);
+                    }
+                    None => match by {
+                        Some(k) if tot.woken.len() < MAX_THREAD_WAKERS => tot.woken.push((k, 1, d)),
+                        _ => tot.woken_unknown_ns = tot.woken_unknown_ns.saturating_add(d),
+                    },
+                }
             }
         }
         th.hist.push_back(Hist {

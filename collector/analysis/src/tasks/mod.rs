@@ -247,6 +247,23 @@ pub struct BlockedBy {
     pub count: u64,
 }
 
+/// A thread, or an interrupt in its time, that ended another thread's blocked stretches
+/// (`threads[].woken_by[]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ThreadWaker {
+    /// `thread`: the thread itself woke it (a mutex unlock, a pipe or socket write, a signal);
+    /// `interrupt`: an interrupt did, in that thread's time (a timer, the network, a disk).
+    pub kind: &'static str,
+    pub tid: u32,
+    pub name: String,
+    /// Blocked stretches it ended, and their time.
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// Wakers listed per thread.
+pub const MAX_THREAD_WAKER_ROWS: usize = 5;
+
 /// One thread's kernel-state totals.
 #[derive(Debug, Clone, Default)]
 pub struct ThreadStates {
@@ -257,6 +274,11 @@ pub struct ThreadStates {
     pub blocked_ns: u64,
     /// By syscall, most blocked time first.
     pub blocked: Vec<BlockedBy>,
+    /// Who ended its blocked stretches, most blocked time first (at most
+    /// [`MAX_THREAD_WAKER_ROWS`]; empty when the trace has no wakeups).
+    pub woken_by: Vec<ThreadWaker>,
+    /// Blocked time whose waker is not in the trace.
+    pub woken_unknown_ns: u64,
 }
 
 /// The result of the task analysis.
@@ -536,6 +558,25 @@ impl TaskAnalyzer {
                     })
                     .collect();
                 blocked.sort_by(|a, b| b.ns.cmp(&a.ns).then_with(|| a.syscall.cmp(&b.syscall)));
+                let mut woken_by: Vec<ThreadWaker> = t
+                    .woken
+                    .iter()
+                    .map(|&((waker, irq), count, ns)| ThreadWaker {
+                        kind: if irq { "interrupt" } else { "thread" },
+                        tid: waker,
+                        name: self.names.get(&waker).cloned().unwrap_or_default(),
+                        count,
+                        ns,
+                    })
+                    .collect();
+                woken_by.sort_by_key(|w| std::cmp::Reverse(w.ns));
+                let listed: u64 = woken_by
+                    .iter()
+                    .take(MAX_THREAD_WAKER_ROWS)
+                    .map(|w| w.ns)
+                    .sum();
+                let all: u64 = woken_by.iter().map(|w| w.ns).sum();
+                woken_by.truncate(MAX_THREAD_WAKER_ROWS);
                 ThreadStates {
                     tid,
                     pid: t.pid,
@@ -543,6 +584,12 @@ impl TaskAnalyzer {
                     runnable_ns: t.runnable_ns,
                     blocked_ns: t.blocked_ns,
                     blocked,
+                    woken_by,
+                    woken_unknown_ns: if self.kernel.saw_wakeups {
+                        t.woken_unknown_ns.saturating_add(all - listed)
+                    } else {
+                        0
+                    },
                 }
             })
             .collect();

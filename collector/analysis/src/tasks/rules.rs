@@ -449,7 +449,7 @@ impl Pending {
                         && (o.pid, o.task_id, o.stack_id, o.stack2_id)
                             == (d.pid, d.task_id, d.stack_id, d.stack2_id)
                 }) {
-                    same.count += d.count;
+                    same.count = same.count.saturating_add(d.count);
                     same.cost_ns = same.cost_ns.saturating_add(d.cost_ns);
                     same.at_ns.extend(d.at_ns);
                     same.at_ns.sort_unstable();
@@ -523,7 +523,8 @@ pub(crate) fn share_of_place(
     let mut busy: HashMap<(u32, &str), u64> = HashMap::new();
     for r in rows {
         if let Some(loc) = &r.location {
-            *busy.entry((r.pid, loc.as_str())).or_default() += r.busy_ns;
+            let e = busy.entry((r.pid, loc.as_str())).or_default();
+            *e = e.saturating_add(r.busy_ns);
         }
     }
     all.retain(|d| {

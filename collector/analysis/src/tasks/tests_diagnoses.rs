@@ -116,7 +116,20 @@ fn futex_waits_in_polls_are_lock_contention_named_by_their_waker() {
         r.diagnoses
     );
 
+    // The thread view says the same: OTHER ended both of WORKER's blocked stretches.
+    let th = r.threads.iter().find(|t| t.tid == WORKER).unwrap();
+    assert_eq!(
+        th.woken_by
+            .iter()
+            .map(|w| (w.kind, w.tid, w.count, w.ns))
+            .collect::<Vec<_>>(),
+        [("thread", OTHER, 2, 4 * MS)]
+    );
+    assert_eq!(th.woken_unknown_ns, 0);
+
     let r = analyze(&futex_waits(false));
+    let th = r.threads.iter().find(|t| t.tid == WORKER).unwrap();
+    assert!(th.woken_by.is_empty() && th.woken_unknown_ns == 0);
     let lock = of(&r, "lock_contention")[0].lock.clone().unwrap();
     assert_eq!((lock.waits, lock.named), (2, 0));
     assert!(!lock.wakeups_recorded);

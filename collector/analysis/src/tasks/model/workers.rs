@@ -76,14 +76,14 @@ impl Model {
         let mut add =
             |label: u32, ns: u64, bl: u64, long: u64| match out.iter_mut().find(|e| e.0 == label) {
                 Some(e) => {
-                    e.1 += ns;
-                    e.2 += bl;
-                    e.3 += long;
+                    e.1 = e.1.saturating_add(ns);
+                    e.2 = e.2.saturating_add(bl);
+                    e.3 = e.3.saturating_add(long);
                 }
                 None => out.push((label, ns, bl, long)),
             };
         let mut hold = |task: TaskKey, ns: u64| match behind.iter_mut().find(|e| e.0 == task) {
-            Some(e) => e.1 += ns,
+            Some(e) => e.1 = e.1.saturating_add(ns),
             None => behind.push((task, ns)),
         };
         let long_ns = self.diag.long_poll_ns;
@@ -99,7 +99,7 @@ impl Model {
             for r in &w.recent {
                 let (a, b) = (r.start.max(from), r.end.min(to));
                 if b > a {
-                    in_polls += b - a;
+                    in_polls = in_polls.saturating_add(b - a);
                     let long = if r.long { b - a } else { 0 };
                     let bl = blocked(tid, a, b);
                     add(r.label, b - a, bl, long);
@@ -113,7 +113,7 @@ impl Model {
             if let Some((key, task)) = current.and_then(|k| Some((k, self.tasks.get(&k)?))) {
                 let a = task.poll_start.max(from);
                 if to > a {
-                    in_polls += to - a;
+                    in_polls = in_polls.saturating_add(to - a);
                     // On CPU for a long poll's time needs at least that long in the poll.
                     let cpu = match task.cum0 {
                         Some(c0) if to - task.poll_start >= long_ns => {
@@ -130,7 +130,7 @@ impl Model {
                     }
                 }
             }
-            unheld += (to - from).saturating_sub(in_polls);
+            unheld = unheld.saturating_add((to - from).saturating_sub(in_polls));
         }
         // Polls of tasks not named yet.
         if out.iter().any(|e| e.0 == u32::MAX) {
