@@ -325,7 +325,11 @@ impl Model {
                 stack.push(key);
                 let worker = self.workers.entry(tid).or_default();
                 worker.pid = pid;
-                worker.runtime |= !blocking && task.info.is_some();
+                // block_on's thread polls only its own future: not a worker tasks wait for.
+                worker.runtime |= task
+                    .info
+                    .as_ref()
+                    .is_some_and(|i| i.kind == "task" || i.kind == "local");
                 worker.current = task.label.map(|l| (t, l));
                 task.poll_tid = tid;
                 task.poll_start = t;
