@@ -321,6 +321,35 @@ pub fn record_demo(strategy: &str, trace: &Path) -> (std::process::Child, String
     (child, addr)
 }
 
+/// Records demo `strategy` into `trace` under `iotrace load` of `/work?QUERY` with the load
+/// arguments `load` (e.g. `["-c", "8", "-n", "400"]`), then SIGTERMs it and reads the report.
+pub fn loaded_demo_report(
+    strategy: &str,
+    trace: &Path,
+    query: &str,
+    load: &[&str],
+) -> serde_json::Value {
+    let (mut child, addr) = record_demo(strategy, trace);
+    let url = format!("http://{addr}/work?{query}");
+    let mut args = vec!["load", url.as_str()];
+    args.extend_from_slice(load);
+    let out = run_iotrace(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // iotrace forwards SIGTERM to the demo. (`kill(1)`: this crate has no unsafe.)
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {}", child.id());
+    let status = child.wait().expect("wait for iotrace record");
+    assert!(status.success(), "{strategy}: record ended with {status}");
+    report_json(trace)
+}
+
 /// Folded stacks (`a;b;c COUNT` lines) as (stack, count) pairs.
 pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
     text.lines()

@@ -192,19 +192,12 @@ fn without_wakeups_lock_contention_is_named_but_not_its_holder() {
 fn loaded(strategy: &str, connections: &str, requests: &str, query: &str) -> Value {
     let dir = temp_dir(&format!("diagnoses-{strategy}-{connections}"));
     let trace = dir.join(format!("{strategy}.data"));
-    let (mut child, addr) = record_demo(strategy, &trace);
-    let url = format!("http://{addr}/work?{query}");
-    let out = run_iotrace(&["load", &url, "-c", connections, "-n", requests]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // SAFETY: signalling our own child; iotrace forwards SIGTERM to the demo.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().expect("wait for iotrace record");
-    assert!(status.success(), "{strategy}: record ended with {status}");
-    report_json(&trace)
+    loaded_demo_report(
+        strategy,
+        &trace,
+        query,
+        &["-c", connections, "-n", requests],
+    )
 }
 
 #[test]

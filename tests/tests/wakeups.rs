@@ -53,19 +53,13 @@ fn pingpong_threads_wake_each_other() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "record failed: {err}");
     assert!(!err.contains("wakeups) is missing"), "{err}");
-    let (edges, names) = read_trace(&trace);
-    let (ping, pong) = (names["ping"], names["pong"]);
-    let between = edges
-        .iter()
-        .filter(|&&(_, waker, wakee, flags)| {
-            flags == 0 && ((waker, wakee) == (ping, pong) || (waker, wakee) == (pong, ping))
-        })
-        .count();
+    let (between, all) = between_ping_and_pong(&trace);
     assert!(
         between >= N,
-        "{between} wakeups between ping ({ping}) and pong ({pong}), expected at least {N}; {} wakeups in all",
-        edges.len()
+        "{between} wakeups between ping and pong, expected at least {N}; {all} wakeups in all"
     );
+    let (edges, names) = read_trace(&trace);
+    let ping = names["ping"];
     // The waker's process is the fixture's.
     let pid = edges
         .iter()

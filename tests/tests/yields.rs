@@ -105,23 +105,11 @@ fn three_tasks_name_their_awaits_and_their_wakers() {
     );
 }
 
-/// Records `strategy` under a bounded load (each request waits 10 ms), SIGTERMs it and reads
-/// the report.
+/// Records `strategy` under a bounded load (each request waits 10 ms) and reads the report.
 fn loaded(strategy: &str, dir: &Path) -> Value {
     let trace = dir.join(format!("{strategy}.data"));
-    let (mut child, addr) = record_demo(strategy, &trace);
-    let url = format!("http://{addr}/work?io_ms=10&cpu_us=50");
-    let out = run_iotrace(&["load", &url, "-c", "8", "-n", "400", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // SAFETY: signalling our own child; iotrace forwards SIGTERM to the demo.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().expect("wait for iotrace record");
-    assert!(status.success(), "{strategy}: record ended with {status}");
-    report_json(&trace)
+    let load = ["-c", "8", "-n", "400"];
+    loaded_demo_report(strategy, &trace, "io_ms=10&cpu_us=50", &load)
 }
 
 /// Tasks spawned for connections (not the accept loop, not the runtime's own).

@@ -449,16 +449,7 @@ impl Pending {
                         && (o.pid, o.task_id, o.stack_id, o.stack2_id)
                             == (d.pid, d.task_id, d.stack_id, d.stack2_id)
                 }) {
-                    same.count = same.count.saturating_add(d.count);
-                    same.cost_ns = same.cost_ns.saturating_add(d.cost_ns);
-                    same.at_ns.extend(d.at_ns);
-                    same.at_ns.sort_unstable();
-                    same.at_ns.dedup();
-                    same.at_ns.truncate(MAX_MOMENTS);
-                    if let (Some(a), Some(b)) = (&mut same.held, d.held) {
-                        a.waiters.extend(b.waiters);
-                        a.waiters.sort_by_key(|v| std::cmp::Reverse(v.waited_ns));
-                    }
+                    super::diagnosis::absorb(same, d);
                     continue;
                 }
             }
