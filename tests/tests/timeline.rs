@@ -813,3 +813,72 @@ fn pftrace_export_decodes_with_perfettos_protos_and_holds_what_the_json_does() {
         "{pf_bytes} vs {json_bytes} bytes"
     );
 }
+
+/// Who woke a blocked thread, on the page: two threads of a ping-pong wake each other 2,000
+/// times, so most of `ping`'s blocked stretches name `pong` as their waker (a wake may come
+/// before its sleep's switch-out and end none, hence "most").
+#[test]
+fn blocked_stretches_name_the_thread_that_woke_them() {
+    const N: u64 = 2000;
+    if !perf_available("blocked_stretches_name_the_thread_that_woke_them") {
+        return;
+    }
+    let _one = serial();
+    let dir = temp_dir("timeline-wakers");
+    let trace = dir.join("t.data");
+    let n = N.to_string();
+    let out = record(&trace, &[], &[fixture().to_str().unwrap(), "pingpong", &n]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = dir.join("t.html");
+    let out = run_iotrace(&[
+        "timeline",
+        trace.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = page_data(&std::fs::read_to_string(&page).unwrap());
+    let strings: Vec<&str> = data["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let reasons = data["reasons"].as_array().unwrap();
+    let tracks = data["tracks"].as_array().unwrap();
+    let ping = tracks
+        .iter()
+        .find(|t| t["kind"] == "thread" && t["label"].as_str().unwrap().starts_with("ping "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no ping track in {:?}",
+                tracks.iter().map(|t| &t["label"]).collect::<Vec<_>>()
+            )
+        });
+    let blocked: Vec<i64> = page_stretches(ping)
+        .into_iter()
+        .filter(|s| s.2 == u64::from(iotrace_collector::intervals::BLOCKED) && s.3 >= 0)
+        .map(|s| s.3)
+        .collect();
+    let by_pong = blocked
+        .iter()
+        .filter(|&&x| {
+            let waker = reasons[x as usize][2].as_i64().unwrap();
+            waker >= 0 && strings[waker as usize].starts_with("thread pong (")
+        })
+        .count() as u64;
+    assert!(
+        2 * by_pong >= N,
+        "{by_pong} of ping's {} blocked stretches name pong as their waker ({N} round trips)",
+        blocked.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,6 +95,8 @@ pub struct ThreadIv {
     pub state: u8,
     pub syscall: u16,
     pub stack: Option<StackId>,
+    /// Who ended a blocked stretch: the waker's tid and whether an interrupt did.
+    pub waker: Option<crate::tasks::WakerRef>,
     /// How many stretches this one stands for, when short ones were merged (0: itself).
     pub merged: u32,
 }
@@ -173,16 +175,24 @@ impl Stretch for ThreadIv {
         if self.state == BLOCKED {
             enc.uint(u64::from(self.syscall));
             enc.uint(self.stack.map_or(0, |s| u64::from(s) + 1));
+            enc.uint(
+                self.waker
+                    .map_or(0, |(tid, irq)| (u64::from(tid) << 1 | u64::from(irq)) + 1),
+            );
         }
     }
     fn decode(dec: &mut Dec, start: u64, end: u64) -> Self {
         let state = dec.byte();
-        let (syscall, stack) = if state == BLOCKED {
+        let (syscall, stack, waker) = if state == BLOCKED {
             let sc = dec.uint() as u16;
             let st = dec.uint();
-            (sc, st.checked_sub(1).map(|s| s as StackId))
+            let wk = dec
+                .uint()
+                .checked_sub(1)
+                .map(|w| ((w >> 1) as u32, w & 1 == 1));
+            (sc, st.checked_sub(1).map(|s| s as StackId), wk)
         } else {
-            (0, None)
+            (0, None, None)
         };
         ThreadIv {
             start,
@@ -190,6 +200,7 @@ impl Stretch for ThreadIv {
             state,
             syscall,
             stack,
+            waker,
             merged: 0,
         }
     }
@@ -540,6 +551,7 @@ impl Sink for Collected {
                 state,
                 syscall,
                 stack,
+                waker: iv.waker,
                 merged: 0,
             },
         );
@@ -702,6 +714,7 @@ mod tests {
             state: RUNNING,
             syscall: 0,
             stack: None,
+            waker: None,
             merged: 0,
         };
         let mut v = vec![iv(10, 20), iv(0, 12), iv(15, 18), iv(30, 40)];

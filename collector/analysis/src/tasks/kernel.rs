@@ -581,6 +581,7 @@ impl Kernel {
             start,
             end,
             state,
+            waker: waker.map(|w| (w.tid, w.irq)),
         });
     }
 

@@ -127,6 +127,10 @@ pub enum ThreadState {
     },
 }
 
+/// Who ended a blocked stretch: the waker's tid, and whether an interrupt in that thread's
+/// time did.
+pub type WakerRef = (u32, bool);
+
 /// One stretch of one thread in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreadInterval {
@@ -135,6 +139,8 @@ pub struct ThreadInterval {
     pub start: u64,
     pub end: u64,
     pub state: ThreadState,
+    /// For a blocked stretch: who ended it, when the trace has the wakeup.
+    pub waker: Option<WakerRef>,
 }
 
 /// One poll of a task and what its worker thread did meanwhile.

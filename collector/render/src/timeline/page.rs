@@ -11,6 +11,7 @@ use super::{Collected, TaskIv, ThreadIv, BLOCKED, IDLE, POLL, POLL_BLOCKED, STAT
 use crate::out::TrackError;
 use iotrace_analysis::intervals::yield_site_line;
 use iotrace_analysis::summary::{syscall_name, Summary};
+use iotrace_analysis::tasks::WakerRef;
 use iotrace_analysis::tasks::{StackId, TaskKey, WakeSource};
 use iotrace_trace::Switch;
 
@@ -45,6 +46,7 @@ impl Merge for ThreadIv {
         self.end = next.end;
         if self.state != BLOCKED && next.state == BLOCKED {
             self.syscall = next.syscall;
+            self.waker = next.waker;
         }
     }
     fn finish(&mut self, state: u8, count: u32) {
@@ -284,8 +286,8 @@ pub(crate) fn js_string(s: &str) -> String {
 pub(crate) struct Strings {
     list: Vec<String>,
     index: HashMap<u16, usize>,
-    reasons: Vec<(i64, Option<StackId>)>,
-    reason_index: HashMap<(u16, Option<StackId>), usize>,
+    reasons: Vec<(i64, Option<StackId>, Option<WakerRef>)>,
+    reason_index: HashMap<(u16, Option<StackId>, Option<WakerRef>), usize>,
     yields: Vec<(Option<StackId>, Option<u32>)>,
     yield_index: HashMap<(Option<StackId>, Option<u32>), usize>,
 }
@@ -303,15 +305,15 @@ impl Strings {
         }) as i64
     }
 
-    /// Index into `reasons` of a blocked stretch's syscall and stack.
-    fn reason(&mut self, nr: u16, stack: Option<StackId>) -> i64 {
-        if let Some(&i) = self.reason_index.get(&(nr, stack)) {
+    /// Index into `reasons` of a blocked stretch's syscall, stack and waker.
+    fn reason(&mut self, nr: u16, stack: Option<StackId>, waker: Option<WakerRef>) -> i64 {
+        if let Some(&i) = self.reason_index.get(&(nr, stack, waker)) {
             return i as i64;
         }
         let sc = self.syscall(nr);
-        self.reasons.push((sc, stack));
+        self.reasons.push((sc, stack, waker));
         self.reason_index
-            .insert((nr, stack), self.reasons.len() - 1);
+            .insert((nr, stack, waker), self.reasons.len() - 1);
         (self.reasons.len() - 1) as i64
     }
 
@@ -428,7 +430,7 @@ pub(crate) fn write_tracks(
                 if let Some(s) = iv.stack {
                     *out.stack_time.entry(s).or_insert(0) += iv.end - iv.start;
                 }
-                out.strings.reason(iv.syscall, iv.stack)
+                out.strings.reason(iv.syscall, iv.stack, iv.waker)
             } else {
                 -1
             };
@@ -601,11 +603,32 @@ pub(crate) fn write_tail(
     }
     w.write_all(b"]")?;
     super::diagnoses::write(summary, w)?;
-    let list: Vec<String> = strings.list.iter().map(|s| js_string(s)).collect();
+    // Who ended each blocked stretch, named after the thread it was (or that an interrupt ran
+    // in), as more strings.
+    let thread_names: HashMap<u32, &str> = summary
+        .threads
+        .iter()
+        .map(|t| (t.tid, t.name.as_str()))
+        .collect();
+    let mut list: Vec<String> = strings.list.iter().map(|s| js_string(s)).collect();
+    let mut waker_index: HashMap<WakerRef, usize> = HashMap::new();
+    let wakers: Vec<i64> = strings
+        .reasons
+        .iter()
+        .map(|&(_, _, waker)| match waker {
+            Some((tid, irq)) => *waker_index.entry((tid, irq)).or_insert_with(|| {
+                let name = thread_names.get(&tid).copied().unwrap_or("?");
+                let by = if irq { "an interrupt in" } else { "thread" };
+                list.push(js_string(&format!("{by} {name} ({tid})")));
+                list.len() - 1
+            }) as i64,
+            None => -1,
+        })
+        .collect();
     write!(w, ",\"strings\":[{}],\"reasons\":[", list.join(","))?;
     let mut stacks: Vec<StackId> = Vec::new();
     let mut stack_index: HashMap<StackId, usize> = HashMap::new();
-    for (i, (sc, st)) in strings.reasons.iter().enumerate() {
+    for (i, (&(sc, st, _), wk)) in strings.reasons.iter().zip(&wakers).enumerate() {
         let st = match st.filter(|s| names.contains_key(s)) {
             Some(s) => *stack_index.entry(s).or_insert_with(|| {
                 stacks.push(s);
@@ -614,7 +637,7 @@ pub(crate) fn write_tail(
             None => -1,
         };
         let comma = if i > 0 { "," } else { "" };
-        write!(w, "{comma}[{sc},{st}]")?;
+        write!(w, "{comma}[{sc},{st},{wk}]")?;
     }
     w.write_all(b"],\"stacks\":[")?;
     for (i, id) in stacks.iter().enumerate() {
@@ -671,6 +694,7 @@ mod tests {
             end,
             state,
             syscall: 0,
+            waker: None,
             stack: None,
             merged: 0,
         }
