@@ -102,12 +102,15 @@ pub fn message(d: &Diagnosis) -> String {
         ),
         "blocking_pool" => {
             let p = d.pool.clone().unwrap_or_default();
+            let place = match &d.location {
+                Some(loc) => format!(" spawned at {loc}"),
+                None => String::new(),
+            };
             format!(
-                "{} of {} spawn_blocking jobs `{}`{} waited for a pool thread (longest {}, {} in all); the pool ran at most {} of them at once",
+                "{} of {} spawn_blocking jobs `{}`{place} waited for a pool thread (longest {}, {} in all); the pool ran at most {} of them at once",
                 p.waited,
                 p.jobs,
                 d.task,
-                at(&d.line),
                 duration(p.longest_wait_ns),
                 duration(d.cost_ns),
                 p.peak_threads
