@@ -19,6 +19,7 @@ mod kallsyms;
 mod merge;
 mod syscount;
 pub mod unwind;
+mod wakeups;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::io;
@@ -36,6 +37,7 @@ use iotrace_trace::{
 };
 pub use unwind::CallGraph;
 use unwind::Unwinding;
+use wakeups::{open_wakeups, parse_wakeup, wakeup_event, WakeupEvents};
 
 const RECORD_LOST: u32 = 2;
 const RECORD_COMM: u32 = 3;
@@ -1291,75 +1293,6 @@ fn open_stack_events(
     }
 }
 
-/// The `sched:sched_waking` events (one per CPU into that CPU's ring, following the recorded
-/// threads as the other samplers do) and where the wakee's tid is in their raw payload.
-///
-/// They are per task, not whole-CPU events behind a BPF filter: a BPF program on a
-/// tracepoint is the tracepoint's, run for every perf event on it, so a filter would also
-/// filter other tools' and other recordings' `sched_waking` events (and theirs ours). Per
-/// task, the kernel writes the wakeups that recorded threads perform (a mutex unlock, a
-/// write to a pipe or socket, an interrupt that ran while one was current): the edge that
-/// names who released a lock. Wakeups of recorded threads by other processes or by an idle
-/// CPU's interrupt are not seen.
-struct WakeupEvents {
-    ids: Vec<u64>,
-    wakee_offset: usize,
-    /// The tracepoint's id, for the threads an attached recording follows later.
-    tp: u64,
-}
-
-/// Open [`WakeupEvents`] into the rings, or say why not (a sentence ending that starts
-/// "who woke whom (wakeups) is missing: ").
-fn open_wakeups(
-    rings: &mut [Ring],
-    pid: libc::pid_t,
-    kernel: bool,
-    start: Start,
-) -> Result<WakeupEvents, String> {
-    if !kernel {
-        return Err("the sched:sched_waking tracepoint is in the kernel, which this user may not trace; run as root".to_owned());
-    }
-    let tp = tracepoint_id("sched", "sched_waking")
-        .map_err(|e| format!("the sched:sched_waking tracepoint is not available ({e})"))?;
-    // The wakee's `pid`, after the common fields and `comm[16]` (24 on today's kernels).
-    let wakee_offset = syscount::tracepoint_field_offset("sched_waking", " pid;")
-        .and_then(|o| usize::try_from(o).ok())
-        .unwrap_or(24);
-    let mut ids = Vec::new();
-    let mut events = Vec::new();
-    for ring in rings.iter() {
-        let c = wakeup_event(tp, pid, ring, kernel, start).map_err(|e| {
-            format!("the sched:sched_waking events could not be opened ({e}); run as root")
-        })?;
-        ids.push(c.id());
-        events.push(c);
-    }
-    for (ring, c) in rings.iter_mut().zip(events) {
-        ring._followers.push(c);
-    }
-    Ok(WakeupEvents {
-        ids,
-        wakee_offset,
-        tp,
-    })
-}
-
-/// One CPU's `sched:sched_waking` event on `pid` (and its children), into that CPU's ring.
-fn wakeup_event(
-    tp: u64,
-    pid: libc::pid_t,
-    ring: &Ring,
-    kernel: bool,
-    start: Start,
-) -> io::Result<Counter> {
-    let mut b = Builder::new(Tracepoint::with_id(tp));
-    sampled_base(&mut b, pid, ring.cpu as usize, kernel, start);
-    b.sample(SampleFlag::RAW).sample_period(1);
-    let c = b.build()?;
-    sys::perf_set_output(c.as_raw_fd(), ring.sampler.as_raw_fd())?;
-    Ok(c)
-}
-
 /// COMM, FORK, EXIT, LOST and MMAP2 records.
 fn other_record(
     st: &mut RecordState<'_>,
@@ -1543,29 +1476,6 @@ fn parse_raw_syscall(d: &[u8]) -> Option<u16> {
     u16::try_from(u64_at(d, SAMPLE_BODY + 4 + 8)).ok()
 }
 
-/// `common_flags` bits of a trace record (include/linux/trace_events.h).
-const TRACE_FLAG_HARDIRQ: u8 = 0x08;
-const TRACE_FLAG_SOFTIRQ: u8 = 0x10;
-
-/// RAW of a `sched:sched_waking` sample: u32 size, then the trace record, whose byte 2 is
-/// `common_flags` and whose `pid` (the wakee) is at `wakee_offset`. Returns the wakee and the
-/// [`Wakeup`] flags; `None` when the record is too short to hold them.
-fn parse_wakeup(d: &[u8], wakee_offset: usize) -> Option<(u32, u8)> {
-    let size = u32_at(d, SAMPLE_BODY) as usize;
-    let payload = d.get(SAMPLE_BODY + 4..)?;
-    let payload = payload.get(..size.min(payload.len()))?;
-    let common_flags = *payload.get(2)?;
-    let wakee = payload.get(wakee_offset..wakee_offset.checked_add(4)?)?;
-    let mut flags = 0;
-    if common_flags & TRACE_FLAG_HARDIRQ != 0 {
-        flags |= Wakeup::HARDIRQ;
-    }
-    if common_flags & TRACE_FLAG_SOFTIRQ != 0 {
-        flags |= Wakeup::SOFTIRQ;
-    }
-    Some((u32_at(wakee, 0), flags))
-}
-
 /// CALLCHAIN: u64 count, then that many addresses (innermost first, with context markers),
 /// read into `buf`. A count that runs past the record is cut to what is there.
 fn parse_callchain<'b>(d: &[u8], buf: &'b mut Vec<u64>) -> &'b [u64] {
@@ -1626,6 +1536,7 @@ fn parse_comm(d: &[u8], exec: bool) -> Option<Comm> {
 
 #[cfg(test)]
 mod tests {
+    use super::wakeups::{TRACE_FLAG_HARDIRQ, TRACE_FLAG_SOFTIRQ};
     use super::*;
 
     #[test]
