@@ -96,3 +96,32 @@ pub fn write_timeline(
         truncated: summary.truncated.clone(),
     })
 }
+
+/// The page's track of each thread (by tid) and of each task: threads first, then tasks, in
+/// the summary's order.
+pub(crate) fn track_indexes(
+    summary: &iotrace_analysis::summary::Summary,
+) -> (
+    std::collections::HashMap<u32, usize>,
+    std::collections::HashMap<iotrace_analysis::tasks::TaskKey, usize>,
+) {
+    let threads = summary
+        .threads
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.tid, i))
+        .collect();
+    let tasks = summary
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let key = iotrace_analysis::tasks::TaskKey {
+                pid: row.pid,
+                span: row.id,
+            };
+            (key, summary.threads.len() + i)
+        })
+        .collect();
+    (threads, tasks)
+}

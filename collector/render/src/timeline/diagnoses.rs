@@ -2,7 +2,6 @@
 //! track its markers go on (the diagnosed task's, else its worker thread's), which the page
 //! lists above the tracks and marks at each of its moments.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -31,22 +30,14 @@ struct PageDiagnosis<'a> {
 
 /// Writes `,"diagnoses":[…]`.
 pub(crate) fn write(summary: &Summary, w: &mut impl Write) -> io::Result<()> {
-    let threads: HashMap<u32, usize> = summary
-        .threads
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.tid, i))
-        .collect();
-    let tasks: HashMap<(u32, u64), usize> = summary
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(i, row)| ((row.pid, row.id), summary.threads.len() + i))
-        .collect();
+    let (threads, tasks) = super::track_indexes(summary);
     w.write_all(b",\"diagnoses\":[")?;
     for (i, d) in summary.diagnoses.iter().enumerate() {
         let track = tasks
-            .get(&(d.pid, d.task_id))
+            .get(&iotrace_analysis::tasks::TaskKey {
+                pid: d.pid,
+                span: d.task_id,
+            })
             .or_else(|| threads.get(&d.tid).filter(|_| d.tid != 0))
             .map_or(-1, |&t| t as i64);
         let page = PageDiagnosis {

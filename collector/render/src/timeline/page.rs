@@ -536,24 +536,7 @@ fn wake_kind(by: &WakeSource) -> u8 {
 /// the thread it ran on), `to` the woken task's. Returns the wakes written and those left out
 /// for want of a track.
 fn write_wakes(summary: &Summary, col: &Collected, w: &mut impl Write) -> io::Result<(u64, u64)> {
-    let threads: HashMap<u32, usize> = summary
-        .threads
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.tid, i))
-        .collect();
-    let tasks: HashMap<TaskKey, usize> = summary
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let key = TaskKey {
-                pid: row.pid,
-                span: row.id,
-            };
-            (key, summary.threads.len() + i)
-        })
-        .collect();
+    let (threads, tasks) = super::track_indexes(summary);
     w.write_all(b",\"wakes\":[")?;
     let mut line = Line::default();
     let (mut written, mut trackless) = (0u64, 0u64);
