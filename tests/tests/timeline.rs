@@ -425,6 +425,24 @@ fn record_yields(dir: &Path) -> PathBuf {
     trace
 }
 
+/// `iotrace timeline TRACE -o PAGE`: the page and its data.
+fn timeline_page(trace: &Path, page: &Path) -> (String, Value) {
+    let out = run_iotrace(&[
+        "timeline",
+        trace.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(page).unwrap();
+    let data = page_data(&html);
+    (html, data)
+}
+
 /// The data of a timeline page: the JSON in its `#data` element.
 fn page_data(html: &str) -> Value {
     let open = "<script id=\"data\" type=\"application/json\">";
@@ -459,20 +477,7 @@ fn timeline_names_where_tasks_yield_and_draws_each_wake_from_its_waker() {
     let _serial = serial();
     let dir = temp_dir("tl-yields");
     let trace = record_yields(&dir);
-    let page = dir.join("timeline.html");
-    let out = run_iotrace(&[
-        "timeline",
-        trace.to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let html = std::fs::read_to_string(&page).unwrap();
-    let d = page_data(&html);
+    let (_, d) = timeline_page(&trace, &dir.join("timeline.html"));
     let tracks = d["tracks"].as_array().unwrap();
     let track = |kind: &str, label: &dyn Fn(&str) -> bool| {
         tracks
@@ -833,19 +838,7 @@ fn blocked_stretches_name_the_thread_that_woke_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let page = dir.join("t.html");
-    let out = run_iotrace(&[
-        "timeline",
-        trace.to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let data = page_data(&std::fs::read_to_string(&page).unwrap());
+    let (_, data) = timeline_page(&trace, &dir.join("t.html"));
     let strings: Vec<&str> = data["strings"]
         .as_array()
         .unwrap()

@@ -81,8 +81,8 @@ pub(super) fn wakeup_event(
 }
 
 /// `common_flags` bits of a trace record (include/linux/trace_events.h).
-pub(super) const TRACE_FLAG_HARDIRQ: u8 = 0x08;
-pub(super) const TRACE_FLAG_SOFTIRQ: u8 = 0x10;
+const TRACE_FLAG_HARDIRQ: u8 = 0x08;
+const TRACE_FLAG_SOFTIRQ: u8 = 0x10;
 
 /// RAW of a `sched:sched_waking` sample: u32 size, then the trace record, whose byte 2 is
 /// `common_flags` and whose `pid` (the wakee) is at `wakee_offset`. Returns the wakee and the
@@ -101,4 +101,78 @@ pub(super) fn parse_wakeup(d: &[u8], wakee_offset: usize) -> Option<(u32, u8)> {
         flags |= Wakeup::SOFTIRQ;
     }
     Some((u32_at(wakee, 0), flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{fuzz, RECORD_SAMPLE};
+    use super::*;
+    use iotrace_trace::Record;
+
+    /// A `sched:sched_waking` sample as the kernel writes it: the fixed part, then RAW.
+    fn waking_sample(common_flags: u8, wakee: u32, raw_size: u32) -> Vec<u8> {
+        let mut d = vec![0u8; SAMPLE_BODY + 4 + 40];
+        d[0..8].copy_from_slice(&9u64.to_le_bytes());
+        d[8..12].copy_from_slice(&100u32.to_le_bytes());
+        d[12..16].copy_from_slice(&101u32.to_le_bytes());
+        d[32..36].copy_from_slice(&raw_size.to_le_bytes());
+        let raw = &mut d[36..];
+        raw[2] = common_flags;
+        raw[4..8].copy_from_slice(&101u32.to_le_bytes());
+        raw[24..28].copy_from_slice(&wakee.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn waking_sample_yields_wakee_and_interrupt_flags() {
+        let d = waking_sample(0x01 | 0x80, 555, 36);
+        assert_eq!(
+            parse_wakeup(&d, 24),
+            Some((555, 0)),
+            "irqs-off and bh-off are not interrupts"
+        );
+        let d = waking_sample(TRACE_FLAG_HARDIRQ, 7, 36);
+        assert_eq!(parse_wakeup(&d, 24), Some((7, Wakeup::HARDIRQ)));
+        let d = waking_sample(TRACE_FLAG_SOFTIRQ, 7, 36);
+        assert_eq!(parse_wakeup(&d, 24), Some((7, Wakeup::SOFTIRQ)));
+        // A RAW size that cuts the record before the wakee's field: nothing.
+        let d = waking_sample(0, 7, 26);
+        assert_eq!(parse_wakeup(&d, 24), None);
+        // One that claims more than the record holds is cut to what is there.
+        let d = waking_sample(0, 8, 4000);
+        assert_eq!(parse_wakeup(&d, 24), Some((8, 0)));
+    }
+
+    #[test]
+    fn waking_samples_become_their_cpus_wakeups_with_deltas() {
+        // Two samples of the wakeup event (id 5 in `fuzz::records`), 250 ns apart.
+        let mut input = Vec::new();
+        for (time, flags, wakee) in [(1_000u64, 0u8, 7u32), (1_250, TRACE_FLAG_SOFTIRQ, 8)] {
+            let mut d = waking_sample(flags, wakee, 36);
+            d[0..8].copy_from_slice(&5u64.to_le_bytes());
+            d[16..24].copy_from_slice(&time.to_le_bytes());
+            input.extend_from_slice(&RECORD_SAMPLE.to_le_bytes());
+            input.extend_from_slice(&0u16.to_le_bytes());
+            input.extend_from_slice(&(d.len() as u16).to_le_bytes());
+            input.extend_from_slice(&d);
+        }
+        let records = fuzz::records(&input);
+        let w = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Wakeups(w) => Some(w),
+                _ => None,
+            })
+            .expect("a Wakeups record");
+        assert_eq!((w.cpu, w.base_ns), (0, 1_000));
+        let got: Vec<_> = w
+            .wakeups
+            .iter()
+            .map(|x| (x.delta_ns, x.waker_pid, x.waker_tid, x.wakee_tid, x.flags))
+            .collect();
+        assert_eq!(
+            got,
+            [(0, 100, 101, 7, 0), (250, 100, 101, 8, Wakeup::SOFTIRQ)]
+        );
+    }
 }
